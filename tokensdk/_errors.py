@@ -1,0 +1,236 @@
+"""The tokensdk error tree.
+
+Every error tokensdk raises derives from :class:`TokenSDKError`; the leaves say
+what the caller can do about it. Messages never contain a secret::
+
+    TokenSDKError
+     ├── InvalidInput (ValueError) ........... fix the argument you passed
+     ├── NotLoggedIn ......................... call one of the login methods first
+     ├── ServiceError ........................ the service answered with an error
+     │    ├── InvalidCredentials ............. wrong username/password/key/token: ask the user
+     │    ├── AccountFrozen .................. the account is frozen: nothing to retry
+     │    ├── RateLimited .................... wait ``retry_after`` seconds, then retry
+     │    ├── NotFound ....................... the object does not exist (any more)
+     │    ├── Conflict ....................... the object exists already
+     │    ├── InvalidState ................... the request does not fit the state (491)
+     │    └── ServiceUnavailable (OSError) ... transient: the SDK already retried; retry later
+     ├── ProtocolError ....................... the service answered something off-contract
+     ├── SessionLost ......................... the activation is gone: log in again
+     ├── TokenInvalid ........................ an asset access token failed validation
+     │    ├── TokenExpired
+     │    ├── TokenMalformed
+     │    ├── BadSignature
+     │    ├── UnknownKey
+     │    └── TokenRevoked
+     ├── MacTokenError ....................... named MAC token store
+     │    ├── FactorMismatch ................. a token of that name exists with other factors
+     │    ├── UnknownMacToken (LookupError) .. no local token of that name
+     │    └── HeaderInvalid .................. a MAC header failed parsing or verification
+     └── StoreError (OSError) ................ the state store failed
+          └── StoreCorrupt ................... the stored state could not be read; moved aside
+
+``ServiceError`` carries ``status`` (HTTP), ``error`` (the contract's snake_case
+name) and ``code`` (the contract's numeric code). ``SessionLost`` and
+``TokenInvalid`` carry a ``reason`` string naming the cause.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccountFrozen",
+    "BadSignature",
+    "Conflict",
+    "FactorMismatch",
+    "HeaderInvalid",
+    "InvalidCredentials",
+    "InvalidInput",
+    "InvalidState",
+    "MacTokenError",
+    "NotFound",
+    "NotLoggedIn",
+    "ProtocolError",
+    "RateLimited",
+    "ServiceError",
+    "ServiceUnavailable",
+    "SessionLost",
+    "StoreCorrupt",
+    "StoreError",
+    "TokenExpired",
+    "TokenInvalid",
+    "TokenMalformed",
+    "TokenRevoked",
+    "TokenSDKError",
+    "UnknownKey",
+    "UnknownMacToken",
+]
+
+
+class TokenSDKError(Exception):
+    """Root of every error raised by tokensdk."""
+
+
+class InvalidInput(TokenSDKError, ValueError):
+    """An argument passed to tokensdk is invalid; nothing was changed."""
+
+
+class NotLoggedIn(TokenSDKError):
+    """The session holds no credentials: call a login method first."""
+
+
+class ServiceError(TokenSDKError):
+    """The token service answered with a contract error.
+
+    Attributes:
+        status: The HTTP status code.
+        error: The contract's snake_case error name (e.g. ``invalid_token``).
+        code: The contract's numeric code (e.g. 401, 701).
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        status: int = 0,
+        error: str = "",
+        code: int = 0,
+    ) -> None:
+        super().__init__(message or error or f"service error {status}")
+        self.status = status
+        self.error = error
+        self.code = code
+
+
+class InvalidCredentials(ServiceError):
+    """Username, password, one-time key answer or token were refused: ask the user again."""
+
+
+class AccountFrozen(ServiceError):
+    """The account is frozen; retrying will not help."""
+
+
+class RateLimited(ServiceError):
+    """Too many attempts: wait ``retry_after`` seconds before trying again."""
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        status: int = 429,
+        error: str = "rate_limited",
+        code: int = 429,
+        retry_after: float = 1.0,
+    ) -> None:
+        super().__init__(message, status=status, error=error, code=code)
+        self.retry_after = retry_after
+
+
+class NotFound(ServiceError, LookupError):
+    """The service does not know the object."""
+
+
+class Conflict(ServiceError):
+    """The object exists already."""
+
+
+class InvalidState(ServiceError):
+    """The request does not fit the object's state (code 491)."""
+
+
+class ServiceUnavailable(ServiceError, OSError):
+    """The service could not be reached or failed (5xx); the SDK retried already."""
+
+
+class ProtocolError(TokenSDKError):
+    """The service answered something that does not follow the contract."""
+
+
+class SessionLost(TokenSDKError):
+    """The session's activation is gone (expired, revoked, reused, logged out): log in again.
+
+    Attributes:
+        reason: Why, e.g. ``token_expired``, ``refresh_token_reused``, ``logout``.
+    """
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message or f"session lost: {reason}")
+        self.reason = reason
+
+
+class TokenInvalid(TokenSDKError):
+    """An asset access token failed validation.
+
+    Attributes:
+        reason: A short machine-readable cause (``expired``, ``malformed``, ...).
+    """
+
+    reason = "invalid"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or f"access token invalid: {self.reason}")
+
+
+class TokenExpired(TokenInvalid):
+    """The token's ``exp`` has passed (or its ``iat``/``nbf`` is in the future)."""
+
+    reason = "expired"
+
+
+class TokenMalformed(TokenInvalid):
+    """The token is not a well-formed, canonical v4.public PASETO of acceptable size."""
+
+    reason = "malformed"
+
+
+class BadSignature(TokenInvalid):
+    """The token's signature does not verify."""
+
+    reason = "bad_signature"
+
+
+class UnknownKey(TokenInvalid):
+    """The token names a signing key (``kid``) the key set does not hold."""
+
+    reason = "unknown_key"
+
+
+class TokenRevoked(TokenInvalid):
+    """The service revoked the token."""
+
+    reason = "revoked"
+
+
+class MacTokenError(TokenSDKError):
+    """Base class for named MAC token store errors."""
+
+
+class FactorMismatch(MacTokenError):
+    """A token with this name exists (or is being created) with other factors."""
+
+
+class UnknownMacToken(MacTokenError, LookupError):
+    """No local MAC token has that name."""
+
+
+class HeaderInvalid(MacTokenError):
+    """A MAC authorization header failed parsing or verification.
+
+    Attributes:
+        error: The contract's error name (``token_invalid``, ``timestamp_too_old``,
+            ``timestamp_in_future``, ``replayed``).
+    """
+
+    def __init__(self, error: str, message: str = "") -> None:
+        super().__init__(message or error)
+        self.error = error
+
+
+class StoreError(TokenSDKError, OSError):
+    """Reading or writing the state store failed."""
+
+
+class StoreCorrupt(StoreError):
+    """The stored state could not be decoded; the file was moved aside to ``moved_to``."""
+
+    def __init__(self, message: str, *, moved_to: str | None = None) -> None:
+        super().__init__(message)
+        self.moved_to = moved_to
