@@ -1,0 +1,16 @@
+"""State persistence backends: where a session keeps its state between runs.
+
+A backend implements :class:`StateStore` (``load``/``save``/``clear`` of one
+JSON-able document). Shipped: :class:`MemoryStore`, :class:`FileStore` (one JSON
+file, atomic and durable, mode 0600) and :class:`KeyringStore` (the OS keychain,
+needs the ``keyring`` extra).
+"""
+
+from __future__ import annotations
+
+from tokensdk.stores._base import StateStore
+from tokensdk.stores._file import FileStore
+from tokensdk.stores._keyring import KeyringStore
+from tokensdk.stores._memory import MemoryStore
+
+__all__ = ["FileStore", "KeyringStore", "MemoryStore", "StateStore"]

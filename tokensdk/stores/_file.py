@@ -1,0 +1,300 @@
+"""FileStore: the state document as one JSON file, replaced atomically and durably.
+
+A save writes a new file next to the target and renames it over the target, so a
+crash at any point leaves either the old complete file or the new complete file.
+The temporary file is ``flock``-ed while it is being written: a later save removes
+only temporary files nobody holds, i.e. those left behind by a crashed writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import stat
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from tokensdk._errors import StoreCorrupt, StoreError
+from tokensdk.stores._codec import CorruptState, NewerFormat, decode_state, encode_state
+
+__all__ = ["FileStore"]
+
+_FILE_MODE = 0o600
+_DIR_MODE = 0o700
+_READ_CHUNK = 1 << 16
+
+
+def _describe(exc: OSError) -> str:
+    # strerror is the operating system's wording ("Permission denied"): never content.
+    return exc.strerror or type(exc).__name__
+
+
+def _read_regular_file(path: Path) -> tuple[os.stat_result, bytes] | None:
+    """Open, stat and read ``path``; None if it does not exist. Raises OSError."""
+    try:
+        # O_NONBLOCK: a FIFO in place of the file must not hang the worker thread.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return st, b""
+        chunks = []
+        while chunk := os.read(fd, _READ_CHUNK):
+            chunks.append(chunk)
+        return st, b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class FileStore:
+    """Keep the state document in a JSON file (mode 0600), saved atomically.
+
+    Blocking file operations run in a worker thread. Saves on one instance are
+    serialised in call order, so the last save called is the one that stays.
+
+    Args:
+        path: The state file. Its directory is created (mode 0700) when missing.
+        check_permissions: Refuse to load a file that group or others may access.
+    """
+
+    __slots__ = ("_check_permissions", "_lock", "_path")
+
+    def __init__(self, path: str | os.PathLike[str], *, check_permissions: bool = True) -> None:
+        self._path = Path(path)
+        self._check_permissions = check_permissions
+        self._lock = anyio.Lock()
+
+    @property
+    def path(self) -> Path:
+        """The state file's path."""
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"FileStore({str(self._path)!r})"
+
+    async def load(self) -> dict[str, Any] | None:
+        """Read the state file.
+
+        Returns:
+            The stored document, or None when the file does not exist.
+
+        Raises:
+            StoreCorrupt: The file could not be decoded; it was moved aside to
+                ``moved_to`` (the path is then empty).
+            StoreError: The file could not be read, is not a regular file, is
+                accessible by group or others, or was written by a newer tokensdk.
+        """
+        async with self._lock:
+            return await anyio.to_thread.run_sync(self._load_sync)
+
+    async def save(self, document: Mapping[str, Any]) -> None:
+        """Replace the state file's content with ``document``, atomically and durably.
+
+        The document is encoded before this call first yields, so changes the caller
+        makes afterwards are not saved.
+
+        Args:
+            document: A JSON-able mapping.
+
+        Raises:
+            InvalidInput: The document is not JSON-serialisable.
+            StoreError: The file could not be written; the previous file is intact.
+        """
+        data = encode_state(document)
+        async with self._lock:
+            await anyio.to_thread.run_sync(self._save_sync, data)
+
+    async def clear(self) -> None:
+        """Remove the state file and abandoned temporary files (a missing file is fine).
+
+        Raises:
+            StoreError: The file could not be removed.
+        """
+        async with self._lock:
+            await anyio.to_thread.run_sync(self._clear_sync)
+
+    # -- blocking parts, run in a worker thread ------------------------------------
+
+    def _load_sync(self) -> dict[str, Any] | None:
+        # A concurrent writer in another process may replace the file between our
+        # read and our moving it aside; re-read rather than move a good file away.
+        for _ in range(5):
+            try:
+                result = _read_regular_file(self._path)
+            except OSError as exc:
+                raise StoreError(f"cannot read state file {self._path}: {_describe(exc)}") from exc
+            if result is None:
+                return None
+            st, data = result
+            if stat.S_ISDIR(st.st_mode):
+                raise StoreError(f"cannot read state file {self._path}: it is a directory")
+            if not stat.S_ISREG(st.st_mode):
+                raise StoreError(f"cannot read state file {self._path}: not a regular file")
+            if self._check_permissions and st.st_mode & 0o077:
+                raise StoreError(
+                    f"state file {self._path} is accessible by group or others "
+                    f"(mode {stat.S_IMODE(st.st_mode):04o}); it holds secrets: run "
+                    f"`chmod 600 {self._path}` (or pass check_permissions=False)"
+                )
+            try:
+                return decode_state(data)
+            except NewerFormat as exc:
+                raise StoreError(
+                    f"state file {self._path} was written by a newer tokensdk (format "
+                    f"version {exc.version}); upgrade tokensdk to read it. The file was "
+                    "left untouched"
+                ) from None
+            except CorruptState as exc:
+                reason = exc.reason
+            if not self._still_same_file(st):
+                continue
+            moved_to = self._move_aside()
+            if moved_to is None:
+                raise StoreCorrupt(
+                    f"state file {self._path} is corrupt ({reason}) and could not be moved aside",
+                    moved_to=None,
+                )
+            raise StoreCorrupt(
+                f"state file {self._path} is corrupt ({reason}); moved aside to {moved_to}",
+                moved_to=moved_to,
+            )
+        raise StoreError(f"state file {self._path} kept changing while being read")
+
+    def _still_same_file(self, st: os.stat_result) -> bool:
+        try:
+            now = os.stat(self._path)
+        except OSError:
+            return False
+        return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+
+    def _move_aside(self) -> str | None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        base = f"{self._path}.corrupt-{stamp}"
+        target, n = base, 1
+        while os.path.lexists(target):
+            target, n = f"{base}-{n}", n + 1
+        try:
+            os.replace(self._path, target)
+        except OSError:
+            return None
+        with contextlib.suppress(OSError):
+            self._fsync_dir()
+        return target
+
+    def _temp_prefix(self) -> str:
+        return f".{self._path.name}.tmp-"
+
+    def _save_sync(self, data: bytes) -> None:
+        try:
+            self._path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            self._remove_abandoned_temps()
+            fd, tmp = self._create_temp()
+        except OSError as exc:
+            raise StoreError(f"cannot write state file {self._path}: {_describe(exc)}") from exc
+        try:
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+                os.replace(tmp, self._path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            # The rename is durable only once the directory entry is on disk.
+            self._fsync_dir()
+        except OSError as exc:
+            raise StoreError(f"cannot write state file {self._path}: {_describe(exc)}") from exc
+        finally:
+            # Closing releases the flock, after the rename: a cleaner never takes it early.
+            os.close(fd)
+
+    def _create_temp(self) -> tuple[int, Path]:
+        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
+        while True:
+            tmp = self._path.with_name(self._temp_prefix() + secrets.token_hex(8))
+            fd = os.open(tmp, flags, _FILE_MODE)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                # A cleaner may have taken and removed it between open and flock.
+                if self._fd_is_named(fd, tmp):
+                    return fd, tmp
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+
+    @staticmethod
+    def _fd_is_named(fd: int, path: Path) -> bool:
+        try:
+            named = os.stat(path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+    def _remove_abandoned_temps(self) -> None:
+        directory = self._path.parent
+        prefix = self._temp_prefix()
+        try:
+            names = [name for name in os.listdir(directory) if name.startswith(prefix)]
+        except OSError:
+            return
+        for name in names:
+            path = directory / name
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # a live writer holds it
+            try:
+                if self._fd_is_named(fd, path):
+                    os.unlink(path)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self._path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            # Some file systems cannot fsync a directory; the rename is then as
+            # durable as they make it.
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+                raise
+        finally:
+            os.close(fd)
+
+    def _clear_sync(self) -> None:
+        try:
+            self._remove_abandoned_temps()
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                return
+            self._fsync_dir()
+        except IsADirectoryError as exc:
+            raise StoreError(f"cannot remove state file {self._path}: it is a directory") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot remove state file {self._path}: {_describe(exc)}") from exc
