@@ -1,0 +1,345 @@
+"""Frozen values: credentials, asset tokens, MAC tokens, events, the session snapshot.
+
+Also the versioned codec between a :class:`SessionSnapshot` and the JSON document a
+store persists. Everything here is pure.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import math
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import attrs
+
+from tokensdk._errors import ProtocolError, StoreCorrupt
+
+__all__ = [
+    "AssetToken",
+    "Credentials",
+    "Event",
+    "EventType",
+    "MacToken",
+    "SessionSnapshot",
+    "SessionStatus",
+]
+
+STATE_VERSION = 1
+_T = TypeVar("_T")
+
+
+def _redacted(value: str | bytes) -> str:
+    return "<redacted>" if value else "<empty>"
+
+
+@attrs.frozen
+class Credentials:
+    """A renewable token pair and when each half expires.
+
+    Deadlines are kept twice: as wall time (what is persisted) and as monotonic time
+    (what scheduling uses). A token counts as expired as soon as either clock says so,
+    so neither a wall-clock jump nor a suspended machine makes it look fresh.
+
+    Attributes:
+        username: The account the pair belongs to.
+        access_token: The bearer token (secret).
+        refresh_token: The single-use refresh token (secret).
+        access_expires_at: Wall time (Unix seconds) when the access token expires.
+        refresh_expires_at: Wall time when the refresh token expires.
+        access_deadline: Monotonic time when the access token expires.
+        refresh_deadline: Monotonic time when the refresh token expires.
+        lifetime: The access token's lifespan as granted, in seconds.
+    """
+
+    username: str
+    access_token: str = attrs.field(repr=False)
+    refresh_token: str = attrs.field(repr=False)
+    access_expires_at: float
+    refresh_expires_at: float
+    access_deadline: float = attrs.field(eq=False)
+    refresh_deadline: float = attrs.field(eq=False)
+    lifetime: float
+
+    @classmethod
+    def from_response(
+        cls, body: Mapping[str, Any], *, wall: float, monotonic: float
+    ) -> Credentials:
+        """Build credentials from a LoginTokens response.
+
+        Args:
+            body: The decoded JSON response.
+            wall: Wall time when the request was *sent* (so deadlines err early).
+            monotonic: Monotonic time when the request was sent.
+
+        Raises:
+            ProtocolError: The body does not have the contract's shape.
+        """
+        username = _field(body, "username", str)
+        access = _field(body, "accessToken", str)
+        refresh = _field(body, "refreshToken", str)
+        access_ttl = _ttl(body, "accessExpire")
+        refresh_ttl = _ttl(body, "refreshExpire")
+        if not access or not refresh:
+            raise ProtocolError("the service returned an empty token")
+        return cls(
+            username=username,
+            access_token=access,
+            refresh_token=refresh,
+            access_expires_at=wall + access_ttl,
+            refresh_expires_at=wall + refresh_ttl,
+            access_deadline=monotonic + access_ttl,
+            refresh_deadline=monotonic + refresh_ttl,
+            lifetime=float(access_ttl),
+        )
+
+    def access_left(self, wall: float, monotonic: float) -> float:
+        """Seconds the access token has left, by the more pessimistic of the two clocks."""
+        return min(self.access_deadline - monotonic, self.access_expires_at - wall)
+
+    def refresh_left(self, wall: float, monotonic: float) -> float:
+        """Seconds the refresh token has left, by the more pessimistic of the two clocks."""
+        return min(self.refresh_deadline - monotonic, self.refresh_expires_at - wall)
+
+    def __repr__(self) -> str:
+        return (
+            f"Credentials(username={self.username!r}, access_token={_redacted(self.access_token)},"
+            f" refresh_token={_redacted(self.refresh_token)},"
+            f" access_expires_at={self.access_expires_at!r},"
+            f" refresh_expires_at={self.refresh_expires_at!r})"
+        )
+
+
+@attrs.frozen
+class AssetToken:
+    """One entry of the observable access-token array.
+
+    Attributes:
+        asset_id: The asset the token grants access to.
+        token: The PASETO v4.public token string (a bearer secret).
+        expires_at: Wall time of the token's ``exp`` claim, if known.
+    """
+
+    asset_id: str
+    token: str = attrs.field(repr=False)
+    expires_at: float | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"AssetToken(asset_id={self.asset_id!r}, token={_redacted(self.token)},"
+            f" expires_at={self.expires_at!r})"
+        )
+
+
+@attrs.frozen
+class MacToken:
+    """A named MAC token: an id and a 16-byte secret that sign requests locally.
+
+    Attributes:
+        name: The application's name for the token.
+        token_id: The service's id of the token (UUID).
+        secret: The raw 16-byte HMAC key (secret).
+        factors: The factors that created it, e.g. ``("possession", "knowledge")``.
+    """
+
+    name: str
+    token_id: str
+    secret: bytes = attrs.field(repr=False)
+    factors: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return (
+            f"MacToken(name={self.name!r}, token_id={self.token_id!r},"
+            f" secret={_redacted(self.secret)}, factors={self.factors!r})"
+        )
+
+
+class SessionStatus(enum.StrEnum):
+    """Where a session stands."""
+
+    LOGGED_OUT = "logged_out"
+    """Never logged in, or logged out by the application."""
+    ACTIVE = "active"
+    """Holds a usable token pair and keeps it fresh."""
+    NEEDS_LOGIN = "needs_login"
+    """The activation was lost (expired, revoked, reused): log in again."""
+
+
+@attrs.frozen
+class SessionSnapshot:
+    """An immutable view of the whole session state, handed to change callbacks.
+
+    Attributes:
+        status: Where the session stands.
+        credentials: The current token pair, or None.
+        access_tokens: The asset access-token array, in order.
+        mac_tokens: The named MAC tokens by name.
+        revision: Increases by one with every change.
+    """
+
+    status: SessionStatus = SessionStatus.LOGGED_OUT
+    credentials: Credentials | None = None
+    access_tokens: tuple[AssetToken, ...] = ()
+    mac_tokens: Mapping[str, MacToken] = attrs.field(factory=dict)
+    revision: int = 0
+
+    @property
+    def username(self) -> str | None:
+        """The logged-in user, if any."""
+        return self.credentials.username if self.credentials else None
+
+
+class EventType(enum.StrEnum):
+    """What happened, as reported through ``Session.events()``."""
+
+    LOGGED_IN = "logged_in"
+    RESUMED = "resumed"
+    REFRESHED = "refreshed"
+    REFRESH_FAILED = "refresh_failed"
+    SESSION_LOST = "session_lost"
+    LOGGED_OUT = "logged_out"
+    ACCESS_TOKEN_ADDED = "access_token_added"
+    ACCESS_TOKEN_REPLACED = "access_token_replaced"
+    ACCESS_TOKEN_REMOVED = "access_token_removed"
+    MAC_TOKEN_ADDED = "mac_token_added"
+    MAC_TOKEN_REMOVED = "mac_token_removed"
+    CLOCK_SYNCED = "clock_synced"
+    CALLBACK_FAILED = "callback_failed"
+    STORE_FAILED = "store_failed"
+
+
+@attrs.frozen
+class Event:
+    """One thing that happened to a session.
+
+    Attributes:
+        type: What happened.
+        at: Wall time when it happened.
+        detail: A short reason or name (an asset id, a MAC token name, an error name).
+        error: The error behind a failure event, if any.
+    """
+
+    type: EventType
+    at: float
+    detail: str | None = None
+    error: BaseException | None = attrs.field(default=None, eq=False)
+
+
+# -- the persisted document ---------------------------------------------------------
+
+
+def encode_state(snapshot: SessionSnapshot) -> dict[str, Any]:
+    """Encode a snapshot as the versioned JSON document stores persist."""
+    creds = snapshot.credentials
+    return {
+        "version": STATE_VERSION,
+        "status": snapshot.status.value,
+        "credentials": None
+        if creds is None
+        else {
+            "username": creds.username,
+            "accessToken": creds.access_token,
+            "refreshToken": creds.refresh_token,
+            "accessExpiresAt": creds.access_expires_at,
+            "refreshExpiresAt": creds.refresh_expires_at,
+            "lifetime": creds.lifetime,
+        },
+        "accessTokens": [
+            {"assetId": t.asset_id, "token": t.token, "expiresAt": t.expires_at}
+            for t in snapshot.access_tokens
+        ],
+        "macTokens": {
+            name: {
+                "tokenId": m.token_id,
+                "tokenSecret": base64.b64encode(m.secret).decode("ascii"),
+                "factors": list(m.factors),
+            }
+            for name, m in snapshot.mac_tokens.items()
+        },
+    }
+
+
+def decode_state(document: Mapping[str, Any], *, wall: float, monotonic: float) -> SessionSnapshot:
+    """Decode a persisted document, turning wall deadlines into monotonic ones.
+
+    Raises:
+        StoreCorrupt: The document is not a state this version understands.
+    """
+    try:
+        return _decode_state(document, wall=wall, monotonic=monotonic)
+    except (ProtocolError, KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise StoreCorrupt(f"stored session state is invalid ({type(exc).__name__})") from None
+
+
+def _decode_state(document: Mapping[str, Any], *, wall: float, monotonic: float) -> SessionSnapshot:
+    if document.get("version") != STATE_VERSION:
+        raise ValueError("unsupported state version")
+    status = SessionStatus(document.get("status", SessionStatus.LOGGED_OUT.value))
+    raw = document.get("credentials")
+    creds = None
+    if raw is not None:
+        access_at = _number(raw, "accessExpiresAt")
+        refresh_at = _number(raw, "refreshExpiresAt")
+        creds = Credentials(
+            username=_field(raw, "username", str),
+            access_token=_field(raw, "accessToken", str),
+            refresh_token=_field(raw, "refreshToken", str),
+            access_expires_at=access_at,
+            refresh_expires_at=refresh_at,
+            access_deadline=monotonic + (access_at - wall),
+            refresh_deadline=monotonic + (refresh_at - wall),
+            lifetime=_number(raw, "lifetime"),
+        )
+    tokens = []
+    for item in document.get("accessTokens") or ():
+        expires = item.get("expiresAt")
+        tokens.append(
+            AssetToken(
+                asset_id=_field(item, "assetId", str),
+                token=_field(item, "token", str),
+                expires_at=None if expires is None else _number(item, "expiresAt"),
+            )
+        )
+    macs = {}
+    for name, item in (document.get("macTokens") or {}).items():
+        secret = base64.b64decode(_field(item, "tokenSecret", str), validate=True)
+        factors = item["factors"]
+        if not isinstance(name, str) or len(secret) != 16 or not isinstance(factors, list):
+            raise ValueError("bad MAC token")
+        macs[name] = MacToken(
+            name=name,
+            token_id=_field(item, "tokenId", str),
+            secret=secret,
+            factors=tuple(str(f) for f in factors),
+        )
+    if status is SessionStatus.ACTIVE and creds is None:
+        status = SessionStatus.LOGGED_OUT
+    return SessionSnapshot(
+        status=status, credentials=creds, access_tokens=tuple(tokens), mac_tokens=macs
+    )
+
+
+def _field(body: Mapping[str, Any], name: str, kind: type[_T]) -> _T:
+    try:
+        value = body[name]
+    except (KeyError, TypeError):
+        raise ProtocolError(f"response field {name!r} is missing") from None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ProtocolError(f"response field {name!r} has the wrong type")
+    return value
+
+
+def _number(body: Mapping[str, Any], name: str) -> float:
+    value = body.get(name) if isinstance(body, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ProtocolError(f"field {name!r} is not a number")
+    return float(value)
+
+
+def _ttl(body: Mapping[str, Any], name: str) -> int:
+    value = _field(body, name, int)
+    if value < 0 or value > 10 * 365 * 86400:
+        raise ProtocolError(f"response field {name!r} is out of range")
+    return value

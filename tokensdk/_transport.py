@@ -1,0 +1,309 @@
+"""The thin I/O layer: aiohttp calls to the token service, error mapping, retry.
+
+Every call of the SDK's own goes through :class:`Transport`; it never passes through
+the application's client middleware. Contract errors become the typed errors of
+:mod:`tokensdk._errors`; transient failures (connection errors, timeouts, 5xx, 429)
+are retried with exponential backoff and jitter, honouring ``Retry-After``, within a
+deadline the caller sets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import attrs
+import tenacity
+
+from tokensdk._clock import Clock
+from tokensdk._errors import (
+    AccountFrozen,
+    Conflict,
+    InvalidCredentials,
+    InvalidInput,
+    InvalidState,
+    NotFound,
+    ProtocolError,
+    RateLimited,
+    ServiceError,
+    ServiceUnavailable,
+)
+
+__all__ = ["RetryConfig", "Transport"]
+
+log = logging.getLogger("tokensdk")
+
+# ProtocolError counts: a garbled answer (truncated, an HTML page) is a fault in transit.
+_TRANSIENT = (ServiceUnavailable, RateLimited, ProtocolError)
+
+
+@attrs.frozen
+class RetryConfig:
+    """Backoff for transient failures.
+
+    Attributes:
+        initial: The first backoff in seconds.
+        maximum: The largest backoff in seconds.
+        multiplier: Growth per attempt.
+        jitter: Random extra, as a fraction of the backoff.
+        max_attempts: Give up after this many attempts, deadline or not.
+    """
+
+    initial: float = 0.2
+    maximum: float = 10.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    max_attempts: int = 50
+
+    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
+        """The wait after failed attempt number ``attempt`` (1-based)."""
+        base = min(self.initial * self.multiplier ** max(attempt - 1, 0), self.maximum)
+        return base * (1 + self.jitter * (rng or random).random())
+
+
+@attrs.frozen
+class Reply:
+    """A decoded answer and when its request was sent (for lifespans that err early)."""
+
+    body: Any
+    sent_wall: float
+    sent_monotonic: float
+
+
+_ERRORS: dict[int, type[ServiceError]] = {
+    401: InvalidCredentials,
+    403: AccountFrozen,
+    404: NotFound,
+    409: Conflict,
+    491: InvalidState,
+}
+
+
+class Transport:
+    """JSON calls to the service under ``{base_url}/v1``.
+
+    Args:
+        base_url: The service root, e.g. ``http://127.0.0.1:8080``.
+        clock: The clock backoff sleeps on.
+        http: An aiohttp session to use; one is created (and closed) otherwise.
+        timeout: Seconds one attempt may take.
+        retry: Backoff settings.
+        max_response: Largest response body accepted, in bytes.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        clock: Clock,
+        *,
+        http: aiohttp.ClientSession | None = None,
+        timeout: float = 10.0,
+        retry: RetryConfig = RetryConfig(),
+        max_response: int = 1 << 20,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise InvalidInput("base_url must be an http:// or https:// URL")
+        self.base_url = base_url.rstrip("/")
+        self._prefix = self.base_url + "/v1"
+        self._clock = clock
+        self._http = http
+        self._own_http = http is None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.timeout = timeout
+        self.retry = retry
+        self._max_response = max_response
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The aiohttp session, created on first use."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=self._timeout)
+        return self._http
+
+    async def aclose(self) -> None:
+        """Close the aiohttp session if this transport created it."""
+        if self._own_http and self._http is not None:
+            http, self._http = self._http, None
+            await http.close()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        bearer: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        deadline: float | None = None,
+        retry: bool = True,
+    ) -> Reply:
+        """Call ``/v1{path}`` and decode the JSON answer, retrying transient failures.
+
+        Args:
+            method: The HTTP method.
+            path: The path below ``/v1``.
+            body: The JSON body, if any.
+            bearer: An access token for ``Authorization: Bearer``.
+            headers: Extra headers.
+            deadline: Monotonic time after which no new attempt starts.
+            retry: Whether transient failures are retried at all.
+
+        Raises:
+            ServiceError: A contract error (a typed subclass where one fits).
+            ProtocolError: The answer is not what the contract describes.
+        """
+        if not retry:
+            return await self._once(method, path, body, bearer, headers)
+        start = self._clock.monotonic()
+        if deadline is None:
+            deadline = start + self.timeout
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(_TRANSIENT),
+            wait=self._wait,
+            stop=self._stopper(deadline),
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        reply: Reply | None = None
+        async for attempt in retrying:
+            with attempt:
+                reply = await self._once(method, path, body, bearer, headers)
+        assert reply is not None
+        return reply
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        wait = self.retry.backoff(state.attempt_number)
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimited):
+            wait = max(wait, exc.retry_after)
+        return wait
+
+    def _stopper(self, deadline: float) -> Any:
+        def stop(state: tenacity.RetryCallState) -> bool:
+            if state.attempt_number >= self.retry.max_attempts:
+                return True
+            return self._clock.monotonic() + state.upcoming_sleep > deadline
+
+        return stop
+
+    async def _sleep(self, seconds: float) -> None:
+        await self._clock.sleep_until(self._clock.monotonic() + seconds)
+
+    @staticmethod
+    def _log_retry(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.info(
+            "tokensdk: attempt %d failed (%s), retrying in %.2fs",
+            state.attempt_number,
+            type(exc).__name__,
+            state.upcoming_sleep,
+        )
+
+    async def _once(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        bearer: str | None,
+        headers: Mapping[str, str] | None,
+    ) -> Reply:
+        sent_wall, sent_mono = self._clock.time(), self._clock.monotonic()
+        send_headers = {"Accept": "application/json"}
+        if headers:
+            send_headers.update(headers)
+        if bearer is not None:
+            send_headers["Authorization"] = f"Bearer {bearer}"
+        url = self._prefix + path
+        try:
+            async with self.http.request(
+                method, url, json=body, headers=send_headers, timeout=self._timeout
+            ) as resp:
+                raw = await self._read(resp)
+                status = resp.status
+                content_type = resp.content_type
+                retry_after = resp.headers.get("Retry-After")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The exception text of aiohttp may carry the URL but never our headers.
+            raise ServiceUnavailable(
+                f"{method} {path}: the service could not be reached ({type(exc).__name__})",
+                error="unavailable",
+            ) from None
+        if status == 204:
+            return Reply(None, sent_wall, sent_mono)
+        try:
+            decoded = _decode_json(raw, content_type, method, path)
+        except ProtocolError:
+            if status < 500 and status != 429:
+                raise
+            decoded = None  # a proxy's HTML error page: the status says enough
+        if status < 400:
+            if not isinstance(decoded, dict):
+                raise ProtocolError(f"{method} {path}: the answer is not a JSON object")
+            return Reply(decoded, sent_wall, sent_mono)
+        raise _error_from(status, decoded, retry_after, method, path)
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        length = resp.content_length
+        if length is not None and length > self._max_response:
+            raise ProtocolError(f"the answer is too large ({length} bytes)")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > self._max_response:
+                raise ProtocolError("the answer is too large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _decode_json(raw: bytes, content_type: str, method: str, path: str) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        kind = content_type or "no content type"
+        raise ProtocolError(f"{method} {path}: the answer is not JSON ({kind})") from None
+
+
+def _error_from(
+    status: int, decoded: Any, retry_after: str | None, method: str, path: str
+) -> ServiceError:
+    error = ""
+    code = status
+    message = ""
+    if isinstance(decoded, dict):
+        raw_error = decoded.get("error")
+        error = raw_error if isinstance(raw_error, str) else ""
+        raw_code = decoded.get("code")
+        if isinstance(raw_code, int) and not isinstance(raw_code, bool):
+            code = raw_code
+        raw_message = decoded.get("message")
+        message = raw_message[:200] if isinstance(raw_message, str) else ""
+    text = f"{method} {path}: {status} {error or 'error'}" + (f": {message}" if message else "")
+    if status == 429:
+        return RateLimited(
+            text,
+            status=status,
+            error=error or "rate_limited",
+            code=code,
+            retry_after=_retry_after(retry_after),
+        )
+    if status >= 500:
+        return ServiceUnavailable(text, status=status, error=error or "internal", code=code)
+    cls = _ERRORS.get(status, ServiceError)
+    return cls(text, status=status, error=error, code=code)
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        seconds = float(value) if value is not None else 1.0
+    except ValueError:
+        return 1.0
+    return min(max(seconds, 0.0), 3600.0) if math.isfinite(seconds) else 1.0
