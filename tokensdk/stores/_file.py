@@ -56,6 +56,24 @@ def _read_regular_file(path: Path) -> tuple[os.stat_result, bytes] | None:
         os.close(fd)
 
 
+def _make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, each with mode 0700."""
+    # Path.mkdir(parents=True) and os.makedirs give intermediate directories the
+    # default mode; a private store gets private parents too.
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        if directory.parent == directory:
+            break
+        directory = directory.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=_DIR_MODE)
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -202,7 +220,7 @@ class FileStore:
 
     def _save_sync(self, data: bytes) -> None:
         try:
-            self._path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            _make_private_dirs(self._path.parent)
             self._remove_abandoned_temps()
             fd, tmp = self._create_temp()
         except OSError as exc:

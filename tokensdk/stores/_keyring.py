@@ -164,5 +164,5 @@ class KeyringStore:
             # Backends raise PasswordDeleteError both for "no entry" and for real
             # failures: whether the entry is gone is checked right below.
             pass
-        if self._call("read", backend.get_password, self._service, self._name) is not None:
+        if self._call("delete", backend.get_password, self._service, self._name) is not None:
             raise StoreError(f"cannot delete {self._where()}: the keyring refused")
