@@ -1,0 +1,567 @@
+"""The HTTP layer of the reference service: thin aiohttp.web handlers around the state core.
+
+Every failure, including malformed JSON, wrong types, unknown routes, wrong
+methods and oversized bodies, leaves as the contract's JSON error body; an
+unexpected exception becomes a JSON 500 and a log record, never an HTML page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib import metadata
+from typing import Any
+
+import anyio
+import attrs
+from aiohttp import web
+
+from tokensdk._errors import HeaderInvalid
+from tokensdk._mac import ReplayGuard, TimestampWindow, verify_token_header
+from tokensdk.server._config import ServiceConfig
+from tokensdk.server._db import open_persistence
+from tokensdk.server._ratelimit import SlidingWindowLimiter
+from tokensdk.server._state import (
+    AccessRecord,
+    ApiError,
+    BearerRejected,
+    LoginTokens,
+    ServiceState,
+    UserRecord,
+    make_user_record,
+    verify_password,
+)
+
+__all__ = [
+    "STATS_KEY",
+    "RunningService",
+    "ServiceStats",
+    "create_app",
+    "running_service",
+]
+
+log = logging.getLogger("tokensdk.server")
+
+try:
+    _VERSION = metadata.version("tokensdk")
+except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    _VERSION = "0"
+
+_MAC_HEADER = "X-PowerAuth-Token"
+_FACTOR_SETS = (("possession",), ("possession", "knowledge"))
+
+
+@attrs.define
+class ServiceStats:
+    """Counters the service keeps, for tests and benchmarks.
+
+    Attributes:
+        logins: Successful logins (password or one-time key).
+        refreshes: Successful refreshes.
+        rejected_bearers: Bearer tokens refused (invalid, expired or revoked).
+        expired_bearers: The subset of rejected bearers that were presented after expiry.
+        failed_logins: Login attempts refused for bad credentials.
+        rate_limited: Requests answered 429.
+        refresh_reuses: Refresh tokens presented a second time (families revoked).
+        mac_tokens_created: MAC tokens created.
+        mac_headers_accepted: ``X-PowerAuth-Token`` headers that verified.
+        mac_headers_rejected: ``X-PowerAuth-Token`` headers refused.
+        asset_tokens_issued: Asset access tokens signed.
+        requests_by_path: Requests per matched route path (``<unmatched>`` otherwise).
+    """
+
+    logins: int = 0
+    refreshes: int = 0
+    rejected_bearers: int = 0
+    expired_bearers: int = 0
+    failed_logins: int = 0
+    rate_limited: int = 0
+    refresh_reuses: int = 0
+    mac_tokens_created: int = 0
+    mac_headers_accepted: int = 0
+    mac_headers_rejected: int = 0
+    asset_tokens_issued: int = 0
+    requests_by_path: collections.Counter[str] = attrs.field(factory=collections.Counter)
+
+
+@attrs.define
+class _Service:
+    """Everything the handlers share: config, state, limiters, stats."""
+
+    config: ServiceConfig
+    state: ServiceState
+    stats: ServiceStats
+    login_limiter: SlidingWindowLimiter
+    ip_limiter: SlidingWindowLimiter
+    key_limiter: SlidingWindowLimiter
+    mac_window: TimestampWindow
+    replay_guard: ReplayGuard
+
+    def now(self) -> float:
+        return self.config.clock.time()
+
+    def mono(self) -> float:
+        return self.config.clock.monotonic()
+
+
+SERVICE_KEY = web.AppKey("tokensdk_service", _Service)
+STATS_KEY = web.AppKey("tokensdk_stats", ServiceStats)
+
+
+# -- request helpers --------------------------------------------------------------------
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        raise ApiError(400, "invalid_request", "a JSON object body is required")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid_request", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_request", "the body must be a JSON object")
+    return body
+
+
+def _string(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid_request", f"field {name!r} must be a string")
+    return value
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+def _client_ip(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+def _authenticate(request: web.Request) -> AccessRecord:
+    service = request.app[SERVICE_KEY]
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(
+            401,
+            "invalid_token",
+            "a bearer access token is required",
+            headers={"WWW-Authenticate": f'Bearer realm="{service.config.realm}"'},
+        )
+    try:
+        return service.state.authenticate_bearer(token, service.now())
+    except BearerRejected as exc:
+        service.stats.rejected_bearers += 1
+        if exc.expired:
+            service.stats.expired_bearers += 1
+        raise
+
+
+def _check_rate(service: _Service, keys: list[tuple[SlidingWindowLimiter, str]]) -> None:
+    now = service.mono()
+    waits = [w for limiter, key in keys if (w := limiter.retry_after(key, now)) is not None]
+    if waits:
+        service.stats.rate_limited += 1
+        retry = max(waits)
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many attempts; retry in {retry} s",
+            headers={"Retry-After": str(retry)},
+        )
+
+
+def _login_keys(
+    service: _Service, request: web.Request, username: str
+) -> list[tuple[SlidingWindowLimiter, str]]:
+    return [
+        (service.login_limiter, f"user:{username}"),
+        (service.ip_limiter, f"ip:{_client_ip(request)}"),
+    ]
+
+
+def _login_failed(service: _Service, request: web.Request, username: str) -> ApiError:
+    now = service.mono()
+    service.stats.failed_logins += 1
+    service.login_limiter.record(f"user:{username}", now)
+    service.ip_limiter.record(f"ip:{_client_ip(request)}", now)
+    return ApiError(401, "invalid_credentials", "invalid username or credentials")
+
+
+async def _check_password(service: _Service, username: str, password: str) -> UserRecord | None:
+    record = service.state.users.get(username)
+    ok = await anyio.to_thread.run_sync(verify_password, record, password, service.config.scrypt_n)
+    return record if ok else None
+
+
+def _start_session(service: _Service, username: str, record: UserRecord) -> LoginTokens:
+    if record.frozen:
+        raise ApiError(403, "account_frozen", "the account is frozen")
+    service.login_limiter.reset(f"user:{username}")
+    service.stats.logins += 1
+    return service.state.login(username, service.now())
+
+
+# -- handlers: status and sessions ----------------------------------------------------
+
+
+async def status(request: web.Request) -> web.Response:
+    """``GET /v1/status``: server time (Unix ms), realm and version."""
+    service = request.app[SERVICE_KEY]
+    return _json(
+        {
+            "serverTime": int(service.now() * 1000),
+            "realm": service.config.realm,
+            "version": _VERSION,
+        }
+    )
+
+
+async def login(request: web.Request) -> web.Response:
+    """``POST /v1/login``: username + password -> LoginTokens."""
+    service = request.app[SERVICE_KEY]
+    body = await _json_body(request)
+    username, password = _string(body, "username"), _string(body, "password")
+    _check_rate(service, _login_keys(service, request, username))
+    record = await _check_password(service, username, password)
+    if record is None:
+        raise _login_failed(service, request, username)
+    return _json(_start_session(service, username, record).to_json())
+
+
+async def one_time_key(request: web.Request) -> web.Response:
+    """``POST /v1/login/one-time-key``: issue a 300 s single-use key (newest wins)."""
+    service = request.app[SERVICE_KEY]
+    body = await _json_body(request)
+    username = _string(body, "username")
+    key_name = f"otk:{username}"
+    _check_rate(service, [(service.key_limiter, key_name)])
+    service.key_limiter.record(key_name, service.mono())
+    return _json({"key": service.state.new_one_time_key(username, service.now())})
+
+
+async def login_with_one_time_key(request: web.Request) -> web.Response:
+    """``POST /v1/login/with-one-time-key``: username + hash -> LoginTokens."""
+    service = request.app[SERVICE_KEY]
+    body = await _json_body(request)
+    username, answer = _string(body, "username"), _string(body, "hash")
+    _check_rate(service, _login_keys(service, request, username))
+    record = service.state.users.get(username)
+    if record is None or not service.state.use_one_time_key(username, answer, service.now()):
+        raise _login_failed(service, request, username)
+    return _json(_start_session(service, username, record).to_json())
+
+
+async def login_with_token(request: web.Request) -> web.Response:
+    """``POST /v1/login/with-token``: username + access token -> remaining lifetime."""
+    service = request.app[SERVICE_KEY]
+    body = await _json_body(request)
+    username, token = _string(body, "username"), _string(body, "accessToken")
+    remaining = service.state.login_with_token(username, token, service.now())
+    return _json({"username": username, "accessExpire": remaining})
+
+
+async def refresh(request: web.Request) -> web.Response:
+    """``POST /v1/refresh``: rotate a refresh token into a new pair."""
+    service = request.app[SERVICE_KEY]
+    body = await _json_body(request)
+    username, token = _string(body, "username"), _string(body, "refreshToken")
+    try:
+        tokens = service.state.refresh(username, token, service.now())
+    except ApiError as exc:
+        if exc.error == "refresh_token_reused":
+            service.stats.refresh_reuses += 1
+        raise
+    service.stats.refreshes += 1
+    return _json(tokens.to_json())
+
+
+async def logout(request: web.Request) -> web.Response:
+    """``POST /v1/logout``: revoke the bearer's whole family."""
+    record = _authenticate(request)
+    request.app[SERVICE_KEY].state.revoke_family(record.family)
+    return web.Response(status=204)
+
+
+async def me(request: web.Request) -> web.Response:
+    """``GET /v1/me``: who the bearer is."""
+    record = _authenticate(request)
+    return _json({"username": record.username})
+
+
+# -- handlers: MAC tokens ---------------------------------------------------------------
+
+
+async def create_mac_token(request: web.Request) -> web.Response:
+    """``POST /v1/tokens/create``: bearer (+ password for knowledge) -> token id and secret."""
+    service = request.app[SERVICE_KEY]
+    record = _authenticate(request)
+    body = await _json_body(request)
+    factors = body.get("factors")
+    if not isinstance(factors, list) or tuple(factors) not in _FACTOR_SETS:
+        raise ApiError(
+            400,
+            "invalid_request",
+            'factors must be ["possession"] or ["possession", "knowledge"]',
+        )
+    if "knowledge" in factors:
+        password = _string(body, "password")
+        _check_rate(service, _login_keys(service, request, record.username))
+        if await _check_password(service, record.username, password) is None:
+            raise _login_failed(service, request, record.username)
+        # The session may have been revoked while the password was being hashed.
+        record = _authenticate(request)
+    token_id, secret = service.state.create_mac_token(
+        record.family, record.username, tuple(factors)
+    )
+    service.stats.mac_tokens_created += 1
+    return _json({"tokenId": token_id, "tokenSecret": secret})
+
+
+async def remove_mac_token(request: web.Request) -> web.Response:
+    """``POST /v1/tokens/remove``: remove one of the bearer's MAC tokens."""
+    service = request.app[SERVICE_KEY]
+    record = _authenticate(request)
+    token_id = _string(await _json_body(request), "tokenId")
+    service.state.remove_mac_token(record.username, token_id)
+    return _json({"tokenId": token_id})
+
+
+async def me_by_mac_token(request: web.Request) -> web.Response:
+    """``GET /v1/me/token``: verify an ``X-PowerAuth-Token`` header."""
+    service = request.app[SERVICE_KEY]
+    now = service.now()
+
+    def lookup(token_id: str) -> bytes | None:
+        record = service.state.live_mac_token(token_id, now)
+        if record is None:
+            return None
+        try:
+            return base64.b64decode(record.secret, validate=True)
+        except binascii.Error:  # pragma: no cover - we wrote it ourselves
+            return None
+
+    try:
+        header = request.headers.get(_MAC_HEADER)
+        if header is None:
+            raise HeaderInvalid("token_invalid", "missing header")
+        parsed = verify_token_header(
+            header,
+            lookup,
+            int(now * 1000),
+            service.mac_window,
+            replay_guard=service.replay_guard,
+        )
+    except HeaderInvalid as exc:
+        service.stats.mac_headers_rejected += 1
+        raise ApiError(
+            401,
+            exc.error,
+            f"the {_MAC_HEADER} header was refused: {exc.error}",
+            headers={"WWW-Authenticate": "PowerAuth"},
+        ) from None
+    token = service.state.live_mac_token(parsed.token_id, now)
+    if token is None:  # pragma: no cover - lookup() just found it
+        raise ApiError(401, "token_invalid", "unknown token")
+    service.stats.mac_headers_accepted += 1
+    return _json(
+        {"username": token.username, "tokenId": parsed.token_id, "factors": list(token.factors)}
+    )
+
+
+# -- middleware and app -----------------------------------------------------------------
+
+_HTTP_ERRORS = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+def _error_response(
+    status: int,
+    error: str,
+    message: str,
+    code: int | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> web.Response:
+    body: dict[str, Any] = {"error": error, "code": status if code is None else code}
+    body["message"] = message
+    body.update(extra or {})
+    return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def _errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    service = request.app[SERVICE_KEY]
+    resource = request.match_info.route.resource
+    service.stats.requests_by_path[
+        resource.canonical if resource is not None else "<unmatched>"
+    ] += 1
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error_response(exc.status, exc.error, exc.message, exc.code, exc.headers, exc.extra)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return _error_response(
+            exc.status, _HTTP_ERRORS.get(exc.status, "http_error"), exc.reason, headers=headers
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, resource)
+        return _error_response(500, "internal", "internal server error")
+
+
+async def _startup(app: web.Application) -> AsyncIterator[None]:
+    service = app[SERVICE_KEY]
+    config = service.config
+
+    def hash_users() -> dict[str, UserRecord]:
+        return {
+            name: make_user_record(
+                name, password, config.realm, config.scrypt_n, name in config.frozen_users
+            )
+            for name, password in config.users.items()
+        }
+
+    records = await anyio.to_thread.run_sync(hash_users)
+    for name, record in records.items():
+        service.state.users.put(name, record)
+    for name in config.frozen_users - records.keys():
+        stored = service.state.users.get(name)
+        if stored is not None and not stored.frozen:
+            service.state.users.put(name, attrs.evolve(stored, frozen=True))
+    for hook in app[_STARTUP_HOOKS]:
+        hook(service)
+    yield
+    service.state.db.close()
+
+
+_STARTUP_HOOKS = web.AppKey("tokensdk_startup_hooks", list[Callable[[_Service], None]])
+
+_ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
+    ("GET", "/v1/status", status),
+    ("POST", "/v1/login", login),
+    ("POST", "/v1/login/one-time-key", one_time_key),
+    ("POST", "/v1/login/with-one-time-key", login_with_one_time_key),
+    ("POST", "/v1/login/with-token", login_with_token),
+    ("POST", "/v1/refresh", refresh),
+    ("POST", "/v1/logout", logout),
+    ("GET", "/v1/me", me),
+    ("POST", "/v1/tokens/create", create_mac_token),
+    ("POST", "/v1/tokens/remove", remove_mac_token),
+    ("GET", "/v1/me/token", me_by_mac_token),
+]
+
+
+def create_app(config: ServiceConfig) -> web.Application:
+    """Build the reference token service as an aiohttp application.
+
+    Opening the database (if any) happens here; hashing the configured users'
+    passwords happens at application startup, in a worker thread.
+
+    Args:
+        config: The service configuration.
+
+    Returns:
+        The application; ``app[STATS_KEY]`` holds its counters.
+    """
+    state = ServiceState(
+        realm=config.realm,
+        access_ttl=config.access_ttl,
+        refresh_ttl=config.refresh_ttl,
+        one_time_key_ttl=config.one_time_key_ttl,
+        challenge_ttl=config.challenge_ttl,
+        db=open_persistence(config.db),
+    )
+    window = TimestampWindow(
+        past_ms=int(config.mac_window_past * 1000), future_ms=int(config.mac_window_future * 1000)
+    )
+    ip_limit = config.ip_rate_limit
+    if ip_limit is None:
+        ip_limit = 5 * config.login_rate_limit
+    service = _Service(
+        config=config,
+        state=state,
+        stats=ServiceStats(),
+        login_limiter=SlidingWindowLimiter(config.login_rate_limit, config.login_rate_window),
+        ip_limiter=SlidingWindowLimiter(ip_limit, config.login_rate_window),
+        key_limiter=SlidingWindowLimiter(config.login_rate_limit, config.login_rate_window),
+        mac_window=window,
+        replay_guard=ReplayGuard(window),
+    )
+    app = web.Application(middlewares=[_errors_middleware], client_max_size=config.max_body)
+    app[SERVICE_KEY] = service
+    app[STATS_KEY] = service.stats
+    app[_STARTUP_HOOKS] = []
+    for method, path, handler in _ROUTES:
+        app.router.add_route(method, path, handler)
+    app.cleanup_ctx.append(_startup)
+    return app
+
+
+@attrs.define
+class RunningService:
+    """A service listening on a loopback port (from :func:`running_service`).
+
+    Attributes:
+        url: The base URL without ``/v1`` and without a trailing slash.
+        app: The aiohttp application.
+        stats: Its counters.
+        config: Its configuration.
+    """
+
+    url: str
+    app: web.Application
+    stats: ServiceStats
+    config: ServiceConfig
+
+    @property
+    def state(self) -> ServiceState:
+        """The state core (for tests that need to look inside)."""
+        return self.app[SERVICE_KEY].state
+
+
+@asynccontextmanager
+async def running_service(
+    config: ServiceConfig, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[RunningService]:
+    """Run the service on ``host:port`` (port 0: a free one) for the ``async with`` body.
+
+    Args:
+        config: The service configuration.
+        host: The interface to bind.
+        port: The TCP port; 0 picks a free one.
+
+    Yields:
+        The running service; its ``url`` carries the real port.
+    """
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        yield RunningService(
+            url=f"http://{shown}:{bound_port}", app=app, stats=app[STATS_KEY], config=config
+        )
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,59 @@
+"""The reference service's configuration value."""
+
+from __future__ import annotations
+
+import attrs
+
+from tokensdk._clock import Clock, SystemClock
+
+__all__ = ["ServiceConfig"]
+
+
+@attrs.define
+class ServiceConfig:
+    """Everything the reference token service can be told at start.
+
+    Attributes:
+        realm: The realm named in ``/v1/status`` and mixed into one-time key answers.
+        users: Username -> plaintext password; hashed at startup, never stored as is.
+        frozen_users: Usernames whose logins get 403 ``account_frozen``.
+        access_ttl: Access token lifetime in seconds.
+        refresh_ttl: Refresh token lifetime in seconds.
+        one_time_key_ttl: One-time key lifetime in seconds.
+        login_rate_limit: Failed logins allowed per username within the window.
+        login_rate_window: The rate-limit window in seconds.
+        ip_rate_limit: Failed logins allowed per client IP within the window
+            (``None``: five times ``login_rate_limit``).
+        max_body: The largest request body accepted, in bytes (larger: 413).
+        mac_window_past: How old a MAC header timestamp may be, in seconds.
+        mac_window_future: How far in the future a MAC header timestamp may be, in seconds.
+        challenge_ttl: Asset challenge lifetime in seconds.
+        asset_token_lifetime: Asset access token lifetime in seconds.
+        assets: Asset id -> the holder's Ed25519 public key (lowercase hex).
+        db: SQLite file path for persistent state; ``None`` keeps state in memory.
+        clock: Where every time read in the service comes from.
+        scrypt_n: The scrypt cost parameter (lower it for tests and benchmarks).
+        rotate_key: Generate a new signing key at start (old keys keep verifying).
+        drop_keys: Key ids (``k4.pid...``) to remove from the key set at start.
+    """
+
+    realm: str = "tokensdk"
+    users: dict[str, str] = attrs.field(factory=dict, repr=False)
+    frozen_users: frozenset[str] = frozenset()
+    access_ttl: int = 300
+    refresh_ttl: int = 86400
+    one_time_key_ttl: int = 300
+    login_rate_limit: int = 10
+    login_rate_window: float = 60.0
+    ip_rate_limit: int | None = None
+    max_body: int = 64 * 1024
+    mac_window_past: float = 600.0
+    mac_window_future: float = 120.0
+    challenge_ttl: int = 300
+    asset_token_lifetime: int = 900
+    assets: dict[str, str] = attrs.field(factory=dict)
+    db: str | None = None
+    clock: Clock = attrs.field(factory=SystemClock)
+    scrypt_n: int = 2**14
+    rotate_key: bool = False
+    drop_keys: tuple[str, ...] = ()
