@@ -506,7 +506,14 @@ def create_app(config: ServiceConfig) -> web.Application:
         mac_window=window,
         replay_guard=ReplayGuard(window),
     )
-    app = web.Application(middlewares=[_errors_middleware], client_max_size=config.max_body)
+    # Header lines up to max_body reach the handlers (and get contract errors there);
+    # aiohttp's defaults (8 KiB) would answer a long X-PowerAuth-Token in plain text.
+    limit = max(config.max_body, 8190)
+    app = web.Application(
+        middlewares=[_errors_middleware],
+        client_max_size=config.max_body,
+        handler_args={"max_field_size": limit, "max_line_size": limit},
+    )
     app[SERVICE_KEY] = service
     app[STATS_KEY] = service.stats
     app[_STARTUP_HOOKS] = []
