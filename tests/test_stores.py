@@ -590,3 +590,38 @@ def test_file_store_survives_sigkill(tmp_path: Path, crash_rng: tuple[int, rando
         for leftover in _temps(path):  # a writer killed mid-save
             assert _mode(leftover) == 0o600
         assert len(_temps(path)) <= 1
+
+
+def test_keyring_store_after_sigkill_is_complete_or_cleanly_lost(
+    tmp_path: Path, crash_rng: tuple[int, random.Random]
+) -> None:
+    """A kill never makes KeyringStore return a torn or older document, or raise untyped.
+
+    The headless keyrings.alt file backend rewrites its file in place (truncate, then
+    write), so a kill in the middle can lose the whole entry: that is the backend's
+    durability, not the store's (OS keychains are transactional). The store must then
+    report the loss as None or a typed StoreError, never hand out a torn document.
+    """
+    iterations, rng = crash_rng
+    # The writer uses keyring's default backend, configured through its environment:
+    # nothing global changes in this process.
+    env = dict(os.environ)
+    env["PYTHON_KEYRING_BACKEND"] = "keyrings.alt.file.PlaintextKeyring"
+    env["XDG_DATA_HOME"] = str(tmp_path / "data")
+    backend = PlaintextKeyring()
+    keyring_file = tmp_path / "data" / "python_keyring" / backend.filename
+    backend.file_path = str(keyring_file)  # type: ignore[misc]
+    complete = 0
+    for _ in range(iterations):
+        acked = _kill_after_acks(["keyring", "crash"], env, rng.randint(1, 40), tmp_path / "log")
+        try:
+            document = anyio.run(KeyringStore("crash", backend=backend).load)
+        except StoreError:
+            document = None
+        if document is None:
+            keyring_file.unlink(missing_ok=True)  # lost by the backend: start over
+        else:
+            _check_document(document, acked)
+            complete += 1
+    # Most kills land outside the backend's short rewrite window.
+    assert complete >= iterations // 2

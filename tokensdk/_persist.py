@@ -1,0 +1,131 @@
+"""Coalescing persistence: a burst of state changes becomes few store writes.
+
+The session submits its whole state after every change; :class:`CoalescingSaver`
+keeps only the newest submission and writes it when the store is free, so at most
+one write is in flight and a burst of N changes costs about two writes, not N.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import anyio
+
+from tokensdk.stores import StateStore
+
+__all__ = ["CoalescingSaver"]
+
+log = logging.getLogger("tokensdk")
+
+
+class _Nothing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<nothing pending>"
+
+
+_NOTHING: Final = _Nothing()
+
+
+class CoalescingSaver:
+    """Saves the latest document to a StateStore; a burst of submits produces few writes.
+
+    :meth:`flush` waits until the last submitted document is on the store. The saver
+    keeps a reference to each submitted document until it is written: submit a fresh
+    document each time and do not mutate it afterwards. Use it from the event loop's
+    thread.
+
+    Args:
+        store: Where documents go.
+        on_error: Called with the exception when a write fails; the saver carries on
+            (the next submit is written as usual).
+    """
+
+    def __init__(self, store: StateStore, *, on_error: Callable[[BaseException], None]) -> None:
+        self._store = store
+        self._on_error = on_error
+        # The newest submission not yet handed to the store: a document, None (clear)
+        # or _NOTHING, with its submission number.
+        self._pending: Mapping[str, Any] | _Nothing | None = _NOTHING
+        self._pending_seq = 0
+        self._submitted = 0  # number of the latest submission
+        self._done = 0  # every submission up to this number is written (or failed)
+        self._wakeup = anyio.Event()
+        self._write_lock = anyio.Lock()  # at most one write in flight
+        self.writes = 0
+        """How many store writes (save or clear calls) were performed, failed ones included."""
+
+    def __repr__(self) -> str:
+        return (
+            f"CoalescingSaver({self._store!r}, submitted={self._submitted}, "
+            f"done={self._done}, writes={self.writes})"
+        )
+
+    @property
+    def idle(self) -> bool:
+        """True when everything submitted so far has been written (or has failed)."""
+        return self._done >= self._submitted
+
+    def submit(self, document: Mapping[str, Any] | None) -> None:
+        """Schedule ``document`` to be saved, replacing any pending one; never blocks.
+
+        Args:
+            document: The whole state to save, or None to clear the store.
+        """
+        self._submitted += 1
+        self._pending = document
+        self._pending_seq = self._submitted
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Write pending documents until cancelled (the owner's task group runs this).
+
+        Cancelling it never loses a submission: one whose write was interrupted stays
+        pending for the next :meth:`flush`.
+        """
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            await self._write_pending()
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is written (or failed, see ``on_error``).
+
+        Works with or without :meth:`run` running: after the loop was cancelled, it
+        writes the pending document itself.
+        """
+        target = self._submitted
+        while self._done < target:
+            await self._write_pending()
+
+    async def _write_pending(self) -> None:
+        async with self._write_lock:
+            document, seq = self._pending, self._pending_seq
+            if isinstance(document, _Nothing):
+                return
+            self._pending = _NOTHING
+            self.writes += 1
+            try:
+                if document is None:
+                    await self._store.clear()
+                else:
+                    await self._store.save(document)
+            except Exception as exc:
+                self._report(exc)
+            except BaseException:
+                # Cancelled mid-write: the write may not have happened. Keep the
+                # document pending unless a newer one replaced it meanwhile.
+                if isinstance(self._pending, _Nothing):
+                    self._pending, self._pending_seq = document, seq
+                raise
+            self._done = max(self._done, seq)
+
+    def _report(self, error: Exception) -> None:
+        try:
+            self._on_error(error)
+        except Exception:
+            # A failing error handler must not stop persistence.
+            log.exception("tokensdk: the store error handler failed")
