@@ -589,6 +589,8 @@ def read_footer(token: str, *, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
 
 
 def _kid_of(footer: bytes) -> str:
+    if not footer:
+        raise TokenMalformed("token has no footer with a kid")
     try:
         doc = _json_loads(footer.decode("utf-8"))
     except (ValueError, RecursionError):

@@ -1,0 +1,780 @@
+"""Tests for tokensdk._paseto: strict PASETO v4.public, PASERK keys, key sets, the cache."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tokensdk._errors import (
+    BadSignature,
+    InvalidInput,
+    TokenExpired,
+    TokenInvalid,
+    TokenMalformed,
+    UnknownKey,
+)
+from tokensdk._paseto import (
+    AccessTokenInfo,
+    KeySet,
+    PublicKey,
+    SigningKey,
+    ValidationCache,
+    b64url_decode,
+    b64url_encode,
+    decode_v4_public,
+    encode_v4_public,
+    format_timestamp,
+    parse_timestamp,
+    pre_auth_encode,
+    read_footer,
+    sign_asset_token,
+    verify_access_token,
+)
+
+VECTORS = Path("/work/shared/vectors/paseto")
+if not VECTORS.is_dir():  # a checkout elsewhere: the vectors may sit beside the tests
+    VECTORS = Path(__file__).parent / "vectors" / "paseto"
+
+
+def load(name: str) -> list[dict[str, Any]]:
+    tests: list[dict[str, Any]] = json.loads((VECTORS / name).read_text())["tests"]
+    return tests
+
+
+V4 = load("v4.json")
+V4_PUBLIC_KEY = PublicKey.from_hex(next(t for t in V4 if t["name"] == "4-S-1")["public-key"])
+IAT = 1_643_549_188.6  # 2022-01-30T13:26:28.600Z
+KEY = SigningKey.from_bytes(bytes(range(32)))
+OTHER = SigningKey.from_bytes(bytes(range(1, 33)))
+KEYS = KeySet.of(KEY.public_key)
+
+
+def vector_id(t: dict[str, Any]) -> str:
+    return str(t["name"])
+
+
+# ---------------------------------------------------------------- official vectors
+
+
+def test_all_seventeen_vectors_present() -> None:
+    assert len(V4) == 17
+
+
+@pytest.mark.parametrize("vector", [t for t in V4 if t["name"].startswith("4-S-")], ids=vector_id)
+def test_public_vectors_decode(vector: dict[str, Any]) -> None:
+    assert vector["expect-fail"] is False
+    key = PublicKey.from_hex(vector["public-key"])
+    message, footer = decode_v4_public(
+        vector["token"], key, implicit=vector["implicit-assertion"].encode()
+    )
+    assert message.decode() == vector["payload"]
+    assert footer.decode() == vector["footer"]
+    assert read_footer(vector["token"]) == footer
+
+
+@pytest.mark.parametrize("vector", [t for t in V4 if t["name"].startswith("4-S-")], ids=vector_id)
+def test_public_vectors_need_their_implicit_assertion(vector: dict[str, Any]) -> None:
+    key = PublicKey.from_hex(vector["public-key"])
+    with pytest.raises(BadSignature):
+        decode_v4_public(
+            vector["token"], key, implicit=vector["implicit-assertion"].encode() + b"x"
+        )
+
+
+@pytest.mark.parametrize("vector", [t for t in V4 if t["name"].startswith("4-S-")], ids=vector_id)
+def test_public_vectors_reproduce_with_secret_key(vector: dict[str, Any]) -> None:
+    # Ed25519 is deterministic: signing the payload gives the vector's token byte for byte.
+    key = SigningKey.from_bytes(bytes.fromhex(vector["secret-key"]))
+    assert key.public_key.hex == vector["public-key"]
+    token = encode_v4_public(
+        key,
+        vector["payload"].encode(),
+        vector["footer"].encode(),
+        vector["implicit-assertion"].encode(),
+    )
+    assert token == vector["token"]
+
+
+@pytest.mark.parametrize("vector", [t for t in V4 if t["expect-fail"]], ids=vector_id)
+def test_failure_vectors_are_rejected(vector: dict[str, Any]) -> None:
+    key = PublicKey.from_hex(vector.get("public-key", V4_PUBLIC_KEY.hex))
+    with pytest.raises(TokenInvalid):
+        decode_v4_public(vector["token"], key, implicit=vector["implicit-assertion"].encode())
+    with pytest.raises(TokenInvalid):
+        verify_access_token(vector["token"], KeySet.of(key), IAT)
+
+
+@pytest.mark.parametrize("vector", [t for t in V4 if t["name"].startswith("4-E-")], ids=vector_id)
+def test_local_vectors_are_wrong_purpose(vector: dict[str, Any]) -> None:
+    with pytest.raises(TokenMalformed, match="wrong purpose"):
+        decode_v4_public(vector["token"], V4_PUBLIC_KEY)
+    with pytest.raises(TokenMalformed):
+        read_footer(vector["token"])
+
+
+@pytest.mark.parametrize("name", ["4-F-4", "4-F-5"])
+def test_noncanonical_vector_bodies_fail_strict_base64(name: str) -> None:
+    # 4-F-4 ends in a character with non-zero trailing bits, 4-F-5 is padded: a lenient
+    # decoder reads the same bytes as the valid 4-E token; ours refuses the spelling.
+    token = next(t for t in V4 if t["name"] == name)["token"]
+    body = token.split(".")[2]
+    lenient = base64.urlsafe_b64decode(body.rstrip("=") + "=" * (-len(body.rstrip("=")) % 4))
+    assert b64url_encode(lenient) != body
+    with pytest.raises(InvalidInput):
+        b64url_decode(body)
+
+
+# ---------------------------------------------------------------- PASERK vectors
+
+
+@pytest.mark.parametrize("vector", load("k4.public.json"), ids=vector_id)
+def test_paserk_public_vectors(vector: dict[str, Any]) -> None:
+    if vector["expect-fail"]:
+        with pytest.raises(InvalidInput):
+            PublicKey(bytes.fromhex(vector["key"]))
+        with pytest.raises(InvalidInput):
+            PublicKey.from_hex(vector["key"])
+        return
+    key = PublicKey.from_hex(vector["key"])
+    assert key.paserk == vector["paserk"]
+    assert PublicKey.from_paserk(vector["paserk"]) == key
+
+
+@pytest.mark.parametrize("vector", load("k4.pid.json"), ids=vector_id)
+def test_paserk_pid_vectors(vector: dict[str, Any]) -> None:
+    if vector["expect-fail"]:
+        with pytest.raises(InvalidInput):
+            PublicKey(bytes.fromhex(vector["key"]))
+        return
+    assert PublicKey.from_hex(vector["key"]).pid == vector["paserk"]
+
+
+@pytest.mark.parametrize("vector", load("k4.secret.json"), ids=vector_id)
+def test_paserk_secret_vectors(vector: dict[str, Any]) -> None:
+    if vector["expect-fail"]:
+        with pytest.raises(InvalidInput):
+            SigningKey.from_bytes(bytes.fromhex(vector["key"]))
+        return
+    key = SigningKey.from_bytes(bytes.fromhex(vector["key"]))
+    assert key.paserk_secret == vector["paserk"]
+    assert key.seed.hex() == vector["secret-key-seed"]
+    assert key.public_key.hex == vector["public-key"]
+    loaded = SigningKey.from_paserk(vector["paserk"])
+    assert loaded.public_key.hex == vector["public-key"]
+    assert (
+        SigningKey.from_bytes(bytes.fromhex(vector["secret-key-seed"])).paserk_secret
+        == (vector["paserk"])
+    )
+
+
+GOOD_PUBLIC = "k4.public.cHFyc3R1dnd4eXp7fH1-f4CBgoOEhYaHiImKi4yNjo8"
+
+
+@pytest.mark.parametrize(
+    "paserk",
+    [
+        GOOD_PUBLIC.replace("k4.", "k3."),
+        GOOD_PUBLIC.replace("public", "secret"),
+        GOOD_PUBLIC.replace("public", "local"),
+        GOOD_PUBLIC + "=",
+        GOOD_PUBLIC[:-1] + "9",  # non-zero trailing bits
+        GOOD_PUBLIC[:-1],
+        GOOD_PUBLIC + "AAAA",
+        GOOD_PUBLIC.replace("-", "+"),
+        " " + GOOD_PUBLIC,
+        GOOD_PUBLIC + "\n",
+        "k4.public.",
+        "",
+        None,
+        b"k4.public.AAAA",
+    ],
+)
+def test_public_from_paserk_is_strict(paserk: Any) -> None:
+    assert PublicKey.from_paserk(GOOD_PUBLIC).paserk == GOOD_PUBLIC
+    with pytest.raises(InvalidInput):
+        PublicKey.from_paserk(paserk)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "00" * 31, "00" * 33, "zz" * 32, "0x" + "00" * 31, " " + "00" * 31 + "0", None]
+)
+def test_public_from_hex_is_strict(text: Any) -> None:
+    with pytest.raises(InvalidInput):
+        PublicKey.from_hex(text)
+
+
+def test_public_key_must_be_bytes() -> None:
+    with pytest.raises(InvalidInput):
+        PublicKey("00" * 16)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "paserk",
+    [
+        KEY.paserk_secret.replace("k4.", "k3."),
+        KEY.paserk_secret.replace("secret", "public"),
+        KEY.paserk_secret[:-2],
+        KEY.paserk_secret + "=",
+        # A valid 64-byte key whose public half belongs to another seed.
+        "k4.secret." + b64url_encode(KEY.seed + OTHER.public_key.raw),
+        None,
+    ],
+)
+def test_secret_from_paserk_is_strict(paserk: Any) -> None:
+    with pytest.raises(InvalidInput):
+        SigningKey.from_paserk(paserk)
+
+
+def test_signing_key_repr_hides_secret() -> None:
+    text = repr(KEY) + str(KEY)
+    assert KEY.public_key.pid in text
+    for secret in (KEY.seed.hex(), KEY.paserk_secret, b64url_encode(KEY.seed)[:20]):
+        assert secret not in text
+
+
+def test_signing_key_generate_is_random() -> None:
+    a, b = SigningKey.generate(), SigningKey.generate()
+    assert a.public_key != b.public_key
+    assert SigningKey.from_paserk(a.paserk_secret).public_key == a.public_key
+
+
+def test_public_key_values() -> None:
+    key = PublicKey(bytes(32))
+    assert key == PublicKey.from_hex("00" * 32)
+    assert hash(key) == hash(PublicKey(bytes(32)))
+    assert key.hex == "00" * 32
+    assert repr(key).startswith("PublicKey(raw=")
+    sig = KEY.sign(b"data")
+    assert KEY.public_key.verify(sig, b"data")
+    assert not KEY.public_key.verify(sig, b"date")
+
+
+# ---------------------------------------------------------------- encoding helpers
+
+
+def test_pae_spec_examples() -> None:
+    assert pre_auth_encode() == b"\x00" * 8
+    assert pre_auth_encode(b"") == b"\x01" + b"\x00" * 15
+    assert pre_auth_encode(b"test") == b"\x01" + b"\x00" * 7 + b"\x04" + b"\x00" * 7 + b"test"
+
+
+@given(st.binary(max_size=80))
+def test_b64url_round_trip(data: bytes) -> None:
+    text = b64url_encode(data)
+    assert "=" not in text
+    assert b64url_decode(text) == data
+
+
+@given(st.text(alphabet="ABCDEFGHIJQRSTUVWXYZabcwxyz0189-_+/= \n.é", max_size=30))
+def test_b64url_decode_accepts_only_the_canonical_spelling(text: str) -> None:
+    try:
+        raw = b64url_decode(text)
+    except InvalidInput:
+        return
+    assert b64url_encode(raw) == text
+
+
+@pytest.mark.parametrize("text", ["A", "AB=", "AB==", "AR", "AAB", "A+/A", "AA\nA", "Aé==", "AA A"])
+def test_b64url_decode_rejects(text: str) -> None:
+    with pytest.raises(InvalidInput):
+        b64url_decode(text)
+
+
+def test_b64url_decode_rejects_non_text() -> None:
+    with pytest.raises(InvalidInput):
+        b64url_decode(b"AAAA")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (IAT, "2022-01-30T13:26:28.600Z"),
+        (0, "1970-01-01T00:00:00.000Z"),
+        (1_700_000_000.0004, "2023-11-14T22:13:20.000Z"),
+        (1_700_000_000.9996, "2023-11-14T22:13:21.000Z"),
+        (IAT + 900, "2022-01-30T13:41:28.600Z"),
+    ],
+)
+def test_format_timestamp(seconds: float, text: str) -> None:
+    assert format_timestamp(seconds) == text
+    assert parse_timestamp(text) == pytest.approx(round(seconds, 3))
+
+
+@pytest.mark.parametrize("seconds", [-1.0, float("nan"), float("inf"), 1e20])
+def test_format_timestamp_out_of_range(seconds: float) -> None:
+    with pytest.raises(InvalidInput):
+        format_timestamp(seconds)
+
+
+def test_parse_timestamp_offsets() -> None:
+    assert parse_timestamp("2022-01-30T14:26:28.600+01:00") == pytest.approx(IAT)
+
+
+@pytest.mark.parametrize("value", [None, 1643549188, "2022-01-30T13:26:28.600", "yesterday", ""])
+def test_parse_timestamp_rejects(value: object) -> None:
+    with pytest.raises(TokenMalformed):
+        parse_timestamp(value)
+
+
+# ---------------------------------------------------------------- sign / verify
+
+
+def test_sign_asset_token_exact_claims_and_footer() -> None:
+    token = sign_asset_token(KEY, "asset-1", IAT)
+    message, footer = decode_v4_public(token, KEY.public_key)
+    assert json.loads(message) == {
+        "assetId": "asset-1",
+        "iat": "2022-01-30T13:26:28.600Z",
+        "exp": "2022-01-30T13:41:28.600Z",
+    }
+    assert json.loads(footer) == {"kid": KEY.public_key.pid}
+    assert token.startswith("v4.public.")
+    assert token.count(".") == 3
+
+
+def test_round_trip() -> None:
+    token = sign_asset_token(KEY, "asset-1", IAT)
+    info = verify_access_token(token, KEYS, IAT + 1)
+    assert info == AccessTokenInfo(("asset-1",), IAT, IAT + 900, KEY.public_key.pid)
+    assert info.asset_id == "asset-1"
+    assert info.to_json() == {"assetIds": ["asset-1"]}
+
+
+def test_extra_asset_ids_deduplicated_in_order() -> None:
+    token = sign_asset_token(KEY, "a", IAT, extra_asset_ids=["b", "a", "c", "b"])
+    message, _ = decode_v4_public(token, KEY.public_key)
+    assert json.loads(message)["assetIds"] == ["b", "a", "c", "b"]
+    assert verify_access_token(token, KEYS, IAT).asset_ids == ("a", "b", "c")
+
+
+def test_no_asset_ids_claim_without_extras() -> None:
+    message, _ = decode_v4_public(sign_asset_token(KEY, "a", IAT, 60), KEY.public_key)
+    assert "assetIds" not in json.loads(message)
+
+
+@pytest.mark.parametrize(
+    ("asset_id", "lifetime", "extra"),
+    [("", 900, ()), (7, 900, ()), ("a", 0, ()), ("a", -1, ()), ("a", 900, ("",)), ("a", 900, "bc")],
+)
+def test_sign_rejects_bad_input(asset_id: Any, lifetime: float, extra: Any) -> None:
+    with pytest.raises(InvalidInput):
+        sign_asset_token(KEY, asset_id, IAT, lifetime, extra_asset_ids=extra)
+
+
+def test_key_rotation_old_key_still_verifies() -> None:
+    old = sign_asset_token(KEY, "a", IAT)
+    new = sign_asset_token(OTHER, "a", IAT)
+    both = KeySet.of(OTHER.public_key, KEY.public_key)
+    assert verify_access_token(old, both, IAT).kid == KEY.public_key.pid
+    assert verify_access_token(new, both, IAT).kid == OTHER.public_key.pid
+    with pytest.raises(UnknownKey):
+        verify_access_token(old, KeySet.of(OTHER.public_key), IAT)
+
+
+def test_kid_of_one_key_signature_of_another() -> None:
+    footer = json.dumps({"kid": KEY.public_key.pid}).encode()
+    forged = encode_v4_public(OTHER, b'{"assetId":"a","iat":"x","exp":"y"}', footer)
+    with pytest.raises(BadSignature):
+        verify_access_token(forged, KEYS, IAT)
+
+
+def test_wrong_key_bad_signature() -> None:
+    with pytest.raises(BadSignature):
+        decode_v4_public(sign_asset_token(KEY, "a", IAT), OTHER.public_key)
+
+
+def test_implicit_assertion_binds() -> None:
+    token = encode_v4_public(KEY, b"m", b"f", b"ctx")
+    assert decode_v4_public(token, KEY.public_key, implicit=b"ctx") == (b"m", b"f")
+    with pytest.raises(BadSignature):
+        decode_v4_public(token, KEY.public_key)
+
+
+def test_no_footer() -> None:
+    token = encode_v4_public(KEY, b"m")
+    assert token.count(".") == 2
+    assert decode_v4_public(token, KEY.public_key) == (b"m", b"")
+    assert read_footer(token) == b""
+    with pytest.raises(TokenMalformed, match="kid"):
+        verify_access_token(token, KEYS, IAT)
+
+
+# ---------------------------------------------------------------- expiry and leeway
+
+
+@pytest.mark.parametrize(
+    ("now", "leeway", "ok"),
+    [
+        (IAT, 0.0, True),
+        (IAT + 899.999, 0.0, True),
+        (IAT + 900, 0.0, False),
+        (IAT + 905, 5.0, False),
+        (IAT + 904.999, 5.0, True),
+        (IAT - 0.001, 0.0, False),
+        (IAT - 5, 5.0, True),
+        (IAT - 5.001, 5.0, False),
+    ],
+)
+def test_expiry_and_leeway_edges(now: float, leeway: float, ok: bool) -> None:
+    token = sign_asset_token(KEY, "a", IAT)
+    if ok:
+        assert verify_access_token(token, KEYS, now, leeway).asset_ids == ("a",)
+    else:
+        with pytest.raises(TokenExpired):
+            verify_access_token(token, KEYS, now, leeway)
+
+
+# ---------------------------------------------------------------- tampering
+
+
+TOKEN = sign_asset_token(KEY, "asset-1", IAT)
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _flip_char(token: str, i: int) -> str:
+    c = token[i]
+    repl = _ALPHABET[(_ALPHABET.index(c) + 1) % 64] if c in _ALPHABET else "x"
+    return token[:i] + repl + token[i + 1 :]
+
+
+def test_flip_every_character() -> None:
+    for i in range(len(TOKEN)):
+        with pytest.raises(TokenInvalid):
+            verify_access_token(_flip_char(TOKEN, i), KEYS, IAT)
+
+
+def test_flip_every_body_byte() -> None:
+    _, _, body_b64, footer_b64 = TOKEN.split(".")
+    body = b64url_decode(body_b64)
+    for i in range(len(body)):
+        tampered = bytearray(body)
+        tampered[i] ^= 0x01
+        token = f"v4.public.{b64url_encode(bytes(tampered))}.{footer_b64}"
+        with pytest.raises(BadSignature):
+            verify_access_token(token, KEYS, IAT)
+
+
+def test_flip_every_footer_byte() -> None:
+    _, _, body_b64, footer_b64 = TOKEN.split(".")
+    footer = b64url_decode(footer_b64)
+    for i in range(len(footer)):
+        tampered = bytearray(footer)
+        tampered[i] ^= 0x01
+        token = f"v4.public.{body_b64}.{b64url_encode(bytes(tampered))}"
+        with pytest.raises(TokenInvalid):
+            verify_access_token(token, KEYS, IAT)
+
+
+def _noncanonical_last(token: str) -> str:
+    # Replace the body's last character with one that differs only in unused bits.
+    body = TOKEN.split(".")[2]
+    assert len(body) % 4 in (2, 3)
+    idx = _ALPHABET.index(body[-1])
+    return token.replace(body, body[:-1] + _ALPHABET[idx + 1])
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(TOKEN[:-1], id="truncate-1"),
+        pytest.param(TOKEN[: TOKEN.rindex(".")], id="drop-footer"),
+        pytest.param(TOKEN[:60], id="truncate-body"),
+        pytest.param(TOKEN + "A", id="extend"),
+        pytest.param(TOKEN + "=", id="pad-footer"),
+        pytest.param(TOKEN + ".", id="trailing-dot"),
+        pytest.param(TOKEN + ".e30", id="extra-segment"),
+        pytest.param(TOKEN.replace(".eyJr", "=.eyJr"), id="pad-body"),
+        pytest.param(TOKEN.replace(".eyJr", "==.eyJr"), id="pad-body-2"),
+        pytest.param(_noncanonical_last(TOKEN), id="noncanonical-body"),
+        pytest.param(TOKEN.replace("-", "+").replace("_", "/"), id="std-alphabet"),
+        pytest.param(TOKEN.replace("v4.public.", "v4.local."), id="local"),
+        pytest.param(TOKEN.replace("v4.public.", "v3.public."), id="v3"),
+        pytest.param(TOKEN.replace("v4.public.", "V4.public."), id="case"),
+        pytest.param(TOKEN.replace("v4.public.", "v4.public.."), id="empty-body"),
+        pytest.param(" " + TOKEN, id="leading-space"),
+        pytest.param(TOKEN + "\n", id="newline"),
+        pytest.param("v4.public.", id="header-only"),
+        pytest.param("v4.public." + "A" * 84, id="zero-body"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_tampered_tokens_rejected(token: str) -> None:
+    assert token != TOKEN
+    with pytest.raises(TokenInvalid):
+        verify_access_token(token, KEYS, IAT)
+    cache = ValidationCache()
+    verify_access_token(TOKEN, KEYS, IAT, cache=cache)
+    with pytest.raises(TokenInvalid):
+        verify_access_token(token, KEYS, IAT, cache=cache)
+
+
+def test_noncanonical_spelling_is_a_lenient_alias() -> None:
+    # The mutation above really is a second spelling of the same bytes.
+    body, alias = TOKEN.split(".")[2], _noncanonical_last(TOKEN).split(".")[2]
+    assert base64.urlsafe_b64decode(body + "==") == base64.urlsafe_b64decode(alias + "==")
+    with pytest.raises(TokenMalformed):
+        decode_v4_public(_noncanonical_last(TOKEN), KEY.public_key)
+
+
+def test_size_limit() -> None:
+    big = sign_asset_token(KEY, "a" * 3000, IAT)
+    assert verify_access_token(big, KEYS, IAT).asset_id == "a" * 3000
+    with pytest.raises(TokenMalformed, match="size"):
+        verify_access_token(big, KEYS, IAT, max_size=len(big) - 1)
+    with pytest.raises(TokenMalformed):
+        verify_access_token(TOKEN, KEYS, IAT, max_size=100)
+    with pytest.raises(TokenMalformed):
+        read_footer(big, max_size=1000)
+    with pytest.raises(TokenMalformed):
+        decode_v4_public("v4.public." + "A" * 9000, KEY.public_key)
+
+
+@pytest.mark.parametrize("token", [None, 42, b"v4.public.AAAA"])
+def test_non_text_tokens(token: Any) -> None:
+    with pytest.raises(TokenMalformed):
+        verify_access_token(token, KEYS, IAT)
+
+
+def _signed(payload: bytes, footer: bytes | None = None) -> str:
+    if footer is None:
+        footer = json.dumps({"kid": KEY.public_key.pid}).encode()
+    return encode_v4_public(KEY, payload, footer)
+
+
+GOOD_CLAIMS = {"assetId": "a", "iat": "2022-01-30T13:26:28.600Z", "exp": "2022-01-30T13:41:28.600Z"}
+
+
+def _claims(**changes: Any) -> bytes:
+    claims: dict[str, Any] = dict(GOOD_CLAIMS)
+    for name, value in changes.items():
+        if value is ...:
+            del claims[name]
+        else:
+            claims[name] = value
+    return json.dumps(claims).encode()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"not json", id="not-json"),
+        pytest.param(b"\xff\xfe", id="not-utf8"),
+        pytest.param(b'["a"]', id="array"),
+        pytest.param(b"[" * 5000 + b"]" * 5000, id="deep"),
+        pytest.param(_claims(assetId=...), id="no-assetId"),
+        pytest.param(_claims(assetId=7), id="int-assetId"),
+        pytest.param(_claims(assetId=""), id="empty-assetId"),
+        pytest.param(_claims(iat=...), id="no-iat"),
+        pytest.param(_claims(exp=...), id="no-exp"),
+        pytest.param(_claims(exp=1643550088), id="numeric-exp"),
+        pytest.param(_claims(exp="2022-01-30T13:41:28.600"), id="naive-exp"),
+        pytest.param(_claims(iat="soon"), id="text-iat"),
+        pytest.param(_claims(assetIds="b"), id="assetIds-string"),
+        pytest.param(_claims(assetIds=["b", 3]), id="assetIds-int"),
+        pytest.param(_claims(assetIds=[""]), id="assetIds-empty"),
+    ],
+)
+def test_bad_claims_are_malformed(payload: bytes) -> None:
+    assert verify_access_token(_signed(_claims()), KEYS, IAT).asset_ids == ("a",)
+    with pytest.raises(TokenMalformed):
+        verify_access_token(_signed(payload), KEYS, IAT)
+
+
+@pytest.mark.parametrize(
+    "footer",
+    [
+        pytest.param(b"arbitrary-string-that-isn't-json", id="not-json"),
+        pytest.param(b"{}", id="no-kid"),
+        pytest.param(b'{"kid": 1}', id="int-kid"),
+        pytest.param(b'["kid"]', id="array"),
+        pytest.param(b"\xff", id="not-utf8"),
+        pytest.param(b"[" * 3000, id="deep"),
+    ],
+)
+def test_bad_footers_are_malformed(footer: bytes) -> None:
+    with pytest.raises(TokenMalformed):
+        verify_access_token(_signed(_claims(), footer), KEYS, IAT)
+
+
+def test_unknown_kid() -> None:
+    token = _signed(_claims(), b'{"kid":"k4.pid.nope"}')
+    with pytest.raises(UnknownKey):
+        verify_access_token(token, KEYS, IAT)
+
+
+@given(st.text(max_size=200))
+def test_arbitrary_text_raises_only_token_invalid(text: str) -> None:
+    with contextlib.suppress(TokenInvalid):
+        verify_access_token(text, KEYS, IAT)
+
+
+@given(
+    st.text(alphabet=_ALPHABET + ".=+/", max_size=200),
+    st.sampled_from(["v4.public.", "v4.local.", "v4.public.eyJ", ""]),
+)
+def test_token_shaped_text_raises_only_token_invalid(text: str, prefix: str) -> None:
+    with pytest.raises(TokenInvalid):
+        verify_access_token(prefix + text, KEYS, IAT)
+
+
+# ---------------------------------------------------------------- key sets
+
+
+def test_keyset_json_round_trip() -> None:
+    keys = KeySet.of(KEY.public_key, OTHER.public_key)
+    doc = keys.to_json()
+    assert doc == {
+        "keys": [
+            {"kid": KEY.public_key.pid, "paserk": KEY.public_key.paserk},
+            {"kid": OTHER.public_key.pid, "paserk": OTHER.public_key.paserk},
+        ]
+    }
+    assert KeySet.from_json(doc) == keys
+    assert KeySet.from_json(json.dumps(doc)) == keys
+    assert KeySet.from_json(json.dumps(doc).encode()) == keys
+    assert len(keys) == 2
+    assert list(keys) == [KEY.public_key.pid, OTHER.public_key.pid]
+    assert keys[KEY.public_key.pid] == KEY.public_key
+    assert keys.get("nope") is None
+    assert "nope" not in keys
+    assert hash(keys) == hash(KeySet.of(OTHER.public_key, KEY.public_key))
+    assert KEY.public_key.pid in repr(keys)
+    assert keys != {"a": 1}
+
+
+def test_keyset_is_immutable() -> None:
+    keys = KeySet.of(KEY.public_key)
+    with pytest.raises(TypeError):
+        keys["x"] = OTHER.public_key  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        keys.other = 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"keys": [{"kid": OTHER.public_key.pid, "paserk": KEY.public_key.paserk}]},
+        {"keys": [{"kid": KEY.public_key.pid}]},
+        {"keys": [{"paserk": KEY.public_key.paserk}]},
+        {"keys": [{"kid": KEY.public_key.pid, "paserk": KEY.public_key.paserk + "="}]},
+        {"keys": ["k4.public.x"]},
+        {"keys": {}},
+        {},
+        [],
+        "not json",
+        "[",
+    ],
+)
+def test_keyset_from_json_rejects(doc: Any) -> None:
+    with pytest.raises(InvalidInput):
+        KeySet.from_json(doc)
+
+
+def test_keyset_rejects_non_keys() -> None:
+    with pytest.raises(InvalidInput):
+        KeySet(["k4.public.x"])  # type: ignore[list-item]
+
+
+# ---------------------------------------------------------------- validation cache
+
+
+def _info(
+    exp: float = IAT + 900, iat: float = IAT, kid: str = KEY.public_key.pid
+) -> AccessTokenInfo:
+    return AccessTokenInfo(("a",), iat, exp, kid)
+
+
+def test_cache_hit_miss_and_expiry() -> None:
+    cache = ValidationCache()
+    assert cache.get("t", IAT) is None
+    cache.put("t", _info())
+    assert cache.get("t", IAT) == _info()
+    assert cache.get("t", IAT + 899.9) == _info()
+    assert cache.get("t", IAT + 900, leeway=1) == _info()
+    assert cache.get("t", IAT + 900) is None
+    assert "t" not in cache  # an expired entry is dropped
+    assert len(cache) == 0
+
+
+def test_cache_not_yet_valid() -> None:
+    cache = ValidationCache()
+    cache.put("t", _info())
+    assert cache.get("t", IAT - 10) is None
+    assert cache.get("t", IAT - 10, leeway=10) == _info()
+    assert cache.get("t", IAT) == _info()
+
+
+def test_cache_is_bounded_lru() -> None:
+    cache = ValidationCache(maxsize=2)
+    cache.put("a", _info())
+    cache.put("b", _info())
+    assert cache.get("a", IAT) is not None  # "b" is now least recently used
+    cache.put("c", _info())
+    assert len(cache) == 2
+    assert "b" not in cache
+    assert cache.get("a", IAT) is not None
+    assert cache.get("c", IAT) is not None
+    assert "maxsize=2" in repr(cache)
+
+
+def test_cache_bound_holds_under_load() -> None:
+    cache = ValidationCache(maxsize=100)
+    for i in range(1000):
+        cache.put(str(i), _info())
+        assert len(cache) <= 100
+    assert "999" in cache
+    assert "0" not in cache
+
+
+def test_cache_discard_purge_clear() -> None:
+    cache = ValidationCache()
+    cache.put("a", _info(exp=IAT + 10))
+    cache.put("b", _info(exp=IAT + 20))
+    cache.discard("a")
+    cache.discard("missing")
+    assert "a" not in cache
+    cache.put("a", _info(exp=IAT + 10))
+    assert cache.purge(IAT + 10) == 1
+    assert list(("a" in cache, "b" in cache)) == [False, True]
+    cache.clear()
+    assert len(cache) == 0
+
+
+def test_cache_rejects_bad_maxsize() -> None:
+    with pytest.raises(InvalidInput):
+        ValidationCache(maxsize=0)
+
+
+def test_verify_with_cache() -> None:
+    cache = ValidationCache()
+    info = verify_access_token(TOKEN, KEYS, IAT, cache=cache)
+    assert cache.get(TOKEN, IAT) == info
+    # A hit returns the same result without needing a valid signature path again.
+    assert verify_access_token(TOKEN, KEYS, IAT + 1, cache=cache) is info
+    # Expiry still applies on the cached path.
+    with pytest.raises(TokenExpired):
+        verify_access_token(TOKEN, KEYS, IAT + 900, cache=cache)
+    assert TOKEN not in cache
+
+
+def test_verify_with_cache_respects_withdrawn_key() -> None:
+    cache = ValidationCache()
+    verify_access_token(TOKEN, KEYS, IAT, cache=cache)
+    with pytest.raises(UnknownKey):
+        verify_access_token(TOKEN, KeySet.of(OTHER.public_key), IAT, cache=cache)
+
+
+def test_failed_tokens_are_not_cached() -> None:
+    cache = ValidationCache()
+    with pytest.raises(TokenExpired):
+        verify_access_token(TOKEN, KEYS, IAT + 1000, cache=cache)
+    with pytest.raises(TokenInvalid):
+        verify_access_token(_flip_char(TOKEN, 50), KEYS, IAT, cache=cache)
+    assert len(cache) == 0
