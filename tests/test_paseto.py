@@ -354,6 +354,30 @@ def test_extra_asset_ids_deduplicated_in_order() -> None:
     assert verify_access_token(token, KEYS, IAT).asset_ids == ("a", "b", "c")
 
 
+@given(
+    st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    st.floats(min_value=0.001, max_value=1e6, allow_nan=False),
+)
+def test_exp_minus_iat_is_the_lifetime_in_whole_ms(issued_at: float, lifetime: float) -> None:
+    message, _ = decode_v4_public(sign_asset_token(KEY, "a", issued_at, lifetime), KEY.public_key)
+    claims = json.loads(message)
+    iat, exp = parse_timestamp(claims["iat"]), parse_timestamp(claims["exp"])
+    assert round(exp * 1000) - round(iat * 1000) == round(lifetime * 1000)
+    assert claims["iat"] == format_timestamp(issued_at)
+
+
+def test_malleated_signature_rejected() -> None:
+    # S + L is the same signature to a lax verifier; a second spelling of the token
+    # would escape a cache or revocation list keyed by the string. It must fail.
+    order = 2**252 + 27742317777372353535851937790883648493
+    _, _, body_b64, footer_b64 = TOKEN.split(".")
+    body = b64url_decode(body_b64)
+    s = int.from_bytes(body[-32:], "little")
+    malleated = body[:-32] + (s + order).to_bytes(32, "little")
+    with pytest.raises(BadSignature):
+        verify_access_token(f"v4.public.{b64url_encode(malleated)}.{footer_b64}", KEYS, IAT)
+
+
 def test_no_asset_ids_claim_without_extras() -> None:
     message, _ = decode_v4_public(sign_asset_token(KEY, "a", IAT, 60), KEY.public_key)
     assert "assetIds" not in json.loads(message)

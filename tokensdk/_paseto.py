@@ -412,12 +412,22 @@ def format_timestamp(seconds: float) -> str:
     Raises:
         InvalidInput: A time outside the years 1970..9999 or not a finite number.
     """
+    return _format_ms(_to_ms(seconds))
+
+
+def _to_ms(seconds: float) -> int:
     try:
-        ms = round(seconds * 1000)
+        return round(seconds * 1000)
+    except (ValueError, OverflowError, TypeError):
+        raise InvalidInput("timestamp out of range") from None
+
+
+def _format_ms(ms: int) -> str:
+    try:
         if ms < 0:
             raise ValueError
         whole = datetime.fromtimestamp(ms // 1000, UTC)
-    except (ValueError, OverflowError, TypeError, OSError):
+    except (ValueError, OverflowError, OSError):
         raise InvalidInput("timestamp out of range") from None
     return f"{whole:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
 
@@ -477,10 +487,12 @@ def sign_asset_token(
         raise InvalidInput("extra_asset_ids must be non-empty strings")
     if not lifetime > 0:
         raise InvalidInput("lifetime must be positive")
+    # Whole milliseconds first, so that exp - iat is exactly the lifetime on the wire.
+    iat_ms = _to_ms(issued_at)
     claims: dict[str, Any] = {
         "assetId": asset_id,
-        "iat": format_timestamp(issued_at),
-        "exp": format_timestamp(issued_at + lifetime),
+        "iat": _format_ms(iat_ms),
+        "exp": _format_ms(iat_ms + _to_ms(lifetime)),
     }
     if extra_asset_ids:
         claims["assetIds"] = list(extra_asset_ids)
