@@ -22,14 +22,16 @@ import anyio
 import attrs
 from aiohttp import web
 
-from tokensdk._errors import HeaderInvalid
+from tokensdk._errors import HeaderInvalid, InvalidInput
 from tokensdk._mac import ReplayGuard, TimestampWindow, verify_token_header
+from tokensdk._paseto import PublicKey
 from tokensdk.server._config import ServiceConfig
 from tokensdk.server._db import open_persistence
 from tokensdk.server._ratelimit import SlidingWindowLimiter
 from tokensdk.server._state import (
     AccessRecord,
     ApiError,
+    AssetRecord,
     BearerRejected,
     LoginTokens,
     ServiceState,
@@ -377,6 +379,82 @@ async def me_by_mac_token(request: web.Request) -> web.Response:
     )
 
 
+# -- handlers: asset tokens ------------------------------------------------------------
+
+
+async def register_asset(request: web.Request) -> web.Response:
+    """``POST /v1/assets/register``: bearer; add an asset and its holder's public key."""
+    service = request.app[SERVICE_KEY]
+    _authenticate(request)
+    body = await _json_body(request)
+    asset_id, public_key = _string(body, "assetId"), _string(body, "publicKey")
+    if not asset_id:
+        raise ApiError(400, "invalid_request", "assetId must not be empty")
+    service.state.register_asset(asset_id, _public_key_hex(public_key))
+    return _json({"assetId": asset_id, "publicKey": public_key}, status=201)
+
+
+def _public_key_hex(text: str) -> str:
+    """Return ``text`` if it is a valid Ed25519 public key in lowercase hex.
+
+    Raises:
+        ApiError: 400 ``invalid_request``.
+    """
+    try:
+        if len(text) != 64 or text != text.lower():
+            raise InvalidInput("not 64 lowercase hex digits")
+        PublicKey.from_hex(text)
+    except (InvalidInput, ValueError):
+        raise ApiError(
+            400, "invalid_request", "publicKey must be an Ed25519 key as 64 lowercase hex digits"
+        ) from None
+    return text
+
+
+async def asset_challenge(request: web.Request) -> web.Response:
+    """``POST /v1/assets/challenge``: issue a 300 s single-use challenge."""
+    service = request.app[SERVICE_KEY]
+    asset_id = _string(await _json_body(request), "assetId")
+    return _json(service.state.new_challenge(asset_id, service.now()))
+
+
+async def asset_token(request: web.Request) -> web.Response:
+    """``POST /v1/assets/token``: a signed challenge -> a PASETO v4.public access token."""
+    service = request.app[SERVICE_KEY]
+    body = await _json_body(request)
+    challenge = body.get("challenge")
+    if not isinstance(challenge, dict):
+        raise ApiError(400, "invalid_request", "field 'challenge' must be an object")
+    fields = {name: _string(challenge, name) for name in ("assetId", "timestamp", "nonce")}
+    signature = _string(body, "signature")
+    token = service.state.issue_asset_token(
+        fields, signature, service.now(), service.config.asset_token_lifetime
+    )
+    service.stats.asset_tokens_issued += 1
+    return _json({"assetIds": [fields["assetId"]], "accessToken": token})
+
+
+async def asset_validate(request: web.Request) -> web.Response:
+    """``POST /v1/assets/validate``: check signature, expiry and revocation."""
+    service = request.app[SERVICE_KEY]
+    token = _string(await _json_body(request), "token")
+    info = service.state.validate_asset_token(token, service.now())
+    return _json(info.to_json())
+
+
+async def asset_revoke(request: web.Request) -> web.Response:
+    """``POST /v1/assets/revoke``: revoke a token until its expiry."""
+    service = request.app[SERVICE_KEY]
+    token = _string(await _json_body(request), "token")
+    service.state.revoke_asset_token(token, service.now())
+    return web.Response(status=204)
+
+
+async def keys(request: web.Request) -> web.Response:
+    """``GET /v1/keys``: every verifying public key as PASERK with its ``k4.pid``."""
+    return _json({"keys": request.app[SERVICE_KEY].state.public_keys()})
+
+
 # -- middleware and app -----------------------------------------------------------------
 
 _HTTP_ERRORS = {
@@ -447,13 +525,17 @@ async def _startup(app: web.Application) -> AsyncIterator[None]:
         stored = service.state.users.get(name)
         if stored is not None and not stored.frozen:
             service.state.users.put(name, attrs.evolve(stored, frozen=True))
-    for hook in app[_STARTUP_HOOKS]:
-        hook(service)
+    now = service.now()
+    for asset_id, public_key in config.assets.items():
+        service.state.assets.put(asset_id, AssetRecord(public_key=public_key))
+    for kid in config.drop_keys:
+        service.state.drop_signing_key(kid)
+    if config.rotate_key:
+        service.state.rotate_signing_key(now)
+    service.state.ensure_signing_key(now)
     yield
     service.state.db.close()
 
-
-_STARTUP_HOOKS = web.AppKey("tokensdk_startup_hooks", list[Callable[[_Service], None]])
 
 _ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
     ("GET", "/v1/status", status),
@@ -467,6 +549,12 @@ _ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
     ("POST", "/v1/tokens/create", create_mac_token),
     ("POST", "/v1/tokens/remove", remove_mac_token),
     ("GET", "/v1/me/token", me_by_mac_token),
+    ("POST", "/v1/assets/register", register_asset),
+    ("POST", "/v1/assets/challenge", asset_challenge),
+    ("POST", "/v1/assets/token", asset_token),
+    ("POST", "/v1/assets/validate", asset_validate),
+    ("POST", "/v1/assets/revoke", asset_revoke),
+    ("GET", "/v1/keys", keys),
 ]
 
 
@@ -482,6 +570,11 @@ def create_app(config: ServiceConfig) -> web.Application:
     Returns:
         The application; ``app[STATS_KEY]`` holds its counters.
     """
+    for asset_id, public_key in config.assets.items():
+        try:
+            _public_key_hex(public_key)
+        except ApiError:
+            raise ValueError(f"asset {asset_id!r}: not an Ed25519 public key in hex") from None
     state = ServiceState(
         realm=config.realm,
         access_ttl=config.access_ttl,
@@ -516,7 +609,6 @@ def create_app(config: ServiceConfig) -> web.Application:
     )
     app[SERVICE_KEY] = service
     app[STATS_KEY] = service.stats
-    app[_STARTUP_HOOKS] = []
     for method, path, handler in _ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.append(_startup)
@@ -543,6 +635,16 @@ class RunningService:
     def state(self) -> ServiceState:
         """The state core (for tests that need to look inside)."""
         return self.app[SERVICE_KEY].state
+
+    def rotate_key(self) -> str:
+        """Make a fresh signing key the one that signs; return its ``kid``."""
+        return self.state.rotate_signing_key(self.config.clock.time())
+
+    def drop_key(self, kid: str) -> bool:
+        """Stop trusting a signing key (a new one is made if it was the last)."""
+        dropped = self.state.drop_signing_key(kid)
+        self.state.ensure_signing_key(self.config.clock.time())
+        return dropped
 
 
 @asynccontextmanager
