@@ -547,6 +547,13 @@ def test_noncanonical_spelling_is_a_lenient_alias() -> None:
         decode_v4_public(_noncanonical_last(TOKEN), KEY.public_key)
 
 
+@pytest.mark.parametrize("size", [0, 1, 63])
+def test_body_shorter_than_a_signature(size: int) -> None:
+    token = "v4.public." + b64url_encode(bytes(size))
+    with pytest.raises(TokenMalformed, match="too short"):
+        decode_v4_public(token, KEY.public_key)
+
+
 def test_size_limit() -> None:
     big = sign_asset_token(KEY, "a" * 3000, IAT)
     assert verify_access_token(big, KEYS, IAT).asset_id == "a" * 3000
