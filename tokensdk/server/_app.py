@@ -15,12 +15,13 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from importlib import metadata
 from typing import Any
 
 import anyio
 import attrs
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 from tokensdk._errors import HeaderInvalid, InvalidInput
 from tokensdk._mac import ReplayGuard, TimestampWindow, verify_token_header
@@ -136,6 +137,11 @@ def _string(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
     if not isinstance(value, str):
         raise ApiError(400, "invalid_request", f"field {name!r} must be a string")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates from "\ud800" escapes
+            raise ApiError(400, "invalid_request", f"field {name!r} is not valid text") from None
     return value
 
 
@@ -190,11 +196,19 @@ def _login_keys(
     ]
 
 
-def _login_failed(service: _Service, request: web.Request, username: str) -> ApiError:
-    now = service.mono()
+def _reserve_attempt(service: _Service, request: web.Request, username: str) -> None:
+    """Check the login limits and count this attempt against the username up front.
+
+    Counting before the (slow, threaded) password check means a concurrent burst
+    cannot slip past the limit; a successful login resets the username's count.
+    """
+    _check_rate(service, _login_keys(service, request, username))
+    service.login_limiter.record(f"user:{username}", service.mono())
+
+
+def _login_failed(service: _Service, request: web.Request) -> ApiError:
     service.stats.failed_logins += 1
-    service.login_limiter.record(f"user:{username}", now)
-    service.ip_limiter.record(f"ip:{_client_ip(request)}", now)
+    service.ip_limiter.record(f"ip:{_client_ip(request)}", service.mono())
     return ApiError(401, "invalid_credentials", "invalid username or credentials")
 
 
@@ -232,10 +246,10 @@ async def login(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     body = await _json_body(request)
     username, password = _string(body, "username"), _string(body, "password")
-    _check_rate(service, _login_keys(service, request, username))
+    _reserve_attempt(service, request, username)
     record = await _check_password(service, username, password)
     if record is None:
-        raise _login_failed(service, request, username)
+        raise _login_failed(service, request)
     return _json(_start_session(service, username, record).to_json())
 
 
@@ -255,10 +269,10 @@ async def login_with_one_time_key(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     body = await _json_body(request)
     username, answer = _string(body, "username"), _string(body, "hash")
-    _check_rate(service, _login_keys(service, request, username))
+    _reserve_attempt(service, request, username)
     record = service.state.users.get(username)
     if record is None or not service.state.use_one_time_key(username, answer, service.now()):
-        raise _login_failed(service, request, username)
+        raise _login_failed(service, request)
     return _json(_start_session(service, username, record).to_json())
 
 
@@ -316,9 +330,10 @@ async def create_mac_token(request: web.Request) -> web.Response:
         )
     if "knowledge" in factors:
         password = _string(body, "password")
-        _check_rate(service, _login_keys(service, request, record.username))
+        _reserve_attempt(service, request, record.username)
         if await _check_password(service, record.username, password) is None:
-            raise _login_failed(service, request, record.username)
+            raise _login_failed(service, request)
+        service.login_limiter.reset(f"user:{record.username}")
         # The session may have been revoked while the password was being hashed.
         record = _authenticate(request)
     token_id, secret = service.state.create_mac_token(
@@ -647,6 +662,46 @@ class RunningService:
         return dropped
 
 
+class _JsonErrorRequestHandler(web_protocol.RequestHandler):
+    """Answers HTTP-level parse errors (bad request line, bad headers) with JSON too."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs, checks nothing was sent
+        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+        response = _error_response(
+            status,
+            _HTTP_ERRORS.get(status, "internal" if status >= 500 else "invalid_request"),
+            phrase or "request failed",
+        )
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    """An AppRunner whose connections answer even unparsable requests with JSON."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        if type(server) is web.Server:
+            # aiohttp builds its Server privately; swapping the class only changes
+            # which RequestHandler it creates per connection.
+            server.__class__ = _JsonErrorServer
+        return server
+
+
 @asynccontextmanager
 async def running_service(
     config: ServiceConfig, host: str = "127.0.0.1", port: int = 0
@@ -662,7 +717,7 @@ async def running_service(
         The running service; its ``url`` carries the real port.
     """
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    runner = _Runner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
