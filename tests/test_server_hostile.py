@@ -121,3 +121,17 @@ async def test_unicode_usernames_work_in_sqlite(
             http, svc, "POST", "/v1/login", {"username": "名前", "password": "pässwörd"}
         )
         assert (status, body["username"]) == (200, "名前")
+
+
+async def test_parse_errors_do_not_log_header_values(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = b"s3cr3t-token-" * 8000
+    caplog.set_level("DEBUG")
+    async with service(clock) as svc:
+        status, _, _ = await _raw(
+            svc.url,
+            b"GET /v1/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + secret + b"\r\n\r\n",
+        )
+    assert status == 400
+    assert "s3cr3t" not in caplog.text

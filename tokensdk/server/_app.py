@@ -674,7 +674,11 @@ class _JsonErrorRequestHandler(web_protocol.RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        super().handle_error(request, status, exc, message)  # logs, checks nothing was sent
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was sent already; cannot send the error")
+        # Not aiohttp's own logging: its parse errors quote the offending header line,
+        # which may be an Authorization header.
+        log.debug("unparsable request from %s: HTTP %d", request.remote, status)
         phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
         response = _error_response(
             status,
