@@ -10,12 +10,32 @@ i.e. once it is acknowledged. The test SIGKILLs it at a random point.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import sys
+import types
 
 import anyio
 
-from tokensdk.stores import FileStore, KeyringStore, StateStore
+
+def _bare_package(name: str) -> None:
+    """Register package ``name`` without running its ``__init__``.
+
+    ``import tokensdk`` pulls in the whole SDK (aiohttp, ...) and would make every
+    spawn of this helper several times slower; the stores need none of it.
+    """
+    spec = importlib.util.find_spec(name)
+    assert spec is not None
+    assert spec.submodule_search_locations is not None
+    package = types.ModuleType(name)
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules.setdefault(name, package)
+
+
+if __name__ == "__main__":
+    _bare_package("tokensdk")
+
+from tokensdk.stores import FileStore, KeyringStore, StateStore  # noqa: E402
 
 
 def payload_for(seq: int) -> str:
