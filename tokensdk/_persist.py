@@ -99,13 +99,17 @@ class CoalescingSaver:
         """
         target = self._submitted
         while self._done < target:
-            await self._write_pending()
+            if not await self._write_pending():
+                # Nothing was pending and no write is in flight: nothing left to wait
+                # for. (Guards against spinning should the bookkeeping ever disagree.)
+                break
 
-    async def _write_pending(self) -> None:
+    async def _write_pending(self) -> bool:
+        """Write the pending document, if any; return whether there was one."""
         async with self._write_lock:
             document, seq = self._pending, self._pending_seq
             if isinstance(document, _Nothing):
-                return
+                return False
             self._pending = _NOTHING
             self.writes += 1
             try:
@@ -122,6 +126,7 @@ class CoalescingSaver:
                     self._pending, self._pending_seq = document, seq
                 raise
             self._done = max(self._done, seq)
+            return True
 
     def _report(self, error: Exception) -> None:
         try:
