@@ -275,6 +275,16 @@ async def test_file_store_crash_before_replace_keeps_old_file(state_path: Path) 
     assert await FileStore(state_path).load() == {"seq": 3}
 
 
+async def test_file_store_crash_during_first_save_leaves_nothing_stored(
+    state_path: Path,
+) -> None:
+    _write(state_path.with_name(f".{state_path.name}.tmp-0000"), _envelope({"seq": 1}))
+    store = FileStore(state_path)
+    assert await store.load() is None
+    await store.save({"seq": 2})
+    assert _names(state_path.parent) == [state_path.name]
+
+
 async def test_file_store_keeps_temp_files_of_live_writers(state_path: Path) -> None:
     store = FileStore(state_path)
     await store.save({"seq": 1})
