@@ -1,9 +1,102 @@
-"""tokensdk: keep an asyncio application authenticated for as long as it runs."""
+"""tokensdk: keep an asyncio application authenticated for as long as it runs.
+
+One ``async with Session(...)`` logs in, keeps a renewable token pair fresh in the
+background, holds an observable array of per-asset PASETO access tokens, keeps a
+named store of MAC tokens that sign requests locally, and persists its state.
+"""
 
 from __future__ import annotations
 
 from tokensdk._clock import Clock, ManualClock, SystemClock
-from tokensdk._errors import *  # noqa: F403  (curated in _errors.__all__)
-from tokensdk._errors import __all__ as _error_names
+from tokensdk._errors import (
+    AccountFrozen,
+    BadSignature,
+    Conflict,
+    FactorMismatch,
+    HeaderInvalid,
+    InvalidCredentials,
+    InvalidInput,
+    InvalidState,
+    MacTokenError,
+    NotFound,
+    NotLoggedIn,
+    ProtocolError,
+    RateLimited,
+    ServiceError,
+    ServiceUnavailable,
+    SessionClosed,
+    SessionLost,
+    StoreCorrupt,
+    StoreError,
+    TokenExpired,
+    TokenInvalid,
+    TokenMalformed,
+    TokenRevoked,
+    TokenSDKError,
+    UnknownKey,
+    UnknownMacToken,
+)
+from tokensdk._models import (
+    AssetToken,
+    Credentials,
+    Event,
+    EventType,
+    MacToken,
+    SessionSnapshot,
+    SessionStatus,
+)
+from tokensdk._observable import EventStream
+from tokensdk._policy import RefreshPolicy
+from tokensdk._session import Session, one_time_key_answer
+from tokensdk._transport import RetryConfig
+from tokensdk.stores import FileStore, KeyringStore, MemoryStore, StateStore
 
-__all__ = sorted(["Clock", "ManualClock", "SystemClock", *_error_names])
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AccountFrozen",
+    "AssetToken",
+    "BadSignature",
+    "Clock",
+    "Conflict",
+    "Credentials",
+    "Event",
+    "EventStream",
+    "EventType",
+    "FactorMismatch",
+    "FileStore",
+    "HeaderInvalid",
+    "InvalidCredentials",
+    "InvalidInput",
+    "InvalidState",
+    "KeyringStore",
+    "MacToken",
+    "MacTokenError",
+    "ManualClock",
+    "MemoryStore",
+    "NotFound",
+    "NotLoggedIn",
+    "ProtocolError",
+    "RateLimited",
+    "RefreshPolicy",
+    "RetryConfig",
+    "ServiceError",
+    "ServiceUnavailable",
+    "Session",
+    "SessionClosed",
+    "SessionLost",
+    "SessionSnapshot",
+    "SessionStatus",
+    "StateStore",
+    "StoreCorrupt",
+    "StoreError",
+    "SystemClock",
+    "TokenExpired",
+    "TokenInvalid",
+    "TokenMalformed",
+    "TokenRevoked",
+    "TokenSDKError",
+    "UnknownKey",
+    "UnknownMacToken",
+    "one_time_key_answer",
+]

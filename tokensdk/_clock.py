@@ -75,6 +75,7 @@ class ManualClock:
         self._mono = monotonic
         self._sleepers: list[tuple[float, int, anyio.Event]] = []
         self._seq = itertools.count()
+        self._new_sleeper: anyio.Event | None = None
 
     def time(self) -> float:
         """Return the current fake wall time."""
@@ -90,8 +91,16 @@ class ManualClock:
             await anyio.lowlevel.checkpoint()
             return
         event = anyio.Event()
-        heapq.heappush(self._sleepers, (deadline, next(self._seq), event))
-        await event.wait()
+        entry = (deadline, next(self._seq), event)
+        heapq.heappush(self._sleepers, entry)
+        if self._new_sleeper is not None:
+            self._new_sleeper.set()
+        try:
+            await event.wait()
+        finally:
+            if not event.is_set():  # cancelled: forget it, so next_deadline stays true
+                self._sleepers.remove(entry)
+                heapq.heapify(self._sleepers)
 
     def advance(self, seconds: float) -> None:
         """Move both clocks forward and wake every sleeper whose deadline passed."""
@@ -101,6 +110,20 @@ class ManualClock:
         self._mono += seconds
         while self._sleepers and self._sleepers[0][0] <= self._mono:
             heapq.heappop(self._sleepers)[2].set()
+
+    async def wait_for_sleeper(self) -> None:
+        """Wait until somebody sleeps on this clock (returns at once if somebody does)."""
+        while not self._sleepers:
+            self._new_sleeper = anyio.Event()
+            await self._new_sleeper.wait()
+
+    def advance_to_next(self) -> bool:
+        """Advance to the earliest sleeper's deadline; return False if nobody sleeps."""
+        deadline = self.next_deadline
+        if deadline is None:
+            return False
+        self.advance(max(deadline - self._mono, 0.0))
+        return True
 
     def jump_wall(self, seconds: float) -> None:
         """Move only the wall clock (a user changing the system time); may be negative."""

@@ -6,6 +6,7 @@ what the caller can do about it. Messages never contain a secret::
     TokenSDKError
      ├── InvalidInput (ValueError) ........... fix the argument you passed
      ├── NotLoggedIn ......................... call one of the login methods first
+ ├── SessionClosed ....................... the session was closed (or never opened)
      ├── ServiceError ........................ the service answered with an error
      │    ├── InvalidCredentials ............. wrong username/password/key/token: ask the user
      │    ├── AccountFrozen .................. the account is frozen: nothing to retry
@@ -52,6 +53,7 @@ __all__ = [
     "RateLimited",
     "ServiceError",
     "ServiceUnavailable",
+    "SessionClosed",
     "SessionLost",
     "StoreCorrupt",
     "StoreError",
@@ -75,6 +77,10 @@ class InvalidInput(TokenSDKError, ValueError):
 
 class NotLoggedIn(TokenSDKError):
     """The session holds no credentials: call a login method first."""
+
+
+class SessionClosed(TokenSDKError):
+    """The session is not open: use it inside ``async with``."""
 
 
 class ServiceError(TokenSDKError):

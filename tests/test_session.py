@@ -1,0 +1,395 @@
+"""The Session against the real reference service on a loopback port, with a moved clock."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+from _proxy import FaultProxy
+from _service import PASSWORDS, service
+from conftest import autojump
+
+import tokensdk
+from tokensdk import (
+    AccountFrozen,
+    EventType,
+    InvalidCredentials,
+    InvalidInput,
+    ManualClock,
+    MemoryStore,
+    NotLoggedIn,
+    RateLimited,
+    RetryConfig,
+    Session,
+    SessionClosed,
+    SessionLost,
+    SessionStatus,
+    one_time_key_answer,
+)
+from tokensdk.server import RunningService
+
+pytestmark = pytest.mark.anyio
+
+FAST_RETRY = RetryConfig(initial=0.1, maximum=0.5, jitter=0.0)
+
+
+@asynccontextmanager
+async def session_for(
+    svc: RunningService | FaultProxy, clock: ManualClock, **kwargs: Any
+) -> AsyncIterator[Session]:
+    kwargs.setdefault("retry", FAST_RETRY)
+    async with Session(svc.url, clock=clock, rng=random.Random(1), **kwargs) as session:
+        yield session
+
+
+async def me(svc: RunningService, token: str) -> int:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(svc.url + "/v1/me", headers={"Authorization": f"Bearer {token}"}) as resp,
+    ):
+        return resp.status
+
+
+async def next_event(events: tokensdk.EventStream, kind: EventType) -> tokensdk.Event:
+    async for event in events:
+        if event.type is kind:
+            return event
+    raise AssertionError(f"stream ended before {kind}")
+
+
+async def test_login_gives_a_token_the_service_accepts(clock: ManualClock) -> None:
+    async with service(clock) as svc, session_for(svc, clock) as session:
+        await session.login("alice", PASSWORDS["alice"])
+
+        token = await session.access_token()
+
+        assert session.status is SessionStatus.ACTIVE
+        assert session.username == "alice"
+        assert await me(svc, token) == 200
+        assert token not in repr(session.credentials)
+        assert token not in repr(session.snapshot)
+
+
+async def test_wrong_password_frozen_and_rate_limited(clock: ManualClock) -> None:
+    async with (
+        service(clock, frozen_users=frozenset({"bob"}), login_rate_limit=3) as svc,
+        session_for(svc, clock) as session,
+    ):
+        with pytest.raises(InvalidCredentials) as wrong:
+            await session.login("alice", "not-the-password")
+        assert "not-the-password" not in str(wrong.value)
+        with pytest.raises(AccountFrozen):
+            await session.login("bob", PASSWORDS["bob"])
+        for _ in range(3):
+            with pytest.raises((InvalidCredentials, RateLimited)):
+                await session.login("alice", "nope")
+        with pytest.raises(RateLimited) as limited:
+            await session.login("alice", "nope")
+        assert limited.value.retry_after >= 1
+        assert session.status is SessionStatus.LOGGED_OUT
+
+
+async def test_bad_input_is_refused_before_any_request(clock: ManualClock) -> None:
+    async with service(clock) as svc, session_for(svc, clock) as session:
+        with pytest.raises(InvalidInput):
+            await session.login("", "x")
+        with pytest.raises(NotLoggedIn):
+            await session.access_token()
+        assert svc.stats.requests_by_path["/v1/login"] == 0
+    with pytest.raises(InvalidInput):
+        Session("ftp://example")
+
+
+async def test_one_time_key_login_with_backend_answer(clock: ManualClock) -> None:
+    async with service(clock, realm="test-realm") as svc, session_for(svc, clock) as session:
+        keys: list[str] = []
+
+        async def backend(key: str) -> str:  # the app's own backend knows the password
+            keys.append(key)
+            return one_time_key_answer(key, "alice", "test-realm", PASSWORDS["alice"])
+
+        await session.login_with_one_time_key("alice", backend)
+
+        assert len(keys) == 1
+        assert await me(svc, await session.access_token()) == 200
+        with pytest.raises(InvalidCredentials):
+            await session.login_with_one_time_key("alice", lambda key: "0" * 64)
+
+
+async def test_background_refresh_before_expiry(clock: ManualClock) -> None:
+    async with service(clock, access_ttl=60) as svc, session_for(svc, clock) as session:
+        events = session.events()
+        await session.login("alice", PASSWORDS["alice"])
+        first = await session.access_token()
+        due = session.next_refresh
+        assert due is not None
+        assert clock.monotonic() + 30 <= due < clock.monotonic() + 60 - 6
+
+        clock.advance(due - clock.monotonic())
+        await next_event(events, EventType.REFRESHED)
+
+        second = await session.access_token()
+        assert second != first
+        assert svc.stats.refreshes == 1
+        assert await me(svc, second) == 200
+
+
+async def test_short_lifespans_never_present_an_expired_token(clock: ManualClock) -> None:
+    async with service(clock, access_ttl=2) as svc, session_for(svc, clock) as session:
+        await session.login("alice", PASSWORDS["alice"])
+        statuses = []
+        for _ in range(400):  # 20 s of a 2 s token, in 50 ms steps
+            clock.advance(0.05)
+            statuses.append(await me(svc, await session.access_token()))
+
+        assert set(statuses) == {200}
+        assert svc.stats.rejected_bearers == 0
+        assert svc.stats.expired_bearers == 0
+        # one refresh per 1.0-1.5 s of a 2 s token over 20 s: between 13 and 20
+        assert 13 <= svc.stats.refreshes <= 21
+
+
+async def test_many_concurrent_callers_cause_one_refresh(clock: ManualClock) -> None:
+    async with service(clock, access_ttl=60) as svc, session_for(svc, clock) as session:
+        await session.login("alice", PASSWORDS["alice"])
+        old = await session.access_token()
+        clock.advance(58)  # inside the mandatory window (last 6 s)
+        results: list[str] = []
+
+        async def caller() -> None:
+            results.append(await session.access_token())
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(10_000):
+                tg.start_soon(caller)
+
+        assert svc.stats.refreshes == 1
+        assert len(results) == 10_000
+        assert len(set(results)) == 1
+        assert results[0] != old
+
+
+async def test_refresh_token_reuse_loses_the_session(clock: ManualClock) -> None:
+    async with service(clock) as svc, session_for(svc, clock) as session:
+        events = session.events()
+        await session.login("alice", PASSWORDS["alice"])
+        stolen = session.credentials
+        assert stolen is not None
+        await session.token_refresh()
+        async with aiohttp.ClientSession() as http:
+            body = {"username": "alice", "refreshToken": stolen.refresh_token}
+            async with http.post(svc.url + "/v1/refresh", json=body) as resp:
+                assert resp.status == 401
+                assert (await resp.json())["error"] == "refresh_token_reused"
+
+        with pytest.raises(SessionLost):
+            await session.token_refresh()
+
+        lost = await next_event(events, EventType.SESSION_LOST)
+        assert lost.detail == "invalid_token"
+        assert session.status is SessionStatus.NEEDS_LOGIN
+        assert session.credentials is None
+        with pytest.raises(SessionLost):
+            await session.access_token()
+
+
+async def test_relogin_hook_recovers_a_lost_session(clock: ManualClock) -> None:
+    async def relogin(session: Session) -> None:
+        await session.login("alice", PASSWORDS["alice"])
+
+    async with service(clock) as svc, session_for(svc, clock, relogin=relogin) as session:
+        await session.login("alice", PASSWORDS["alice"])
+        token = await session.access_token()
+        async with aiohttp.ClientSession() as http:
+            await http.post(svc.url + "/v1/logout", headers={"Authorization": f"Bearer {token}"})
+
+        creds = await session.token_refresh()
+
+        assert session.status is SessionStatus.ACTIVE
+        assert await me(svc, creds.access_token) == 200
+
+
+async def test_transient_failures_are_retried_without_losing_the_session(
+    clock: ManualClock,
+) -> None:
+    async with service(clock, access_ttl=60) as svc:
+        proxy = FaultProxy(svc.url)
+        proxy.only_paths = {"/v1/refresh"}
+        async with proxy.running(), session_for(proxy, clock) as session:
+            events = session.events()
+            await session.login("alice", PASSWORDS["alice"])
+            proxy.fail_next(4)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(autojump, clock)
+                await next_event(events, EventType.REFRESHED)
+                tg.cancel_scope.cancel()
+
+            assert proxy.faulted["/v1/refresh"] == 4
+            assert svc.stats.refreshes == 1
+            assert session.status is SessionStatus.ACTIVE
+            assert await me(svc, await session.access_token()) == 200
+
+
+async def test_failure_in_the_mandatory_window_raises_a_typed_error(clock: ManualClock) -> None:
+    async with service(clock, access_ttl=60) as svc:
+        proxy = FaultProxy(svc.url)
+        proxy.only_paths = {"/v1/refresh"}
+        async with proxy.running(), session_for(proxy, clock) as session:
+            await session.login("alice", PASSWORDS["alice"])
+            proxy.sticky = lambda request: _unavailable()
+            clock.advance(59)
+            errors: list[Exception] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(autojump, clock)
+                try:
+                    await session.access_token()
+                except tokensdk.ServiceUnavailable as exc:
+                    errors.append(exc)
+                finally:
+                    tg.cancel_scope.cancel()
+            assert len(errors) == 1
+            assert session.status is SessionStatus.ACTIVE  # transient: not lost
+
+
+async def _unavailable() -> aiohttp.web.StreamResponse:
+    from aiohttp import web
+
+    return web.json_response({"error": "unavailable", "code": 503, "message": "x"}, status=503)
+
+
+async def test_restart_resumes_from_the_store_without_a_password(clock: ManualClock) -> None:
+    store = MemoryStore()
+    async with service(clock) as svc:
+        async with session_for(svc, clock, store=store) as first:
+            await first.login("alice", PASSWORDS["alice"])
+            token = await first.access_token()
+        async with session_for(svc, clock, store=store) as second:
+            assert second.status is SessionStatus.ACTIVE
+            assert await second.access_token() == token
+            await second.login_with_token()
+            assert await me(svc, await second.access_token()) == 200
+        assert svc.stats.logins == 1
+
+
+async def test_resume_with_an_expired_access_token_falls_back_to_refresh(
+    clock: ManualClock,
+) -> None:
+    async with service(clock, access_ttl=10) as svc:
+        async with session_for(svc, clock) as first:
+            await first.login("alice", PASSWORDS["alice"])
+            saved = first.credentials
+        assert saved is not None
+        clock.advance(30)
+        async with session_for(svc, clock) as second:
+            await second.login_with_token(saved)
+            assert svc.stats.refreshes == 1
+            assert await me(svc, await second.access_token()) == 200
+
+
+async def test_resume_after_the_refresh_token_expired_needs_login(clock: ManualClock) -> None:
+    store = MemoryStore()
+    async with service(clock, access_ttl=10, refresh_ttl=20) as svc:
+        async with session_for(svc, clock, store=store) as first:
+            await first.login("alice", PASSWORDS["alice"])
+        clock.advance(21)
+        async with session_for(svc, clock, store=store) as second:
+            assert second.status is SessionStatus.NEEDS_LOGIN
+            with pytest.raises(SessionLost):
+                await second.access_token()
+
+
+async def test_logout_revokes_and_clears(clock: ManualClock) -> None:
+    store = MemoryStore()
+    async with service(clock) as svc, session_for(svc, clock, store=store) as session:
+        await session.login("alice", PASSWORDS["alice"])
+        token = await session.access_token()
+        await session.logout()
+        await session.flush()
+
+        assert await me(svc, token) == 401
+        assert session.status is SessionStatus.LOGGED_OUT
+        assert store.document is not None
+        assert store.document["credentials"] is None
+
+
+async def test_change_callbacks_get_ordered_snapshots_and_failures_are_isolated(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[tuple[int, SessionStatus]] = []
+    running = 0
+
+    async def slow(snapshot: tokensdk.SessionSnapshot) -> None:
+        nonlocal running
+        running += 1
+        assert running == 1  # never concurrently
+        await anyio.sleep(0)
+        seen.append((snapshot.revision, snapshot.status))
+        running -= 1
+
+    def failing(snapshot: tokensdk.SessionSnapshot) -> None:
+        raise RuntimeError("callback bug")
+
+    caplog.set_level(logging.WARNING, "tokensdk")
+    async with service(clock) as svc, session_for(svc, clock, on_change=[failing, slow]) as session:
+        events = session.events()
+        await session.login("alice", PASSWORDS["alice"])
+        await session.token_refresh()
+        await session.logout()
+        await session.changes_delivered()
+        failure = await next_event(events, EventType.CALLBACK_FAILED)
+
+    revisions = [revision for revision, _ in seen]
+    assert revisions == sorted(revisions)
+    assert seen[-1][1] is SessionStatus.LOGGED_OUT
+    assert isinstance(failure.error, RuntimeError)
+
+
+async def test_session_must_be_entered(clock: ManualClock) -> None:
+    async with service(clock) as svc:
+        session = Session(svc.url, clock=clock)
+        with pytest.raises(SessionClosed):
+            await session.login("alice", PASSWORDS["alice"])
+        async with session:
+            pass
+        with pytest.raises(SessionClosed):
+            await session.__aenter__()
+
+
+async def test_closing_in_the_middle_of_a_refresh_is_clean(clock: ManualClock) -> None:
+    async with service(clock, access_ttl=60) as svc:
+        proxy = FaultProxy(svc.url)
+        proxy.only_paths = {"/v1/refresh"}
+        gate = anyio.Event()
+
+        async def hang(request: Any) -> Any:
+            await gate.wait()
+            raise AssertionError("unreachable")
+
+        proxy.sticky = hang
+        async with proxy.running():
+            outcome: list[BaseException] = []
+            session = Session(proxy.url, clock=clock)
+
+            async def waiter() -> None:
+                try:
+                    await session.access_token()
+                except tokensdk.TokenSDKError as exc:
+                    outcome.append(exc)
+
+            async with anyio.create_task_group() as outer:
+                async with session:
+                    await session.login("alice", PASSWORDS["alice"])
+                    clock.advance(59)  # mandatory window: the waiter must wait for a refresh
+                    outer.start_soon(waiter)
+                    await proxy.wait_for("/v1/refresh")
+                # closed while the refresh hangs on the wire
+            gate.set()
+            assert len(outcome) == 1
+            assert isinstance(outcome[0], SessionClosed)
+            assert proxy.seen["/v1/refresh"] == 1

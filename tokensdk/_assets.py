@@ -1,0 +1,574 @@
+"""Asset access tokens: proof of key, validation, and the session's observable array.
+
+- :class:`Signer` is what proves possession of an asset's key (an Ed25519 key in
+  memory is provided; a hardware or remote signer implements the same protocol).
+- :class:`TokenValidator` validates PASETO v4.public access tokens locally with a
+  key set fetched from the service (refreshed, rate-limited, on an unknown ``kid``)
+  and a cache of verified tokens, or remotely (which also catches revocation).
+  :func:`validate_access_token` is the standalone entry point for web backends.
+- :class:`AccessTokens` is ``session.access_tokens``: a read-only sequence of
+  :class:`AssetToken` whose every change is a session commit (change callbacks,
+  events, persistence). Each token's expiry is one entry on the session's timer
+  heap; entries that fall due together are removed in one commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol, overload, runtime_checkable
+
+import aiohttp
+import anyio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from tokensdk._clock import Clock, SystemClock
+from tokensdk._errors import (
+    InvalidCredentials,
+    InvalidInput,
+    ProtocolError,
+    ServiceError,
+    TokenExpired,
+    TokenInvalid,
+    TokenMalformed,
+    TokenRevoked,
+    TokenSDKError,
+    UnknownKey,
+)
+from tokensdk._models import AssetToken, EventType
+from tokensdk._paseto import (
+    AccessTokenInfo,
+    KeySet,
+    PublicKey,
+    ValidationCache,
+    verify_access_token,
+)
+from tokensdk._scheduler import Timer
+from tokensdk._transport import Transport
+
+if TYPE_CHECKING:
+    from tokensdk._session import Session
+
+__all__ = [
+    "AccessTokenInfo",
+    "AccessTokens",
+    "Ed25519Signer",
+    "Signer",
+    "TokenValidator",
+    "validate_access_token",
+]
+
+log = logging.getLogger("tokensdk")
+
+
+@runtime_checkable
+class Signer(Protocol):
+    """Proves possession of an asset's private key by signing a challenge."""
+
+    async def sign(self, message: bytes) -> bytes:
+        """Return the Ed25519 signature (64 bytes) of ``message``."""
+        ...
+
+
+class Ed25519Signer:
+    """A :class:`Signer` holding an Ed25519 private key in memory.
+
+    Args:
+        private_key: The key; see :meth:`generate` and :meth:`from_seed`.
+    """
+
+    __slots__ = ("_key", "public_key_hex")
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        raw = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.public_key_hex = raw.hex()
+
+    @classmethod
+    def generate(cls) -> Ed25519Signer:
+        """Create a signer with a new random key."""
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> Ed25519Signer:
+        """Create a signer from a 32-byte private seed.
+
+        Raises:
+            InvalidInput: The seed is not 32 bytes.
+        """
+        if not isinstance(seed, bytes) or len(seed) != 32:
+            raise InvalidInput("an Ed25519 seed is 32 bytes")
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+    async def sign(self, message: bytes) -> bytes:
+        """Sign ``message`` with the private key."""
+        return self._key.sign(message)
+
+    def __repr__(self) -> str:
+        return f"Ed25519Signer(public_key_hex={self.public_key_hex!r})"
+
+
+def canonical_challenge(challenge: dict[str, object]) -> bytes:
+    """The bytes a holder signs: the challenge as sorted, compact JSON."""
+    return json.dumps(challenge, separators=(",", ":"), sort_keys=True).encode()
+
+
+class TokenValidator:
+    """Validates asset access tokens, locally (cached) or against the service.
+
+    Args:
+        url: The token service root; needed to fetch keys or validate remotely.
+        keys: Trusted keys (a :class:`KeySet`, or PASERK ``k4.public`` strings). If
+            none are given they are fetched from ``{url}/v1/keys``.
+        remote: Also ask the service (``POST /v1/assets/validate``), which catches
+            revoked tokens; local validation still runs first.
+        leeway: Seconds of clock skew tolerated on ``exp``/``iat``.
+        cache_size: Verified tokens remembered (0 disables the cache).
+        key_refresh_interval: The least time between two key-set fetches.
+        max_token_size: The longest token accepted, in characters.
+        clock: The clock (inject one in tests).
+        http: An aiohttp session to use.
+        transport: An existing transport to share (the session's).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        keys: KeySet | Sequence[str] | None = None,
+        remote: bool = False,
+        leeway: float = 0.0,
+        cache_size: int = 10_000,
+        key_refresh_interval: float = 30.0,
+        max_token_size: int = 8192,
+        clock: Clock | None = None,
+        http: aiohttp.ClientSession | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        self._clock = clock or SystemClock()
+        self._own_transport = transport is None and url is not None
+        if transport is None and url is not None:
+            transport = Transport(url, self._clock, http=http)
+        self._transport = transport
+        if keys is not None and not isinstance(keys, KeySet):
+            keys = KeySet(PublicKey.from_paserk(k) for k in keys)
+        if keys is None and transport is None:
+            raise InvalidInput("give keys, or a url to fetch them from")
+        if remote and transport is None:
+            raise InvalidInput("remote validation needs the service url")
+        self.keys: KeySet = keys if keys is not None else KeySet()
+        self.remote = remote
+        self.leeway = leeway
+        self.max_token_size = max_token_size
+        self._cache = ValidationCache(cache_size) if cache_size > 0 else None
+        self._interval = key_refresh_interval
+        self._fetched_at = -float("inf")
+        self._lock = anyio.Lock()
+        self.key_fetches = 0
+
+    async def aclose(self) -> None:
+        """Close the HTTP session this validator created, if any."""
+        if self._transport is not None and self._own_transport:
+            await self._transport.aclose()
+
+    async def __aenter__(self) -> TokenValidator:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def validate_local(self, token: str) -> AccessTokenInfo:
+        """Validate with the keys at hand, without any I/O.
+
+        Raises:
+            TokenInvalid: A subclass saying why.
+        """
+        return verify_access_token(
+            token,
+            self.keys,
+            self._clock.time(),
+            self.leeway,
+            max_size=self.max_token_size,
+            cache=self._cache,
+        )
+
+    async def validate(self, token: str) -> AccessTokenInfo:
+        """Validate a token: locally, then remotely if configured.
+
+        Returns:
+            What the token grants (``asset_ids``, ``expires_at``, ...).
+
+        Raises:
+            TokenExpired, TokenMalformed, BadSignature, UnknownKey, TokenRevoked:
+                Why the token is invalid.
+            ServiceUnavailable: Keys or remote validation were needed and the
+                service could not be reached.
+        """
+        try:
+            info = self.validate_local(token)
+        except UnknownKey:
+            if not await self._refresh_keys_for(token):
+                raise
+            info = self.validate_local(token)
+        if self.remote:
+            await self._validate_remote(token)
+        return info
+
+    async def refresh_keys(self) -> KeySet:
+        """Fetch the key set from ``GET /v1/keys`` now.
+
+        Raises:
+            ProtocolError: The answer is not a valid key set.
+        """
+        if self._transport is None:
+            raise InvalidInput("this validator has no service url")
+        async with self._lock:
+            return await self._fetch_keys()
+
+    async def _fetch_keys(self) -> KeySet:
+        assert self._transport is not None
+        self._fetched_at = self._clock.monotonic()
+        self.key_fetches += 1
+        reply = await self._transport.call("GET", "/keys")
+        try:
+            keys = KeySet.from_json(reply.body)
+        except InvalidInput as exc:
+            raise ProtocolError(f"the service's key set is invalid: {exc}") from None
+        self.keys = keys
+        return keys
+
+    async def _refresh_keys_for(self, token: str) -> bool:
+        # One fetch serves every caller that hit the same unknown kid; after it,
+        # no new fetch before the interval passes (an attacker's random kids
+        # must not turn into a request flood).
+        if self._transport is None:
+            return False
+        before = self._fetched_at
+        async with self._lock:
+            if self._fetched_at != before:
+                return True  # someone fetched while we waited
+            if self._clock.monotonic() - self._fetched_at < self._interval:
+                return False
+            await self._fetch_keys()
+            return True
+
+    async def _validate_remote(self, token: str) -> None:
+        assert self._transport is not None
+        try:
+            await self._transport.call("POST", "/assets/validate", {"token": token})
+        except InvalidCredentials as exc:
+            if self._cache is not None:
+                self._cache.discard(token)
+            if exc.code == 701 or exc.error == "token_expired":
+                raise TokenExpired("the service says the token expired") from None
+            if "revoked" in str(exc):
+                raise TokenRevoked("the service revoked the token") from None
+            raise TokenInvalid("the service rejected the token") from None
+
+
+async def validate_access_token(token: str, validator: TokenValidator) -> AccessTokenInfo:
+    """Validate an asset access token (standalone, for backends that only verify).
+
+    Args:
+        token: The PASETO v4.public token.
+        validator: Keys, cache and options; reuse one for the process.
+
+    Returns:
+        What the token grants (``asset_ids``, the contract's ``assetIds``).
+
+    Raises:
+        TokenInvalid: A subclass saying why (expired, malformed, bad signature,
+            unknown key, revoked).
+    """
+    return await validator.validate(token)
+
+
+class AccessTokens(Sequence[AssetToken]):
+    """The session's observable array of asset access tokens (read-only sequence).
+
+    Changes come only from the session (:meth:`request`, revalidation, expiry,
+    :meth:`remove`); each one is a commit that change callbacks, events and the
+    store see.
+    """
+
+    def __init__(self, session: Session, *, renew_before: float = 60.0) -> None:
+        self._session = session
+        self._timers: dict[str, Timer] = {}
+        self._due: list[str] = []
+        self._sweep_pending = False
+        self._signers: dict[str, Signer] = {}
+        self._renew_before = renew_before
+        self._validator: TokenValidator | None = None
+
+    # -- the sequence ----------------------------------------------------------------
+
+    @property
+    def _items(self) -> tuple[AssetToken, ...]:
+        return self._session._hub.snapshot.access_tokens
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> AssetToken: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[AssetToken]: ...
+    def __getitem__(self, index: int | slice) -> AssetToken | Sequence[AssetToken]:
+        return self._items[index]
+
+    def __iter__(self) -> Iterator[AssetToken]:
+        return iter(self._items)
+
+    def find(self, asset_id: str) -> AssetToken | None:
+        """Return the token for ``asset_id``, or None."""
+        for item in self._items:
+            if item.asset_id == asset_id:
+                return item
+        return None
+
+    def headers_for(self, asset_id: str) -> dict[str, str]:
+        """Return the ``Authorization`` header that presents the asset's token.
+
+        Raises:
+            LookupError: The array holds no token for ``asset_id``.
+        """
+        item = self.find(asset_id)
+        if item is None:
+            raise LookupError(f"no access token for asset {asset_id!r}")
+        return {"Authorization": f"Bearer {item.token}"}
+
+    def __repr__(self) -> str:
+        return f"AccessTokens({[t.asset_id for t in self._items]!r})"
+
+    # -- validation ------------------------------------------------------------------
+
+    @property
+    def validator(self) -> TokenValidator:
+        """The session's validator (keys fetched from the session's service)."""
+        if self._validator is None:
+            session = self._session
+            self._validator = TokenValidator(transport=session._transport, clock=session._clock)
+        return self._validator
+
+    async def validate(self, token: str, *, remote: bool = False) -> AccessTokenInfo:
+        """Validate ``token``; if it is invalid and in the array, remove it.
+
+        Args:
+            token: The token.
+            remote: Also ask the service (catches revocation).
+
+        Raises:
+            TokenInvalid: A subclass saying why.
+        """
+        validator = self.validator
+        try:
+            info = await validator.validate(token)
+            if remote:
+                await validator._validate_remote(token)
+        except TokenInvalid as exc:
+            self._drop(lambda t: t.token == token, exc.reason)
+            raise
+        return info
+
+    async def revalidate(self, *, remote: bool = False) -> list[AssetToken]:
+        """Validate every token now; remove the invalid ones in one change.
+
+        Args:
+            remote: Also ask the service about each token.
+
+        Returns:
+            The tokens removed.
+        """
+        validator = self.validator
+        bad: set[str] = set()
+        for item in self._items:
+            try:
+                await validator.validate(item.token)
+                if remote:
+                    await validator._validate_remote(item.token)
+            except TokenInvalid:
+                bad.add(item.token)
+        return self._drop(lambda t: t.token in bad, "invalid")
+
+    # -- proof of key ----------------------------------------------------------------
+
+    async def request(self, asset_id: str, signer: Signer, *, renew: bool = False) -> AssetToken:
+        """Obtain a token for ``asset_id`` by proof of key and put it in the array.
+
+        Runs challenge -> sign -> token, validates the answer locally, then adds it
+        (or replaces the asset's previous token).
+
+        Args:
+            asset_id: The asset.
+            signer: Holds the asset's private key.
+            renew: Keep requesting a fresh token before this one expires.
+
+        Raises:
+            NotFound: The service does not know the asset.
+            InvalidCredentials: The signature was refused (wrong key).
+            TokenInvalid: The service's token does not validate.
+        """
+        if not isinstance(asset_id, str) or not asset_id:
+            raise InvalidInput("asset_id must be a non-empty string")
+        if not isinstance(signer, Signer):
+            raise InvalidInput("signer must implement Signer (async sign(message) -> bytes)")
+        transport = self._session._transport
+        reply = await transport.call("POST", "/assets/challenge", {"assetId": asset_id})
+        challenge = reply.body
+        if challenge.get("assetId") != asset_id:
+            raise ProtocolError("the challenge is for another asset")
+        signature = await signer.sign(canonical_challenge(challenge))
+        reply = await transport.call(
+            "POST",
+            "/assets/token",
+            {"challenge": challenge, "signature": signature.hex()},
+            retry=False,
+        )
+        token = reply.body.get("accessToken")
+        if not isinstance(token, str):
+            raise ProtocolError("the token answer has no accessToken")
+        info = await self.validator.validate(token)
+        if asset_id not in info.asset_ids:
+            raise TokenMalformed("the token does not grant the requested asset")
+        if renew:
+            self._signers[asset_id] = signer
+        item = AssetToken(asset_id, token, info.expires_at)
+        self._put(item)
+        return item
+
+    def remove(self, asset_id: str) -> bool:
+        """Remove the asset's token from the array (and stop renewing it).
+
+        Returns:
+            Whether a token was removed.
+        """
+        self._signers.pop(asset_id, None)
+        return bool(self._drop(lambda t: t.asset_id == asset_id, "removed"))
+
+    async def revoke(self, asset_id: str) -> bool:
+        """Revoke the asset's token on the service, then remove it locally.
+
+        Returns:
+            Whether a token was revoked.
+        """
+        item = self.find(asset_id)
+        if item is None:
+            return False
+        try:
+            await self._session._transport.call("POST", "/assets/revoke", {"token": item.token})
+        except InvalidCredentials:
+            pass  # already invalid on the service: removing it locally is all that is left
+        self.remove(asset_id)
+        return True
+
+    # -- internals -------------------------------------------------------------------
+
+    def _put(self, item: AssetToken) -> None:
+        hub = self._session._hub
+        items = list(self._items)
+        for index, old in enumerate(items):
+            if old.asset_id == item.asset_id:
+                items[index] = item
+                kind = EventType.ACCESS_TOKEN_REPLACED
+                break
+        else:
+            items.append(item)
+            kind = EventType.ACCESS_TOKEN_ADDED
+        hub.commit(hub.event(kind, item.asset_id), access_tokens=tuple(items))
+        self._schedule(item)
+
+    def _drop(self, doomed: object, reason: str) -> list[AssetToken]:
+        assert callable(doomed)
+        keep: list[AssetToken] = []
+        gone: list[AssetToken] = []
+        for item in self._items:
+            (gone if doomed(item) else keep).append(item)
+        if gone:
+            hub = self._session._hub
+            for item in gone:
+                timer = self._timers.pop(item.asset_id, None)
+                if timer is not None:
+                    timer.cancel()
+            hub.commit(
+                *(hub.event(EventType.ACCESS_TOKEN_REMOVED, item.asset_id) for item in gone),
+                access_tokens=tuple(keep),
+            )
+            log.info("tokensdk: removed %d access token(s) (%s)", len(gone), reason)
+        return gone
+
+    def _schedule(self, item: AssetToken) -> None:
+        old = self._timers.pop(item.asset_id, None)
+        if old is not None:
+            old.cancel()
+        if item.expires_at is None:
+            return
+        clock = self._session._clock
+        left = item.expires_at - clock.time()
+        asset_id = item.asset_id
+        if asset_id in self._signers:
+            renew_at = clock.monotonic() + max(left - self._renew_before, 0.0)
+            self._timers[asset_id] = self._session._scheduler.call_at(
+                renew_at, lambda: self._renew_due(asset_id)
+            )
+        else:
+            self._timers[asset_id] = self._session._scheduler.call_at(
+                clock.monotonic() + left, lambda: self._expire_due(asset_id)
+            )
+
+    def _expire_due(self, asset_id: str) -> None:
+        # Called from the timer heap: batch everything that falls due together
+        # into one commit instead of one per token.
+        self._timers.pop(asset_id, None)
+        self._due.append(asset_id)
+        if not self._sweep_pending:
+            self._sweep_pending = True
+            self._session._task_group.start_soon(self._sweep)
+
+    async def _sweep(self) -> None:
+        self._sweep_pending = False
+        due, self._due = set(self._due), []
+        now = self._session._clock.time()
+        self._drop(
+            lambda t: t.asset_id in due and t.expires_at is not None and t.expires_at <= now,
+            "expired",
+        )
+
+    def _renew_due(self, asset_id: str) -> None:
+        self._timers.pop(asset_id, None)
+        self._session._task_group.start_soon(self._renew, asset_id)
+
+    async def _renew(self, asset_id: str) -> None:
+        signer = self._signers.get(asset_id)
+        if signer is None:
+            return
+        try:
+            await self.request(asset_id, signer, renew=True)
+        except TokenSDKError as exc:
+            log.warning(
+                "tokensdk: renewing the token of %r failed: %s", asset_id, type(exc).__name__
+            )
+            item = self.find(asset_id)
+            if item is not None and item.expires_at is not None:
+                # Fall back to expiry: the old token goes when it dies.
+                clock = self._session._clock
+                self._timers[asset_id] = self._session._scheduler.call_at(
+                    clock.monotonic() + max(item.expires_at - clock.time(), 0.0),
+                    lambda: self._expire_due(asset_id),
+                )
+
+    async def _start(self) -> None:
+        """Drop restored tokens already expired, schedule the rest, revalidate in the background."""
+        now = self._session._clock.time()
+        self._drop(lambda t: t.expires_at is not None and t.expires_at <= now, "expired")
+        for item in self._items:
+            self._schedule(item)
+        if self._items:
+            self._session._task_group.start_soon(self._revalidate_quietly)
+
+    async def _revalidate_quietly(self) -> None:
+        try:
+            await self.revalidate()
+        except (TokenSDKError, ServiceError) as exc:
+            log.info("tokensdk: revalidating restored tokens failed: %s", type(exc).__name__)

@@ -1,0 +1,730 @@
+"""The Session: log in once, then always hold a valid access token.
+
+Lifecycle::
+
+    LOGGED_OUT --login*--> ACTIVE --refresh--> ACTIVE
+        ^                    |  \\
+        |                 logout  refresh/with-token refused (expired, reused, revoked)
+        +--------------------+    \\--> NEEDS_LOGIN  (credentials and MAC tokens wiped)
+
+All background work (the timer heap, change dispatch, coalesced saving, refreshes)
+lives in one anyio task group owned by ``async with``; leaving the block cancels and
+awaits it, flushes the store and closes the HTTP session.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import logging
+import math
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+
+from tokensdk._clock import Clock, SystemClock
+from tokensdk._errors import (
+    AccountFrozen,
+    InvalidCredentials,
+    InvalidInput,
+    NotLoggedIn,
+    ProtocolError,
+    ServiceError,
+    SessionClosed,
+    SessionLost,
+    StoreError,
+    TokenSDKError,
+)
+from tokensdk._models import (
+    AssetToken,
+    Credentials,
+    EventType,
+    SessionSnapshot,
+    SessionStatus,
+    decode_state,
+    encode_state,
+)
+from tokensdk._observable import ChangeCallback, EventStream, StateHub
+from tokensdk._persist import CoalescingSaver
+from tokensdk._policy import RefreshPlan, RefreshPolicy, plan_refresh
+from tokensdk._scheduler import Scheduler, Timer
+from tokensdk._transport import RetryConfig, Transport
+from tokensdk.stores import MemoryStore, StateStore
+
+__all__ = ["Session", "one_time_key_answer"]
+
+log = logging.getLogger("tokensdk")
+
+OneTimeKeyAnswer = Callable[[str], Awaitable[str] | str]
+Relogin = Callable[["Session"], Awaitable[None]]
+
+# Answers that mean the activation itself is gone, not that a request failed.
+_LOST = (InvalidCredentials, AccountFrozen)
+
+
+def one_time_key_answer(key: str, username: str, realm: str, password: str) -> str:
+    """Compute the answer to a one-time login key, for the application's own backend.
+
+    ``sha256hex(key + "|" + sha256hex(username + ":" + realm + ":" + password))``.
+
+    Args:
+        key: The key the service issued.
+        username: The account.
+        realm: The service's realm (``GET /v1/status``).
+        password: The account's password (held by the backend, never the client).
+
+    Returns:
+        The lowercase hex hash to send as ``hash``.
+    """
+    inner = hashlib.sha256(f"{username}:{realm}:{password}".encode()).hexdigest()
+    return hashlib.sha256(f"{key}|{inner}".encode()).hexdigest()
+
+
+@attrs.define
+class _Flight:
+    """One refresh that any number of callers wait for."""
+
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    value: Credentials | None = None
+    error: BaseException | None = None
+
+    def result(self) -> Credentials:
+        if self.error is not None:
+            raise _fresh(self.error)
+        assert self.value is not None
+        return self.value
+
+
+def _fresh(error: BaseException) -> BaseException:
+    # Many waiters raise the outcome of one flight: give each its own exception
+    # object so their tracebacks do not pile up on a shared one.
+    try:
+        clone = copy.copy(error)
+    except Exception:
+        return error
+    clone.__traceback__ = None
+    return clone
+
+
+class Session:
+    """An authenticated session that refreshes its tokens in the background.
+
+    Use it as ``async with Session(url, ...) as session:``; log in once, then call
+    :meth:`access_token` whenever a token is needed.
+
+    Args:
+        base_url: The token service root, e.g. ``http://127.0.0.1:8080``.
+        store: Where the state is persisted (default: memory only).
+        on_change: Callback(s) receiving a :class:`SessionSnapshot` after changes,
+            in order and never concurrently; sync or async.
+        clock: The clock (inject :class:`ManualClock` in tests).
+        policy: Refresh windows and jitter.
+        retry: Backoff for transient failures.
+        timeout: Seconds one HTTP attempt may take.
+        relogin: An async callable ``relogin(session)`` that logs in again (e.g.
+            ``await session.login(user, password)``) when the session is lost.
+        http: An aiohttp session for the SDK's own calls (one is created otherwise).
+        access_tokens: A saved asset-token array to restore (as persisted by a
+            change callback); it replaces what the store holds.
+        rng: Random source for jitter (seed it for reproducible schedules).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        store: StateStore | None = None,
+        on_change: ChangeCallback | Sequence[ChangeCallback] | None = None,
+        clock: Clock | None = None,
+        policy: RefreshPolicy = RefreshPolicy(),
+        retry: RetryConfig = RetryConfig(),
+        timeout: float = 10.0,
+        relogin: Relogin | None = None,
+        http: aiohttp.ClientSession | None = None,
+        access_tokens: Iterable[AssetToken | Mapping[str, Any]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if timeout <= 0 or not math.isfinite(timeout):
+            raise InvalidInput("timeout must be a positive number of seconds")
+        self._clock: Clock = clock or SystemClock()
+        self._store: StateStore = store if store is not None else MemoryStore()
+        self._policy = policy
+        self._rng = rng or random.Random()
+        self._relogin = relogin
+        self._transport = Transport(base_url, self._clock, http=http, timeout=timeout, retry=retry)
+        self._hub = StateHub(self._clock)
+        callbacks = [] if on_change is None else [on_change] if callable(on_change) else on_change
+        for callback in callbacks:
+            self._hub.add_callback(callback)
+        self._restore_tokens = None if access_tokens is None else _asset_list(access_tokens)
+        self._scheduler = Scheduler(self._clock)
+        self._saver = CoalescingSaver(self._store, on_error=self._store_failed)
+        self._hub.add_listener(self._persist)
+        self._tg: TaskGroup | None = None
+        self._closed = False
+        self._flight: _Flight | None = None
+        self._refresh_timer: Timer | None = None
+        self._generation = 0
+        self._failures = 0
+        self._lost_reason = "not_logged_in"
+        # The hot path reads these three attributes and the two clocks, nothing else.
+        self._token: str | None = None
+        self._fresh_mono = -math.inf
+        self._fresh_wall = -math.inf
+        self.clock_offset = 0.0
+        self.realm: str | None = None
+        from tokensdk._assets import AccessTokens
+        from tokensdk._token_store import MacTokenStore
+
+        self.access_tokens = AccessTokens(self)
+        self.token_store = MacTokenStore(self)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Session:
+        if self._tg is not None or self._closed:
+            raise SessionClosed("a Session can be entered once")
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        try:
+            tg.start_soon(self._scheduler.run)
+            tg.start_soon(self._hub.run)
+            tg.start_soon(self._saver.run)
+            await self._load()
+            await self.access_tokens._start()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        tg, self._tg = self._tg, None
+        self._closed = True
+        try:
+            if tg is not None:
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(None, None, None)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if self._flight is not None:
+                    self._finish_flight(self._flight, error=SessionClosed("the session was closed"))
+                await self._saver.flush()
+                await self._hub.drain()
+                self._hub.close()
+                await self._transport.aclose()
+
+    @property
+    def _task_group(self) -> TaskGroup:
+        if self._tg is None:
+            raise SessionClosed("use the session inside 'async with'")
+        return self._tg
+
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> SessionSnapshot:
+        """The current state as an immutable snapshot."""
+        return self._hub.snapshot
+
+    @property
+    def status(self) -> SessionStatus:
+        """Where the session stands (logged out, active, needs login)."""
+        return self._hub.snapshot.status
+
+    @property
+    def username(self) -> str | None:
+        """The logged-in user, if any."""
+        return self._hub.snapshot.username
+
+    @property
+    def credentials(self) -> Credentials | None:
+        """The current token pair (a frozen snapshot; secrets are redacted in its repr)."""
+        return self._hub.snapshot.credentials
+
+    @property
+    def next_refresh(self) -> float | None:
+        """Monotonic time of the next scheduled background refresh, if any."""
+        timer = self._refresh_timer
+        return None if timer is None or timer.cancelled else timer.deadline
+
+    def events(self, buffer: int = 1024) -> EventStream:
+        """Subscribe to this session's events (an async iterator of :class:`Event`).
+
+        Args:
+            buffer: Events held for a slow reader before new ones are dropped.
+        """
+        return self._hub.subscribe(buffer)
+
+    def add_change_callback(self, callback: ChangeCallback) -> None:
+        """Register another change callback."""
+        self._hub.add_callback(callback)
+
+    async def changes_delivered(self) -> None:
+        """Wait until every change so far has reached the change callbacks."""
+        await self._hub.wait_delivered()
+
+    async def flush(self) -> None:
+        """Wait until the current state is written to the store."""
+        await self._saver.flush()
+
+    def _persist(self, snapshot: SessionSnapshot) -> None:
+        self._saver.submit(encode_state(snapshot))
+
+    def _store_failed(self, error: BaseException) -> None:
+        log.warning("tokensdk: saving the session state failed: %s", error)
+        self._hub.emit(self._hub.event(EventType.STORE_FAILED, type(error).__name__, error))
+
+    async def _load(self) -> None:
+        try:
+            document = await self._store.load()
+            snapshot = (
+                None
+                if document is None
+                else decode_state(
+                    document, wall=self._clock.time(), monotonic=self._clock.monotonic()
+                )
+            )
+        except StoreError as exc:
+            # A broken store must not stop the application: start empty and say so.
+            log.warning("tokensdk: the stored state could not be loaded: %s", exc)
+            self._hub.emit(self._hub.event(EventType.STORE_FAILED, type(exc).__name__, exc))
+            snapshot = None
+        changes: dict[str, Any] = {}
+        if snapshot is not None:
+            changes = {
+                "status": snapshot.status,
+                "credentials": snapshot.credentials,
+                "access_tokens": snapshot.access_tokens,
+                "mac_tokens": snapshot.mac_tokens,
+            }
+        if self._restore_tokens is not None:
+            changes["access_tokens"] = self._restore_tokens
+        if not changes:
+            return
+        creds = changes.get("credentials")
+        if (
+            creds is not None
+            and creds.refresh_left(self._clock.time(), self._clock.monotonic()) <= 0
+        ):
+            # The activation expired while we were away: what belonged to it goes.
+            changes.update(status=SessionStatus.NEEDS_LOGIN, credentials=None, mac_tokens={})
+            self._lost_reason = "token_expired"
+            self._hub.commit(self._hub.event(EventType.SESSION_LOST, "token_expired"), **changes)
+            return
+        events = [self._hub.event(EventType.RESUMED, creds.username)] if creds else []
+        self._hub.commit(*events, **changes)
+        if creds is not None and changes.get("status") is SessionStatus.ACTIVE:
+            self._install(creds)
+        elif changes.get("status") is SessionStatus.NEEDS_LOGIN:
+            self._lost_reason = "stored_session_lost"
+
+    # -- the hot path ----------------------------------------------------------------
+
+    async def access_token(self) -> str:
+        """Return a valid access token, refreshing first if it is about to expire.
+
+        Returns:
+            A bearer token valid for at least the mandatory window.
+
+        Raises:
+            NotLoggedIn: No login happened yet.
+            SessionLost: The activation is gone; log in again.
+            ServiceUnavailable: A needed refresh failed for transient reasons.
+        """
+        clock = self._clock
+        if clock.monotonic() < self._fresh_mono and clock.time() < self._fresh_wall:
+            token = self._token
+            if token is not None:
+                return token
+        return (await self._mandatory_refresh()).access_token
+
+    async def _mandatory_refresh(self) -> Credentials:
+        snapshot = self._hub.snapshot
+        if snapshot.status is SessionStatus.NEEDS_LOGIN and self._relogin is None:
+            raise SessionLost(self._lost_reason)
+        if snapshot.status is SessionStatus.LOGGED_OUT:
+            raise NotLoggedIn("log in first")
+        return await self._refresh()
+
+    async def token_refresh(self) -> Credentials:
+        """Refresh the token pair now (joining a refresh already under way).
+
+        Returns:
+            The new credentials.
+
+        Raises:
+            NotLoggedIn: No login happened yet.
+            SessionLost: The refresh token was refused; log in again.
+            ServiceUnavailable: The service stayed unreachable.
+        """
+        return await self._mandatory_refresh()
+
+    # -- login / logout --------------------------------------------------------------
+
+    async def login(self, username: str, password: str) -> None:
+        """Log in with a username and password.
+
+        Raises:
+            InvalidCredentials: Wrong username or password.
+            AccountFrozen: The account is frozen.
+            RateLimited: Too many attempts; see ``retry_after``.
+            ServiceUnavailable: The service could not be reached.
+        """
+        _check_text("username", username)
+        _check_text("password", password)
+        self._task_group  # noqa: B018  (fail early when not opened)
+        reply = await self._transport.call(
+            "POST", "/login", {"username": username, "password": password}
+        )
+        await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic)
+
+    async def login_with_one_time_key(self, username: str, answer: OneTimeKeyAnswer) -> None:
+        """Log in with a one-time key answered by the application's own backend.
+
+        Args:
+            username: The account.
+            answer: Receives the key and returns the hash (sync or async); see
+                :func:`one_time_key_answer` for what the backend computes.
+
+        Raises:
+            InvalidCredentials: The answer was wrong, or the key expired.
+            RateLimited: Too many keys requested.
+        """
+        _check_text("username", username)
+        self._task_group  # noqa: B018  (fail early when not opened)
+        reply = await self._transport.call("POST", "/login/one-time-key", {"username": username})
+        key = reply.body.get("key")
+        if not isinstance(key, str) or not key:
+            raise ProtocolError("the one-time key response has no key")
+        result = answer(key)
+        digest = await result if inspect.isawaitable(result) else result
+        if not isinstance(digest, str):
+            raise InvalidInput("the one-time key answer must be a string")
+        reply = await self._transport.call(
+            "POST", "/login/with-one-time-key", {"username": username, "hash": digest}, retry=False
+        )
+        await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic)
+
+    async def login_with_token(self, credentials: Credentials | None = None) -> None:
+        """Resume from a saved token pair, checking it with the service.
+
+        With no argument the pair restored from the store is used. An expired access
+        token falls back to a refresh.
+
+        Args:
+            credentials: A saved pair (e.g. ``snapshot.credentials`` persisted earlier).
+
+        Raises:
+            NotLoggedIn: There is no saved pair.
+            SessionLost: The saved pair is no longer valid; log in again.
+        """
+        creds = credentials or self._hub.snapshot.credentials
+        if creds is None:
+            raise NotLoggedIn("there is no saved token pair to resume")
+        self._task_group  # noqa: B018  (fail early when not opened)
+        self._generation += 1
+        generation = self._generation
+        if creds is not self._hub.snapshot.credentials:
+            self._uninstall()
+            self._hub.commit(status=SessionStatus.ACTIVE, credentials=creds)
+        try:
+            reply = await self._transport.call(
+                "POST",
+                "/login/with-token",
+                {"username": creds.username, "accessToken": creds.access_token},
+            )
+        except _LOST as exc:
+            if exc.code != 701:
+                await self._lose(exc.error or "invalid_token", generation)
+                raise SessionLost(exc.error or "invalid_token") from None
+            await self._refresh()  # the access token expired: the refresh token may not have
+            return
+        ttl = reply.body.get("accessExpire")
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0:
+            raise ProtocolError("the with-token response has no valid accessExpire")
+        resumed = attrs.evolve(
+            creds,
+            access_expires_at=reply.sent_wall + ttl,
+            access_deadline=reply.sent_monotonic + ttl,
+        )
+        if generation == self._generation:
+            self._hub.commit(
+                self._hub.event(EventType.RESUMED, creds.username),
+                status=SessionStatus.ACTIVE,
+                credentials=resumed,
+            )
+            self._install(resumed)
+
+    async def logout(self) -> None:
+        """Log out: revoke the token family on the service and forget it locally.
+
+        Local state is cleared even when the service cannot be reached.
+        """
+        creds = self._hub.snapshot.credentials
+        self._generation += 1
+        if creds is not None:
+            try:
+                await self._transport.call(
+                    "POST", "/logout", bearer=creds.access_token, retry=False
+                )
+            except ServiceError as exc:
+                log.info("tokensdk: logout on the service failed (%s); cleared locally", exc.error)
+        self._uninstall()
+        self._lost_reason = "logged_out"
+        self._hub.commit(
+            self._hub.event(EventType.LOGGED_OUT, creds.username if creds else None),
+            status=SessionStatus.LOGGED_OUT,
+            credentials=None,
+            mac_tokens={},
+        )
+
+    async def sync_clock(self) -> float:
+        """Estimate the offset between the service's clock and ours (``GET /v1/status``).
+
+        Offsets below 2 s are ignored (taken as 0).
+
+        Returns:
+            The offset in seconds to add to local wall time.
+        """
+        before = self._clock.monotonic()
+        reply = await self._transport.call("GET", "/status")
+        rtt = self._clock.monotonic() - before
+        server_ms = reply.body.get("serverTime")
+        if not isinstance(server_ms, int | float) or isinstance(server_ms, bool):
+            raise ProtocolError("status has no serverTime")
+        realm = reply.body.get("realm")
+        self.realm = realm if isinstance(realm, str) else self.realm
+        offset = server_ms / 1000 + rtt / 2 - (reply.sent_wall + rtt)
+        self.clock_offset = 0.0 if abs(offset) < 2.0 else offset
+        self._hub.emit(self._hub.event(EventType.CLOCK_SYNCED, f"{self.clock_offset:+.3f}s"))
+        return self.clock_offset
+
+    async def _logged_in(self, body: Any, sent_wall: float, sent_mono: float) -> None:
+        creds = Credentials.from_response(body, wall=sent_wall, monotonic=sent_mono)
+        previous = self._hub.snapshot
+        self._generation += 1
+        # A new login is a new token family: MAC tokens of the old one die with it.
+        mac = (
+            previous.mac_tokens
+            if previous.username == creds.username and previous.status is SessionStatus.ACTIVE
+            else {}
+        )
+        self._hub.commit(
+            self._hub.event(EventType.LOGGED_IN, creds.username),
+            status=SessionStatus.ACTIVE,
+            credentials=creds,
+            mac_tokens=mac,
+        )
+        self._install(creds)
+        if self._tg is not None:
+            self._tg.start_soon(self._background_sync_clock)
+
+    async def _background_sync_clock(self) -> None:
+        try:
+            await self.sync_clock()
+        except TokenSDKError as exc:
+            log.info("tokensdk: clock sync failed: %s", type(exc).__name__)
+
+    # -- refresh ---------------------------------------------------------------------
+
+    def _install(self, creds: Credentials) -> None:
+        """Make ``creds`` the served pair and schedule its refresh."""
+        now_mono, now_wall = self._clock.monotonic(), self._clock.time()
+        plan = plan_refresh(creds.lifetime, creds.access_deadline, self._policy, self._rng)
+        window = plan.mandatory_window
+        self._token = creds.access_token
+        self._fresh_mono = plan.mandatory_at
+        self._fresh_wall = creds.access_expires_at - window
+        self._failures = 0
+        self._schedule_refresh(_clamp_plan(plan, now_mono, creds.access_expires_at - now_wall))
+
+    def _uninstall(self) -> None:
+        self._token = None
+        self._fresh_mono = self._fresh_wall = -math.inf
+        if self._refresh_timer is not None:
+            self._refresh_timer.cancel()
+            self._refresh_timer = None
+
+    def _schedule_refresh(self, at: float) -> None:
+        if self._refresh_timer is not None:
+            self._refresh_timer.cancel()
+        self._refresh_timer = self._scheduler.call_at(at, self._refresh_due)
+
+    def _refresh_due(self) -> None:
+        if self._tg is not None:
+            self._tg.start_soon(self._background_refresh)
+
+    async def _background_refresh(self) -> None:
+        try:
+            await self._refresh()
+        except SessionLost:
+            pass  # already reported by _lose
+        except TokenSDKError as exc:
+            self._failures += 1
+            delay = self._transport.retry.backoff(self._failures, self._rng)
+            log.warning(
+                "tokensdk: background refresh failed (%s); next try in %.1fs",
+                type(exc).__name__,
+                delay,
+            )
+            self._hub.emit(self._hub.event(EventType.REFRESH_FAILED, type(exc).__name__, exc))
+            if self._hub.snapshot.status is SessionStatus.ACTIVE:
+                self._schedule_refresh(self._clock.monotonic() + delay)
+
+    async def _refresh(self) -> Credentials:
+        flight = self._flight
+        if flight is None:
+            flight = self._flight = _Flight()
+            self._task_group.start_soon(self._fly, flight)
+        await flight.done.wait()
+        return flight.result()
+
+    def _finish_flight(
+        self,
+        flight: _Flight,
+        *,
+        value: Credentials | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        if flight.done.is_set():
+            return
+        flight.value, flight.error = value, error
+        if self._flight is flight:
+            self._flight = None
+        flight.done.set()
+
+    async def _fly(self, flight: _Flight) -> None:
+        try:
+            value = await self._do_refresh()
+        except anyio.get_cancelled_exc_class():
+            self._finish_flight(flight, error=SessionClosed("the session was closed"))
+            raise
+        except Exception as exc:
+            self._finish_flight(flight, error=exc)
+        else:
+            self._finish_flight(flight, value=value)
+
+    async def _do_refresh(self) -> Credentials:
+        snapshot = self._hub.snapshot
+        creds = snapshot.credentials
+        generation = self._generation
+        if snapshot.status is SessionStatus.NEEDS_LOGIN or creds is None:
+            return await self._try_relogin(self._lost_reason)
+        now_mono, now_wall = self._clock.monotonic(), self._clock.time()
+        if creds.refresh_left(now_wall, now_mono) <= 0:
+            await self._lose("token_expired", generation)
+            return await self._try_relogin("token_expired")
+        # Retry no longer than the current token lives, but give one attempt room.
+        deadline = max(
+            now_mono + creds.access_left(now_wall, now_mono), now_mono + self._transport.timeout
+        )
+        body = {
+            "username": creds.username,
+            "refreshToken": creds.refresh_token,
+            # Extension (see PROTOCOL): lets a retry after a lost answer get the same
+            # pair instead of tripping reuse detection.
+            "idempotencyKey": uuid.uuid4().hex,
+        }
+        try:
+            reply = await self._transport.call("POST", "/refresh", body, deadline=deadline)
+        except _LOST as exc:
+            reason = exc.error or "invalid_token"
+            await self._lose(reason, generation)
+            return await self._try_relogin(reason)
+        new = Credentials.from_response(
+            reply.body, wall=reply.sent_wall, monotonic=reply.sent_monotonic
+        )
+        if generation != self._generation:
+            # A logout or a new login overtook this refresh: its result is stale.
+            current = self._hub.snapshot.credentials
+            if current is None:
+                raise SessionLost(self._lost_reason)
+            return current
+        self._hub.commit(
+            self._hub.event(EventType.REFRESHED, new.username),
+            credentials=new,
+            status=SessionStatus.ACTIVE,
+        )
+        self._install(new)
+        return new
+
+    async def _try_relogin(self, reason: str) -> Credentials:
+        if self._relogin is None:
+            raise SessionLost(reason)
+        try:
+            await self._relogin(self)
+        except TokenSDKError as exc:
+            log.warning("tokensdk: relogin failed: %s", type(exc).__name__)
+            raise SessionLost(reason) from None
+        creds = self._hub.snapshot.credentials
+        if creds is None or self._hub.snapshot.status is not SessionStatus.ACTIVE:
+            raise SessionLost(reason)
+        return creds
+
+    async def _lose(self, reason: str, generation: int | None = None) -> None:
+        """The activation is gone: wipe what belonged to it and tell everyone."""
+        if generation is not None and generation != self._generation:
+            return
+        self._generation += 1
+        self._uninstall()
+        self._lost_reason = reason
+        log.warning("tokensdk: session lost (%s)", reason)
+        self._hub.commit(
+            self._hub.event(EventType.SESSION_LOST, reason),
+            status=SessionStatus.NEEDS_LOGIN,
+            credentials=None,
+            mac_tokens={},
+        )
+
+    def __repr__(self) -> str:
+        snapshot = self._hub.snapshot
+        return (
+            f"Session({self._transport.base_url!r}, status={snapshot.status.value},"
+            f" username={snapshot.username!r})"
+        )
+
+
+def _clamp_plan(plan: RefreshPlan, now_mono: float, wall_left: float) -> float:
+    # If the wall clock says the token has less time than the monotonic one (a
+    # suspended machine, a clock step), refresh by the earlier of the two.
+    at = plan.refresh_at
+    wall_refresh_at = now_mono + wall_left - (plan.expires - plan.refresh_at)
+    return min(at, wall_refresh_at)
+
+
+def _check_text(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{name} must be a non-empty string")
+    if len(value) > 4096:
+        raise InvalidInput(f"{name} is too long")
+
+
+def _asset_list(items: Iterable[AssetToken | Mapping[str, Any]]) -> tuple[AssetToken, ...]:
+    tokens = []
+    for item in items:
+        if isinstance(item, AssetToken):
+            tokens.append(item)
+            continue
+        asset_id = item.get("assetId", item.get("asset_id")) if isinstance(item, Mapping) else None
+        token = item.get("token") if isinstance(item, Mapping) else None
+        if not isinstance(asset_id, str) or not isinstance(token, str):
+            raise InvalidInput("each saved access token needs a string assetId and token")
+        expires = item.get("expiresAt", item.get("expires_at"))
+        tokens.append(
+            AssetToken(asset_id, token, expires if isinstance(expires, int | float) else None)
+        )
+    return tuple(tokens)
