@@ -290,8 +290,13 @@ async def refresh(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     body = await _json_body(request)
     username, token = _string(body, "username"), _string(body, "refreshToken")
+    idempotency_key = body.get("idempotencyKey")
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
+    ):
+        raise ApiError(400, "invalid_request", "idempotencyKey must be a short string")
     try:
-        tokens = service.state.refresh(username, token, service.now())
+        tokens = service.state.refresh(username, token, service.now(), idempotency_key)
     except ApiError as exc:
         if exc.error == "refresh_token_reused":
             service.stats.refresh_reuses += 1

@@ -265,12 +265,22 @@ class AccessRecord:
 
 @attrs.frozen
 class RefreshRecord:
-    """A stored refresh token (keyed by its digest); ``used`` once it rotated."""
+    """A stored refresh token (keyed by its digest); ``used`` once it rotated.
+
+    When the rotating request carried an ``idempotencyKey``, its digest, the time of
+    use and the digests of the pair it produced are kept, so that the same request
+    retried (its answer was lost in transit) can be served instead of being taken
+    for theft.
+    """
 
     family: str
     username: str
     expires: float
     used: bool = False
+    used_at: float | None = None
+    idempotency: str | None = None
+    successor_access: str | None = None
+    successor_refresh: str | None = None
 
 
 @attrs.frozen
@@ -536,7 +546,12 @@ class ServiceState:
             raise _bearer_rejected("the access token has expired", code=701, error="token_expired")
         return int(record.expires - now)
 
-    def refresh(self, username: str, token: str, now: float) -> LoginTokens:
+    #: How long after a rotation the same request (same idempotency key) may be retried.
+    IDEMPOTENCY_GRACE = 60.0
+
+    def refresh(
+        self, username: str, token: str, now: float, idempotency_key: str | None = None
+    ) -> LoginTokens:
         """Rotate a refresh token into a new pair of the same family.
 
         Args:
@@ -550,12 +565,23 @@ class ServiceState:
         Raises:
             ApiError: 401 ``invalid_token``, 401 ``refresh_token_reused`` (the family
                 is revoked as a side effect) or 401/701 ``token_expired``.
+
+        A used refresh token presented again with the ``idempotency_key`` of the
+        request that used it, within :attr:`IDEMPOTENCY_GRACE` seconds, while the pair
+        that request produced is still unused, is a retry of a lost answer: the unseen
+        pair is withdrawn and a new one issued. Anything else is reuse.
         """
         self.maybe_purge(now)
         key = token_digest(token)
         record = self.refresh_tokens.get(key)
         if record is None or record.username != username or self._family_revoked(record.family):
             raise _bearer_rejected("the refresh token is not valid")
+        retry_of = token_digest(idempotency_key) if idempotency_key else None
+        if record.used and self._is_retry(record, retry_of, now):
+            assert record.successor_access is not None and record.successor_refresh is not None
+            self.access.delete(record.successor_access)
+            self.refresh_tokens.delete(record.successor_refresh)
+            return self._rotate(key, record, username, now, retry_of)
         if record.used:
             self.revoke_family(record.family)
             raise _bearer_rejected(
@@ -564,8 +590,34 @@ class ServiceState:
             )
         if now >= record.expires:
             raise _bearer_rejected("the refresh token has expired", code=701, error="token_expired")
-        self.refresh_tokens.put(key, attrs.evolve(record, used=True))
-        return self._issue(record.family, username, now)
+        return self._rotate(key, record, username, now, retry_of)
+
+    def _is_retry(self, record: RefreshRecord, retry_of: str | None, now: float) -> bool:
+        if retry_of is None or record.idempotency is None or record.used_at is None:
+            return False
+        if not hmac.compare_digest(retry_of, record.idempotency):
+            return False
+        if now - record.used_at > self.IDEMPOTENCY_GRACE or record.successor_refresh is None:
+            return False
+        successor = self.refresh_tokens.get(record.successor_refresh)
+        return successor is not None and not successor.used
+
+    def _rotate(
+        self, key: str, record: RefreshRecord, username: str, now: float, retry_of: str | None
+    ) -> LoginTokens:
+        tokens = self._issue(record.family, username, now)
+        self.refresh_tokens.put(
+            key,
+            attrs.evolve(
+                record,
+                used=True,
+                used_at=now,
+                idempotency=retry_of,
+                successor_access=token_digest(tokens.access_token),
+                successor_refresh=token_digest(tokens.refresh_token),
+            ),
+        )
+        return tokens
 
     def revoke_family(self, family: str) -> None:
         """Revoke a family: its access, refresh and MAC tokens stop working at once."""
