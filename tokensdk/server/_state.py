@@ -578,7 +578,8 @@ class ServiceState:
             raise _bearer_rejected("the refresh token is not valid")
         retry_of = token_digest(idempotency_key) if idempotency_key else None
         if record.used and self._is_retry(record, retry_of, now):
-            assert record.successor_access is not None and record.successor_refresh is not None
+            assert record.successor_access is not None
+            assert record.successor_refresh is not None
             self.access.delete(record.successor_access)
             self.refresh_tokens.delete(record.successor_refresh)
             return self._rotate(key, record, username, now, retry_of)
