@@ -48,6 +48,7 @@ from tokensdk._models import (
 from tokensdk._observable import EventStream
 from tokensdk._policy import RefreshPolicy
 from tokensdk._session import Session, one_time_key_answer
+from tokensdk._token_store import Authentication
 from tokensdk._transport import RetryConfig
 from tokensdk.stores import FileStore, KeyringStore, MemoryStore, StateStore
 
@@ -56,6 +57,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "AccountFrozen",
     "AssetToken",
+    "Authentication",
     "BadSignature",
     "Clock",
     "Conflict",
