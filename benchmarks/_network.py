@@ -1,0 +1,404 @@
+"""Rows that talk to the reference service on loopback: 1-5 and 8."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import inspect
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import anyio
+import anyio.lowlevel
+
+from benchmarks._harness import Row, compare_async, fmt_ratio, fmt_time, spread
+from benchmarks._pure import mac_concurrency_rows, mac_header_rows
+from tokensdk import ManualClock, RefreshPolicy, Session
+from tokensdk._policy import plan_refresh
+from tokensdk.server import RunningService, ServiceConfig, running_service
+
+__all__ = [
+    "fleet_rows",
+    "hot_path_rows",
+    "mac_rows",
+    "middleware_rows",
+    "round_trip_rows",
+    "storm_rows",
+]
+
+USER, PASSWORD = "alice", "pw"
+
+
+@contextlib.asynccontextmanager
+async def _service(**options: Any) -> AsyncIterator[RunningService]:
+    config = ServiceConfig(users={USER: PASSWORD}, scrypt_n=2**10, **options)
+    async with running_service(config) as svc:
+        yield svc
+
+
+# -- 1: the hot path -------------------------------------------------------------------
+
+
+async def hot_path_rows(quick: bool) -> list[Row]:
+    """Row 1: ``access_token()`` vs Authlib's ``ensure_active_token`` and the floor."""
+    from authlib.integrations.httpx_client import AsyncOAuth2Client
+
+    async with _service() as svc, Session(svc.url) as session:
+        await session.login(USER, PASSWORD)
+        creds = session.credentials
+        assert creds is not None
+        client = AsyncOAuth2Client(
+            client_id="bench",
+            token={
+                "access_token": creds.access_token,
+                "refresh_token": creds.refresh_token,
+                "token_type": "Bearer",
+                "expires_in": 300,
+            },
+        )
+        token = client.token
+
+        class Holder:
+            token = creds.access_token
+
+        holder = Holder()
+        monotonic = time.monotonic
+
+        async def sdk(n: int) -> None:
+            for _ in range(n):
+                await session.access_token()
+
+        async def authlib(n: int) -> None:
+            for _ in range(n):
+                await client.ensure_active_token(token)
+
+        async def floor(n: int) -> None:
+            for _ in range(n):
+                holder.token  # noqa: B018
+                monotonic()
+
+        try:
+            cmp = await compare_async(
+                {"sdk": sdk, "authlib": authlib, "floor": floor},
+                number=5_000 if quick else 50_000,
+                rounds=7 if quick else 25,
+            )
+        finally:
+            await client.aclose()
+    speedup = spread([1 / r for r in cmp.ratios("sdk", "authlib")])
+    vs_floor = cmp.ratio("sdk", "floor")
+    return [
+        Row(
+            "1a",
+            "Hot path: access_token() speed-up over Authlib ensure_active_token",
+            fmt_ratio(speedup),
+            ">= 5x",
+            speedup[0] >= 5,
+            f"sdk {fmt_time(cmp.median('sdk'))}, authlib {fmt_time(cmp.median('authlib'))}",
+        ),
+        Row(
+            "1b",
+            "Hot path: access_token() vs attribute read + time.monotonic() (floor)",
+            fmt_ratio(vs_floor),
+            "",
+            None,
+            f"floor {fmt_time(cmp.median('floor'))}",
+        ),
+    ]
+
+
+# -- 2: the refresh storm ------------------------------------------------------------------
+
+
+async def _callers(session: Session, n: int, before_release: Callable[[], None]) -> float:
+    """Start ``n`` callers parked on a gate, then release them; return the wall time."""
+    gate = anyio.Event()
+
+    async def caller() -> None:
+        await gate.wait()
+        await session.access_token()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(caller)
+        await anyio.sleep(0.01)  # every caller is parked on the gate
+        start = time.perf_counter()
+        before_release()
+        gate.set()
+    return time.perf_counter() - start
+
+
+async def storm_rows(quick: bool) -> list[Row]:
+    """Row 2: 10,000 callers in the mandatory window cause one refresh."""
+    callers, rounds = 10_000, (3 if quick else 11)
+    ttl = 300
+    clock = ManualClock()
+    alone: list[float] = []
+    storm: list[float] = []
+    valid: list[float] = []
+    refreshes: list[int] = []
+    async with _service(clock=clock, access_ttl=ttl) as svc, Session(svc.url, clock=clock) as s:
+        await s.login(USER, PASSWORD)
+        for _ in range(rounds):
+            start = time.perf_counter()
+            await s.token_refresh()
+            alone.append(time.perf_counter() - start)
+            # The token is fresh now; moving ttl-10 s puts every caller in the window.
+            before = svc.stats.refreshes
+            storm.append(await _callers(s, callers, lambda: clock.advance(ttl - 10)))
+            refreshes.append(svc.stats.refreshes - before)
+            valid.append(await _callers(s, callers, lambda: None))
+    ratio = spread([a / b for a, b in zip(storm, alone, strict=True)])
+    wake = spread([(a - c) / b for a, b, c in zip(storm, alone, valid, strict=True)])
+    return [
+        Row(
+            "2a",
+            "Refresh storm: refresh requests for 10,000 concurrent callers",
+            ", ".join(str(r) for r in sorted(set(refreshes))) + f" (over {rounds} storms)",
+            "1",
+            set(refreshes) == {1},
+            "",
+        ),
+        Row(
+            "2b",
+            "Refresh storm: wall time vs one refresh round trip alone",
+            fmt_ratio(ratio),
+            "<= 1.5x",
+            ratio[0] <= 1.5,
+            f"storm {fmt_time(spread(storm)[0])}, one refresh {fmt_time(spread(alone)[0])}, "
+            f"10,000 callers waking with a valid token {fmt_time(spread(valid)[0])}; "
+            f"(storm - wake-up) / refresh = {wake[0]:.2f}x",
+        ),
+    ]
+
+
+# -- 3: the refresh round trip ---------------------------------------------------------------
+
+
+async def round_trip_rows(quick: bool) -> list[Row]:
+    """Row 3: ``token_refresh()`` vs a raw aiohttp POST of the same body."""
+    async with (
+        _service() as svc,
+        Session(svc.url) as session,
+        aiohttp.ClientSession() as http,
+    ):
+        await session.login(USER, PASSWORD)
+        url = svc.url + "/v1"
+        async with http.post(url + "/login", json={"username": USER, "password": PASSWORD}) as r:
+            refresh_token = (await r.json())["refreshToken"]
+
+        async def sdk(n: int) -> None:
+            for _ in range(n):
+                await session.token_refresh()
+
+        async def raw(n: int) -> None:
+            nonlocal refresh_token
+            for _ in range(n):
+                body = {
+                    "username": USER,
+                    "refreshToken": refresh_token,
+                    "idempotencyKey": uuid.uuid4().hex,
+                }
+                async with http.post(url + "/refresh", json=body) as resp:
+                    resp.raise_for_status()
+                    refresh_token = (await resp.json())["refreshToken"]
+
+        cmp = await compare_async(
+            {"sdk": sdk, "raw": raw}, number=10 if quick else 20, rounds=7 if quick else 31
+        )
+    ratio = cmp.ratio("sdk", "raw")
+    return [
+        Row(
+            "3",
+            "Refresh round trip: token_refresh() vs raw aiohttp POST /v1/refresh",
+            fmt_ratio(ratio),
+            "<= 1.10x",
+            ratio[0] <= 1.10,
+            f"sdk {fmt_time(cmp.median('sdk'))}, raw {fmt_time(cmp.median('raw'))}",
+        )
+    ]
+
+
+# -- 4: the middleware ------------------------------------------------------------------------
+
+
+async def middleware_rows(quick: bool) -> list[Row]:
+    """Row 4: a request through ``session.middleware()`` vs a static header."""
+    name = "Middleware per-request overhead vs plain aiohttp with a static header"
+    if importlib.util.find_spec("tokensdk.aiohttp") is None:
+        return [Row("4", name, "n/a (middleware missing)", "<= 1.05x")]
+    async with _service() as svc, Session(svc.url) as session:
+        if not hasattr(session, "middleware"):
+            return [Row("4", name, "n/a (middleware missing)", "<= 1.05x")]
+        await session.login(USER, PASSWORD)
+        me = svc.url + "/v1/me"
+        header = {"Authorization": f"Bearer {await session.access_token()}"}
+        async with (
+            aiohttp.ClientSession(headers=header) as plain,
+            aiohttp.ClientSession(middlewares=(session.middleware(),)) as wrapped,
+        ):
+
+            async def run_with(http: aiohttp.ClientSession, n: int) -> None:
+                for _ in range(n):
+                    async with http.get(me) as resp:
+                        resp.raise_for_status()
+                        await resp.read()
+
+            async def sdk(n: int) -> None:
+                await run_with(wrapped, n)
+
+            async def raw(n: int) -> None:
+                await run_with(plain, n)
+
+            cmp = await compare_async(
+                {"sdk": sdk, "raw": raw}, number=20 if quick else 50, rounds=7 if quick else 31
+            )
+    ratio = cmp.ratio("sdk", "raw")
+    return [
+        Row(
+            "4",
+            name,
+            fmt_ratio(ratio),
+            "<= 1.05x",
+            ratio[0] <= 1.05,
+            f"middleware {fmt_time(cmp.median('sdk'))}, plain {fmt_time(cmp.median('raw'))}",
+        )
+    ]
+
+
+# -- 5: MAC headers -------------------------------------------------------------------------
+
+
+async def mac_rows(quick: bool) -> list[Row]:
+    """Row 5: ``build_header`` vs its floor, and headers/s from concurrent tasks."""
+    rows = mac_header_rows(quick)
+    import tokensdk
+
+    authentication = getattr(tokensdk, "Authentication", None)
+    async with _service() as svc, Session(svc.url) as session:
+        store = session.token_store
+        if authentication is None or not hasattr(store, "generate_header_for_token"):
+            return rows + await mac_concurrency_rows(quick)
+        await session.login(USER, PASSWORD)
+        await store.request_access_token("bench", authentication.possession())
+
+        async def generate() -> object:
+            header = store.generate_header_for_token("bench")
+            return await header if inspect.isawaitable(header) else header
+
+        return rows + await mac_concurrency_rows(quick, generate, "generate_header_for_token")
+
+
+# -- 8: a fleet of sessions --------------------------------------------------------------------
+
+
+def _expected_refreshes(sessions: int, lifetime: float, duration: float) -> float:
+    """Refreshes the policy predicts (same windows and jitter, other random draws)."""
+    policy, rng, count = RefreshPolicy(), random.Random(7), 0
+    for _ in range(sessions):
+        t = 0.0
+        while True:
+            t = plan_refresh(lifetime, t + lifetime, policy, rng).refresh_at
+            if t > duration:
+                break
+            count += 1
+    return count
+
+
+async def fleet_rows(quick: bool) -> list[Row]:
+    """Row 8: N sessions with 30 s tokens for 2 simulated minutes on a manual clock."""
+    n = 100 if quick else 1_000
+    ttl, duration, step = 30, 120.0, 0.25
+    clock = ManualClock()
+    per_second: list[int] = []
+    stuck_steps = 0
+    me_calls = 0
+    real_start = time.perf_counter()
+    async with (
+        _service(clock=clock, access_ttl=ttl) as svc,
+        aiohttp.ClientSession() as http,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        sessions = [
+            await stack.enter_async_context(
+                Session(svc.url, clock=clock, http=http, rng=random.Random(i))
+            )
+            for i in range(n)
+        ]
+        async with anyio.create_task_group() as tg:
+            for s in sessions:
+                tg.start_soon(s.login, USER, PASSWORD)
+        me = svc.url + "/v1/me"
+
+        async def hit(token: str) -> None:
+            async with http.get(me, headers={"Authorization": f"Bearer {token}"}) as resp:
+                await resp.read()
+
+        base = svc.stats.refreshes
+        last_second = base
+        steps = int(duration / step)
+        groups = int(10 / step)  # every session calls /v1/me every 10 simulated seconds
+        for k in range(1, steps + 1):
+            clock.advance(step)
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
+            # Let every due background refresh finish before time moves on.
+            give_up = time.perf_counter() + 2.0
+            while True:
+                now = clock.monotonic()
+                if all((t := s.next_refresh) is not None and t > now for s in sessions):
+                    break
+                if time.perf_counter() > give_up:
+                    stuck_steps += 1
+                    break
+                await anyio.sleep(0.001)
+            tokens = [await s.access_token() for s in sessions]
+            async with anyio.create_task_group() as tg:
+                for i in range(k % groups, n, groups):
+                    tg.start_soon(hit, tokens[i])
+                    me_calls += 1
+            if k % int(1 / step) == 0:
+                per_second.append(svc.stats.refreshes - last_second)
+                last_second = svc.stats.refreshes
+        counted = svc.stats.refreshes - base
+        expired = svc.stats.expired_bearers
+        rejected = svc.stats.rejected_bearers
+    expected = _expected_refreshes(n, ttl, duration)
+    first = next((i for i, c in enumerate(per_second) if c), 0)
+    active = per_second[first:] or [0]
+    mean = sum(active) / len(active)
+    peak_to_mean = max(active) / mean if mean else float("inf")
+    late = per_second[60:] or [0]
+    late_mean = sum(late) / len(late)
+    late_ratio = max(late) / late_mean if late_mean else float("inf")
+    took = time.perf_counter() - real_start
+    return [
+        Row(
+            "8a",
+            f"Fleet: {n:,} sessions, 30 s tokens, 2 simulated min: refreshes vs expected",
+            f"{counted} vs {expected:.0f} ({counted / expected:.2f}x)",
+            "~1.0x",
+            abs(counted / expected - 1) <= 0.05,
+            f"{me_calls} /v1/me calls; {took:.1f} s real; {stuck_steps} steps timed out",
+        ),
+        Row(
+            "8b",
+            "Fleet: expired tokens presented to the service",
+            f"{expired} (rejected bearers {rejected})",
+            "0",
+            expired == 0,
+            "",
+        ),
+        Row(
+            "8c",
+            "Fleet: peak-to-mean refreshes per simulated second",
+            f"{peak_to_mean:.2f} (from the first refresh on); {late_ratio:.2f} in the 2nd minute",
+            "<= 2",
+            peak_to_mean <= 2,
+            f"peak {max(active)}/s, mean {mean:.1f}/s; all sessions log in at the same instant",
+        ),
+    ]
