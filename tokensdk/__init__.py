@@ -7,6 +7,14 @@ named store of MAC tokens that sign requests locally, and persists its state.
 
 from __future__ import annotations
 
+from tokensdk._assets import (
+    AccessTokenInfo,
+    AccessTokens,
+    Ed25519Signer,
+    Signer,
+    TokenValidator,
+    validate_access_token,
+)
 from tokensdk._clock import Clock, ManualClock, SystemClock
 from tokensdk._errors import (
     AccountFrozen,
@@ -55,6 +63,8 @@ from tokensdk.stores import FileStore, KeyringStore, MemoryStore, StateStore
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AccessTokenInfo",
+    "AccessTokens",
     "AccountFrozen",
     "AssetToken",
     "Authentication",
@@ -62,6 +72,7 @@ __all__ = [
     "Clock",
     "Conflict",
     "Credentials",
+    "Ed25519Signer",
     "Event",
     "EventStream",
     "EventType",
@@ -89,6 +100,7 @@ __all__ = [
     "SessionLost",
     "SessionSnapshot",
     "SessionStatus",
+    "Signer",
     "StateStore",
     "StoreCorrupt",
     "StoreError",
@@ -98,7 +110,9 @@ __all__ = [
     "TokenMalformed",
     "TokenRevoked",
     "TokenSDKError",
+    "TokenValidator",
     "UnknownKey",
     "UnknownMacToken",
     "one_time_key_answer",
+    "validate_access_token",
 ]

@@ -141,7 +141,7 @@ class TokenValidator:
         remote: bool = False,
         leeway: float = 0.0,
         cache_size: int = 10_000,
-        key_refresh_interval: float = 30.0,
+        key_refresh_interval: float = 5.0,
         max_token_size: int = 8192,
         clock: Clock | None = None,
         http: aiohttp.ClientSession | None = None,
@@ -194,8 +194,14 @@ class TokenValidator:
             cache=self._cache,
         )
 
-    async def validate(self, token: str) -> AccessTokenInfo:
+    async def validate(self, token: str, *, trusted_source: bool = False) -> AccessTokenInfo:
         """Validate a token: locally, then remotely if configured.
+
+        Args:
+            token: The token text.
+            trusted_source: The token came straight from the service (proof of
+                key), so an unknown ``kid`` fetches the keys even inside the
+                rate-limit interval (the service just rotated).
 
         Returns:
             What the token grants (``asset_ids``, ``expires_at``, ...).
@@ -209,7 +215,7 @@ class TokenValidator:
         try:
             info = self.validate_local(token)
         except UnknownKey:
-            if not await self._refresh_keys_for(token):
+            if not await self._refresh_keys_for(token, force=trusted_source):
                 raise
             info = self.validate_local(token)
         if self.remote:
@@ -239,7 +245,7 @@ class TokenValidator:
         self.keys = keys
         return keys
 
-    async def _refresh_keys_for(self, token: str) -> bool:
+    async def _refresh_keys_for(self, token: str, *, force: bool = False) -> bool:
         # One fetch serves every caller that hit the same unknown kid; after it,
         # no new fetch before the interval passes (an attacker's random kids
         # must not turn into a request flood).
@@ -249,7 +255,7 @@ class TokenValidator:
         async with self._lock:
             if self._fetched_at != before:
                 return True  # someone fetched while we waited
-            if self._clock.monotonic() - self._fetched_at < self._interval:
+            if not force and self._clock.monotonic() - self._fetched_at < self._interval:
                 return False
             await self._fetch_keys()
             return True
@@ -266,6 +272,10 @@ class TokenValidator:
             if "revoked" in str(exc):
                 raise TokenRevoked("the service revoked the token") from None
             raise TokenInvalid("the service rejected the token") from None
+
+
+def _expiry(item: AssetToken) -> float:
+    return item.expires_at if item.expires_at is not None else float("inf")
 
 
 async def validate_access_token(token: str, validator: TokenValidator) -> AccessTokenInfo:
@@ -429,7 +439,7 @@ class AccessTokens(Sequence[AssetToken]):
         token = reply.body.get("accessToken")
         if not isinstance(token, str):
             raise ProtocolError("the token answer has no accessToken")
-        info = await self.validator.validate(token)
+        info = await self.validator.validate(token, trusted_source=True)
         if asset_id not in info.asset_ids:
             raise TokenMalformed("the token does not grant the requested asset")
         if renew:
@@ -491,6 +501,7 @@ class AccessTokens(Sequence[AssetToken]):
                 timer = self._timers.pop(item.asset_id, None)
                 if timer is not None:
                     timer.cancel()
+            gone.sort(key=_expiry)  # report removals in the order the tokens die
             hub.commit(
                 *(hub.event(EventType.ACCESS_TOKEN_REMOVED, item.asset_id) for item in gone),
                 access_tokens=tuple(keep),
