@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -466,10 +467,9 @@ class AccessTokens(Sequence[AssetToken]):
         item = self.find(asset_id)
         if item is None:
             return False
-        try:
+        # InvalidCredentials: already invalid on the service; removing it locally is left.
+        with contextlib.suppress(InvalidCredentials):
             await self._session._transport.call("POST", "/assets/revoke", {"token": item.token})
-        except InvalidCredentials:
-            pass  # already invalid on the service: removing it locally is all that is left
         self.remove(asset_id)
         return True
 
