@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import anyio.lowlevel
 import pytest
 from _proxy import FaultProxy
 from _service import PASSWORDS, service
@@ -328,7 +329,7 @@ async def test_change_callbacks_get_ordered_snapshots_and_failures_are_isolated(
         nonlocal running
         running += 1
         assert running == 1  # never concurrently
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         seen.append((snapshot.revision, snapshot.status))
         running -= 1
 
@@ -382,12 +383,11 @@ async def test_closing_in_the_middle_of_a_refresh_is_clean(clock: ManualClock) -
                 except tokensdk.TokenSDKError as exc:
                     outcome.append(exc)
 
-            async with anyio.create_task_group() as outer:
-                async with session:
-                    await session.login("alice", PASSWORDS["alice"])
-                    clock.advance(59)  # mandatory window: the waiter must wait for a refresh
-                    outer.start_soon(waiter)
-                    await proxy.wait_for("/v1/refresh")
+            async with anyio.create_task_group() as outer, session:
+                await session.login("alice", PASSWORDS["alice"])
+                clock.advance(59)  # mandatory window: the waiter must wait for a refresh
+                outer.start_soon(waiter)
+                await proxy.wait_for("/v1/refresh")
                 # closed while the refresh hangs on the wire
             gate.set()
             assert len(outcome) == 1

@@ -55,7 +55,7 @@ class SystemClock:
         """Sleep until the monotonic clock reaches ``deadline``."""
         # The event loop sleeps on CLOCK_MONOTONIC, which stops during suspend; loop
         # until our own clock agrees so a wake-up is never early.
-        while (left := deadline - self.monotonic()) > 0:
+        while (left := deadline - self.monotonic()) > 0:  # noqa: ASYNC110
             await anyio.sleep(left)
 
     def __repr__(self) -> str:

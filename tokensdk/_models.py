@@ -326,7 +326,7 @@ def _field(body: Mapping[str, Any], name: str, kind: type[_T]) -> _T:
         value = body[name]
     except (KeyError, TypeError):
         raise ProtocolError(f"response field {name!r} is missing") from None
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ProtocolError(f"response field {name!r} has the wrong type")
     return value
 
