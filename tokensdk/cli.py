@@ -426,10 +426,10 @@ def _run(function: Callable[[], Any], *, url: str | None = None) -> Any:
             raise CommandError(f"cannot reach the token service{where}: is it running?") from None
         raise CommandError(f"the token service{where} failed ({exc.status} {exc.error})") from None
     except ProtocolError:
-        raise CommandError(f"{url or 'the URL'} does not look like a tokensdk service") from None
+        raise CommandError(f"{url} does not look like a tokensdk service") from None
     except ServiceError as exc:
-        if exc.status == 404 and not exc.error:
-            raise CommandError(f"{url} does not look like a tokensdk service") from None
+        if exc.status == 404:
+            raise CommandError(f"nothing at {url}/v1: is the URL right?") from None
         raise CommandError(f"the service answered {exc.status} {exc.error or 'error'}") from None
     except SessionLost as exc:
         raise CommandError(f"the saved session is gone ({exc.reason}); log in again") from None
