@@ -23,7 +23,7 @@ import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
@@ -58,6 +58,9 @@ from tokensdk._policy import RefreshPlan, RefreshPolicy, plan_refresh
 from tokensdk._scheduler import Scheduler, Timer
 from tokensdk._transport import RetryConfig, Transport
 from tokensdk.stores import MemoryStore, StateStore
+
+if TYPE_CHECKING:
+    from tokensdk.aiohttp import TokenMiddleware
 
 __all__ = ["Session", "one_time_key_answer"]
 
@@ -268,6 +271,22 @@ class Session:
             buffer: Events held for a slow reader before new ones are dropped.
         """
         return self._hub.subscribe(buffer)
+
+    def middleware(
+        self, *, mac_token: str | None = None, asset_id: str | None = None
+    ) -> TokenMiddleware:
+        """An aiohttp client middleware that authenticates requests with this session.
+
+        ``aiohttp.ClientSession(middlewares=(session.middleware(),))``; see
+        :mod:`tokensdk.aiohttp`.
+
+        Args:
+            mac_token: Sign with this named MAC token instead of the bearer token.
+            asset_id: Present this asset's access token instead of the bearer token.
+        """
+        from tokensdk.aiohttp import TokenMiddleware
+
+        return TokenMiddleware(self, mac_token=mac_token, asset_id=asset_id)
 
     def add_change_callback(self, callback: ChangeCallback) -> None:
         """Register another change callback."""

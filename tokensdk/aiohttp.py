@@ -1,0 +1,178 @@
+"""aiohttp client middleware: every request of a ``ClientSession`` authenticated.
+
+Use aiohttp's native client middlewares (aiohttp >= 3.12)::
+
+    async with aiohttp.ClientSession(middlewares=(session.middleware(),)) as http:
+        async with http.get(api_url) as response:  # Authorization: Bearer <fresh token>
+            ...
+
+    # per request: a named MAC token, or an asset access token instead of the bearer
+    http.get(url, middlewares=(session.middleware(mac_token="payments"),))
+    http.get(url, middlewares=(session.middleware(asset_id="door-1"),))
+
+Recovery, at most one retry per request and never a loop:
+
+- bearer: a 401 with ``WWW-Authenticate: Bearer error="invalid_token"`` forces one
+  refresh (single-flight with the session's own refreshes and every other request;
+  a request whose token was already replaced just retries with the new one) and
+  retries once; a second 401 is returned to the caller;
+- MAC token: a 401 whose JSON ``error`` is ``timestamp_too_old`` or
+  ``timestamp_in_future`` syncs the clock with the service and retries once with a
+  fresh header;
+- a request whose body cannot be sent twice (a stream, an async generator) is not
+  retried: the 401 is returned and a warning logged.
+
+A request that already carries ``Authorization`` (or ``X-PowerAuth-Token`` in MAC
+mode) is passed through untouched, and so are the session's own login, refresh and
+status calls should they reach this middleware.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, payload
+
+if TYPE_CHECKING:
+    from tokensdk._session import Session
+
+__all__ = ["TokenMiddleware"]
+
+log = logging.getLogger("tokensdk")
+
+_MAC_HEADER = "X-PowerAuth-Token"
+_TIME_ERRORS = frozenset({"timestamp_too_old", "timestamp_in_future"})
+# The session's own unauthenticated calls: never touched, so a refresh cannot wait on itself.
+_OWN_PATHS = frozenset(
+    {
+        "/v1/login",
+        "/v1/login/one-time-key",
+        "/v1/login/with-one-time-key",
+        "/v1/login/with-token",
+        "/v1/refresh",
+        "/v1/status",
+        "/v1/keys",
+    }
+)
+
+
+class TokenMiddleware:
+    """Authenticates requests with a :class:`~tokensdk.Session`'s tokens.
+
+    Build it with ``session.middleware(...)``; at most one of ``mac_token`` and
+    ``asset_id`` may be given (neither: the session's bearer access token).
+
+    Args:
+        session: The session whose tokens are used.
+        mac_token: Sign requests with this named MAC token (``X-PowerAuth-Token``).
+        asset_id: Present this asset's access token as the bearer.
+
+    Raises:
+        ValueError: Both ``mac_token`` and ``asset_id`` were given.
+    """
+
+    __slots__ = ("_asset_id", "_mac_token", "_own_prefix", "_session")
+
+    def __init__(
+        self, session: Session, *, mac_token: str | None = None, asset_id: str | None = None
+    ) -> None:
+        if mac_token is not None and asset_id is not None:
+            raise ValueError("choose one of mac_token and asset_id")
+        self._session = session
+        self._mac_token = mac_token
+        self._asset_id = asset_id
+        self._own_prefix = session._transport.base_url.rstrip("/")
+
+    def __repr__(self) -> str:
+        mode = (
+            f"mac_token={self._mac_token!r}"
+            if self._mac_token is not None
+            else f"asset_id={self._asset_id!r}"
+            if self._asset_id is not None
+            else "bearer"
+        )
+        return f"TokenMiddleware({mode})"
+
+    async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        """Authenticate ``request``, send it, and recover once from a stale credential.
+
+        Args:
+            request: The outgoing request (its headers are set here).
+            handler: The rest of the chain.
+
+        Returns:
+            The response (a second refusal is returned as is).
+        """
+        if self._is_own_call(request):
+            return await handler(request)
+        if self._mac_token is not None:
+            return await self._with_mac(request, handler, self._mac_token)
+        if "Authorization" in request.headers:
+            return await handler(request)
+        if self._asset_id is not None:
+            request.headers.update(self._session.access_tokens.headers_for(self._asset_id))
+            return await handler(request)
+        return await self._with_bearer(request, handler)
+
+    def _is_own_call(self, request: ClientRequest) -> bool:
+        url = str(request.url)
+        return url.startswith(self._own_prefix) and request.url.path in _OWN_PATHS
+
+    async def _with_bearer(
+        self, request: ClientRequest, handler: ClientHandlerType
+    ) -> ClientResponse:
+        session = self._session
+        sent = await session.access_token()
+        request.headers["Authorization"] = f"Bearer {sent}"
+        response = await handler(request)
+        if response.status != 401 or not _invalid_token(response):
+            return response
+        if not _replayable(request):
+            log.warning("tokensdk: 401 on a request whose body cannot be sent again; not retried")
+            return response
+        credentials = session.credentials
+        if credentials is None or credentials.access_token == sent:
+            # Joins a refresh already under way; one refresh for every stale request.
+            await session.token_refresh()
+        response.release()
+        request.headers["Authorization"] = f"Bearer {await session.access_token()}"
+        return await handler(request)
+
+    async def _with_mac(
+        self, request: ClientRequest, handler: ClientHandlerType, name: str
+    ) -> ClientResponse:
+        if _MAC_HEADER in request.headers:
+            return await handler(request)
+        store = self._session.token_store
+        header, value = store.generate_header_for_token(name)
+        request.headers[header] = value
+        response = await handler(request)
+        if response.status != 401 or await _error_name(response) not in _TIME_ERRORS:
+            return response
+        if not _replayable(request):
+            log.warning("tokensdk: MAC time error on a body that cannot be sent again")
+            return response
+        response.release()
+        header, value = await store.header_after_time_error(name)
+        request.headers[header] = value
+        return await handler(request)
+
+
+def _invalid_token(response: ClientResponse) -> bool:
+    challenge = response.headers.get("WWW-Authenticate", "")
+    return challenge.lower().startswith("bearer") and 'error="invalid_token"' in challenge
+
+
+def _replayable(request: ClientRequest) -> bool:
+    body = request.body
+    return not isinstance(body, payload.Payload) or not body.consumed
+
+
+async def _error_name(response: ClientResponse) -> str | None:
+    try:
+        body = await response.json(content_type=None)
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, str) else None
