@@ -35,7 +35,9 @@ USER, PASSWORD = "alice", "pw"
 
 @contextlib.asynccontextmanager
 async def _service(**options: Any) -> AsyncIterator[RunningService]:
-    config = ServiceConfig(users={USER: PASSWORD}, scrypt_n=2**10, **options)
+    # A fleet logs in from one address at once: lift the login rate limits.
+    options.setdefault("users", {USER: PASSWORD})
+    config = ServiceConfig(scrypt_n=2**10, login_rate_limit=10**9, ip_rate_limit=10**9, **options)
     async with running_service(config) as svc:
         yield svc
 
@@ -153,7 +155,9 @@ async def storm_rows(quick: bool) -> list[Row]:
             refreshes.append(svc.stats.refreshes - before)
             valid.append(await _callers(s, callers, lambda: None))
     ratio = spread([a / b for a, b in zip(storm, alone, strict=True)])
-    wake = spread([(a - c) / b for a, b, c in zip(storm, alone, valid, strict=True)])
+    # No design can beat one refresh plus waking every caller twice (off the gate,
+    # then off the shared flight): that sum is the storm's own floor.
+    floor = spread([a / (b + 2 * c) for a, b, c in zip(storm, alone, valid, strict=True)])
     return [
         Row(
             "2a",
@@ -171,7 +175,7 @@ async def storm_rows(quick: bool) -> list[Row]:
             ratio[0] <= 1.5,
             f"storm {fmt_time(spread(storm)[0])}, one refresh {fmt_time(spread(alone)[0])}, "
             f"10,000 callers waking with a valid token {fmt_time(spread(valid)[0])}; "
-            f"(storm - wake-up) / refresh = {wake[0]:.2f}x",
+            f"storm / (refresh + 2 wake-ups) = {floor[0]:.2f}x",
         ),
     ]
 
@@ -319,7 +323,9 @@ async def fleet_rows(quick: bool) -> list[Row]:
     me_calls = 0
     real_start = time.perf_counter()
     async with (
-        _service(clock=clock, access_ttl=ttl) as svc,
+        _service(
+            clock=clock, access_ttl=ttl, users={f"user{i}": PASSWORD for i in range(n)}
+        ) as svc,
         aiohttp.ClientSession() as http,
         contextlib.AsyncExitStack() as stack,
     ):
@@ -330,8 +336,8 @@ async def fleet_rows(quick: bool) -> list[Row]:
             for i in range(n)
         ]
         async with anyio.create_task_group() as tg:
-            for s in sessions:
-                tg.start_soon(s.login, USER, PASSWORD)
+            for i, s in enumerate(sessions):
+                tg.start_soon(s.login, f"user{i}", PASSWORD)
         me = svc.url + "/v1/me"
 
         async def hit(token: str) -> None:

@@ -92,7 +92,7 @@ def _import_once(code: str) -> tuple[float, float]:
 
 def import_rows(quick: bool) -> list[Row]:
     """Row 10: ``import tokensdk`` vs importing its heavy dependencies alone."""
-    runs = 5 if quick else 15
+    runs = 3 if quick else 15
     sdk = "import tokensdk"
     deps = "import aiohttp, pyseto, anyio"
     walls: dict[str, list[float]] = {sdk: [], deps: []}
