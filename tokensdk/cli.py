@@ -179,11 +179,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from tokensdk._demo import DemoOptions, run_demo
 
+    live = sys.stdout.isatty() and not args.plain
+    if live:
+        try:
+            import rich  # noqa: F401
+        except ImportError:
+            print(
+                "tokensdk demo: rich is not installed (pip install 'tokensdk[cli]');"
+                " printing plain lines",
+                file=sys.stderr,
+            )
+            live = False
     options = DemoOptions(
-        duration=args.duration,
-        state=args.state,
-        access_ttl=args.access_ttl,
-        live=sys.stdout.isatty() and not args.plain,
+        duration=args.duration, state=args.state, access_ttl=args.access_ttl, live=live
     )
     return anyio.run(run_demo, options)
 
