@@ -131,11 +131,11 @@ class TokenMiddleware:
         if not _replayable(request):
             log.warning("tokensdk: 401 on a request whose body cannot be sent again; not retried")
             return response
+        response.release()
         credentials = session.credentials
         if credentials is None or credentials.access_token == sent:
             # Joins a refresh already under way; one refresh for every stale request.
             await session.token_refresh()
-        response.release()
         request.headers["Authorization"] = f"Bearer {await session.access_token()}"
         return await handler(request)
 
