@@ -370,12 +370,15 @@ async def test_a_creation_pending_at_logout_fails_and_is_forgotten(clock: Manual
                     await session.logout()
 
                 tg.start_soon(logout_when_sent)
-                # The waiter is released by the logout, not by the (held) answer.
-                with pytest.raises(SessionLost) as info:
-                    await store.request_access_token("t", POSSESSION)
+                try:
+                    # The waiter is released by the logout, not by the (held) answer;
+                    # the deadline only keeps a broken store from hanging the suite.
+                    with anyio.fail_after(30), pytest.raises(SessionLost) as info:
+                        await store.request_access_token("t", POSSESSION)
+                finally:
+                    gate.set()
                 assert info.value.reason == "logged_out"
                 assert "creating=[]" in repr(store)
-            gate.set()
             assert not store.has_local_token("t")
             assert SessionStatus.LOGGED_OUT is session.status
 
@@ -400,10 +403,12 @@ async def test_a_token_arriving_after_the_session_was_lost_is_not_stored(
                     create_gate.set()
 
                 tg.start_soon(lose_while_creating)
-                with pytest.raises(SessionLost):
-                    await store.request_access_token("t", POSSESSION)
-                assert not store.has_local_token("t")
-                logout_gate.set()
+                try:
+                    with pytest.raises(SessionLost):
+                        await store.request_access_token("t", POSSESSION)
+                    assert not store.has_local_token("t")
+                finally:
+                    logout_gate.set()
             assert dict(session.snapshot.mac_tokens) == {}
             assert SessionStatus.LOGGED_OUT is session.status
 
