@@ -125,6 +125,8 @@ class MacTokenStore:
         self._clock = session._clock
         self._creations: dict[str, _Creation] = {}
         self._generation = session._generation
+        # The hot path reads this mapping (kept current by the listener) and nothing else.
+        self._tokens = self._hub.snapshot.mac_tokens
         self._hub.add_listener(self._state_changed)
 
     # -- lookups ---------------------------------------------------------------------
@@ -152,7 +154,7 @@ class MacTokenStore:
         Raises:
             UnknownMacToken: No local token has that name.
         """
-        token = self._hub.snapshot.mac_tokens.get(name)
+        token = self._tokens.get(name)
         if token is None:
             raise UnknownMacToken(f"no local MAC token named {name!r}")
         now_ms = int((self._clock.time() + self._session.clock_offset) * 1000)
@@ -255,6 +257,7 @@ class MacTokenStore:
         # Called inside every commit. A new generation means the activation the
         # creations under way were started for is gone: fail them now, so nobody
         # waits for (or stores) a token of a dead session.
+        self._tokens = snapshot.mac_tokens
         generation = self._session._generation
         if generation == self._generation:
             return
