@@ -27,13 +27,6 @@ async def test_cancel_and_close_at_random_points(clock: ManualClock) -> None:
     await _run(clock, ["refresh", "mac"], guard=30)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: access_tokens.request (proof of key) deadlocks when callers are"
-        " cancelled and the session is closed at random points (refresh/mac do not)"
-    ),
-)
 async def test_cancel_and_close_during_proof_of_key(clock: ManualClock) -> None:
     await _run(clock, ["asset", "refresh"], guard=5)
 

@@ -188,13 +188,6 @@ async def test_random_answers_raise_only_typed_errors(clock: ManualClock, path: 
                         assert creds.lifetime >= 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: _transport._decode_json catches ValueError/UnicodeDecodeError but not"
-        " RecursionError: a deeply nested JSON answer escapes Session.login untyped"
-    ),
-)
 @pytest.mark.parametrize("status", [200, 401, 503])
 async def test_deeply_nested_answer_is_a_protocol_error(clock: ManualClock, status: int) -> None:
     async with service(clock) as svc:

@@ -31,6 +31,7 @@ from tokensdk._errors import (
     InvalidInput,
     ProtocolError,
     ServiceError,
+    SessionClosed,
     TokenExpired,
     TokenInvalid,
     TokenMalformed,
@@ -541,10 +542,11 @@ class AccessTokens(Sequence[AssetToken]):
         self._sweep_pending = False
         due, self._due = set(self._due), []
         now = self._session._clock.time()
-        self._drop(
-            lambda t: t.asset_id in due and t.expires_at is not None and t.expires_at <= now,
-            "expired",
-        )
+        with contextlib.suppress(SessionClosed):  # closing: the saved state stands
+            self._drop(
+                lambda t: t.asset_id in due and t.expires_at is not None and t.expires_at <= now,
+                "expired",
+            )
 
     def _renew_due(self, asset_id: str) -> None:
         self._timers.pop(asset_id, None)

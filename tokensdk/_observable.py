@@ -23,6 +23,7 @@ import anyio
 import attrs
 
 from tokensdk._clock import Clock
+from tokensdk._errors import SessionClosed
 from tokensdk._models import Event, EventType, SessionSnapshot
 
 __all__ = ["ChangeCallback", "EventStream", "StateHub"]
@@ -106,6 +107,7 @@ class StateHub:
         self._idle = anyio.Event()
         self._idle.set()
         self._closed = False
+        self._frozen = False
 
     @property
     def snapshot(self) -> SessionSnapshot:
@@ -126,7 +128,13 @@ class StateHub:
         self._listeners.append(listener)
 
     def commit(self, *events: Event, **changes: Any) -> SessionSnapshot:
-        """Replace the snapshot with one carrying ``changes``; announce it and ``events``."""
+        """Replace the snapshot with one carrying ``changes``; announce it and ``events``.
+
+        Raises:
+            SessionClosed: The session is closing; its final state is already fixed.
+        """
+        if self._frozen:
+            raise SessionClosed("the session was closed")
         snapshot = attrs.evolve(self._snapshot, revision=self._snapshot.revision + 1, **changes)
         self._snapshot = snapshot
         for listener in self._listeners:
@@ -199,6 +207,10 @@ class StateHub:
     async def wait_delivered(self) -> None:
         """Wait until every committed snapshot reached the callbacks."""
         await self._idle.wait()
+
+    def freeze(self) -> None:
+        """Refuse further commits: the state being saved at close is the final one."""
+        self._frozen = True
 
     def close(self) -> None:
         """End every event stream."""

@@ -217,6 +217,7 @@ class Session:
     ) -> None:
         tg, self._tg = self._tg, None
         self._closed = True
+        self._hub.freeze()
         try:
             if tg is not None:
                 tg.cancel_scope.cancel()

@@ -32,6 +32,7 @@ from tokensdk._errors import (
     RateLimited,
     ServiceError,
     ServiceUnavailable,
+    SessionClosed,
 )
 
 __all__ = ["RetryConfig", "Transport"]
@@ -113,6 +114,7 @@ class Transport:
         self._clock = clock
         self._http = http
         self._own_http = http is None
+        self._closed = False
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self.timeout = timeout
         self.retry = retry
@@ -120,13 +122,20 @@ class Transport:
 
     @property
     def http(self) -> aiohttp.ClientSession:
-        """The aiohttp session, created on first use."""
+        """The aiohttp session, created on first use.
+
+        Raises:
+            SessionClosed: The transport was closed.
+        """
+        if self._closed:
+            raise SessionClosed("the session was closed")
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=self._timeout)
         return self._http
 
     async def aclose(self) -> None:
-        """Close the aiohttp session if this transport created it."""
+        """Close the aiohttp session if this transport created it; later calls fail."""
+        self._closed = True
         if self._own_http and self._http is not None:
             http, self._http = self._http, None
             await http.close()
@@ -221,14 +230,25 @@ class Transport:
             send_headers["Authorization"] = f"Bearer {bearer}"
         url = self._prefix + path
         try:
+            # middlewares=(): the SDK's own calls never pass through client middleware,
+            # even when the application shares its ClientSession with us.
             async with self.http.request(
-                method, url, json=body, headers=send_headers, timeout=self._timeout
+                method,
+                url,
+                json=body,
+                headers=send_headers,
+                timeout=self._timeout,
+                middlewares=(),
             ) as resp:
                 raw = await self._read(resp)
                 status = resp.status
                 content_type = resp.content_type
                 retry_after = resp.headers.get("Retry-After")
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
+            if self._closed:  # closed under our feet: no retry can help
+                raise SessionClosed("the session was closed") from None
+            if isinstance(exc, RuntimeError):
+                raise
             # The exception text of aiohttp may carry the URL but never our headers.
             raise ServiceUnavailable(
                 f"{method} {path}: the service could not be reached ({type(exc).__name__})",
@@ -267,7 +287,7 @@ def _decode_json(raw: bytes, content_type: str, method: str, path: str) -> Any:
         return None
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         kind = content_type or "no content type"
         raise ProtocolError(f"{method} {path}: the answer is not JSON ({kind})") from None
 
