@@ -14,7 +14,6 @@ awaits it, flushes the store and closes the HTTP session.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import inspect
 import logging
@@ -43,6 +42,7 @@ from tokensdk._errors import (
     StoreError,
     TokenSDKError,
 )
+from tokensdk._flight import Flight
 from tokensdk._models import (
     AssetToken,
     Credentials,
@@ -89,32 +89,6 @@ def one_time_key_answer(key: str, username: str, realm: str, password: str) -> s
     """
     inner = hashlib.sha256(f"{username}:{realm}:{password}".encode()).hexdigest()
     return hashlib.sha256(f"{key}|{inner}".encode()).hexdigest()
-
-
-@attrs.define
-class _Flight:
-    """One refresh that any number of callers wait for."""
-
-    done: anyio.Event = attrs.field(factory=anyio.Event)
-    value: Credentials | None = None
-    error: BaseException | None = None
-
-    def result(self) -> Credentials:
-        if self.error is not None:
-            raise _fresh(self.error)
-        assert self.value is not None
-        return self.value
-
-
-def _fresh(error: BaseException) -> BaseException:
-    # Many waiters raise the outcome of one flight: give each its own exception
-    # object so their tracebacks do not pile up on a shared one.
-    try:
-        clone = copy.copy(error)
-    except Exception:
-        return error
-    clone.__traceback__ = None
-    return clone
 
 
 class Session:
@@ -173,7 +147,7 @@ class Session:
         self._hub.add_listener(self._persist)
         self._tg: TaskGroup | None = None
         self._closed = False
-        self._flight: _Flight | None = None
+        self._flight: Flight[Credentials] | None = None
         self._refresh_timer: Timer | None = None
         self._generation = 0
         self._failures = 0
@@ -608,26 +582,22 @@ class Session:
     async def _refresh(self) -> Credentials:
         flight = self._flight
         if flight is None:
-            flight = self._flight = _Flight()
+            flight = self._flight = Flight[Credentials]()
             self._task_group.start_soon(self._fly, flight)
-        await flight.done.wait()
-        return flight.result()
+        return await flight.wait()
 
     def _finish_flight(
         self,
-        flight: _Flight,
+        flight: Flight[Credentials],
         *,
         value: Credentials | None = None,
         error: BaseException | None = None,
     ) -> None:
-        if flight.done.is_set():
-            return
-        flight.value, flight.error = value, error
         if self._flight is flight:
             self._flight = None
-        flight.done.set()
+        flight.finish(value, error)
 
-    async def _fly(self, flight: _Flight) -> None:
+    async def _fly(self, flight: Flight[Credentials]) -> None:
         try:
             value = await self._do_refresh()
         except anyio.get_cancelled_exc_class():

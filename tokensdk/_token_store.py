@@ -18,7 +18,6 @@ forgotten as soon as the session is lost, logged out or logged in again.
 from __future__ import annotations
 
 import binascii
-import copy
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +33,7 @@ from tokensdk._errors import (
     SessionLost,
     UnknownMacToken,
 )
+from tokensdk._flight import Flight
 from tokensdk._mac import HEADER_NAME, SECRET_LENGTH, build_header
 from tokensdk._models import EventType, MacToken, SessionSnapshot, SessionStatus
 
@@ -88,28 +88,11 @@ class Authentication:
 
 
 @attrs.define(eq=False)
-class _Creation:
+class _Creation(Flight[MacToken]):
     """One ``POST /v1/tokens/create`` that every concurrent caller for a name waits for."""
 
     factors: tuple[str, ...]
     generation: int
-    done: anyio.Event = attrs.field(factory=anyio.Event)
-    token: MacToken | None = None
-    error: BaseException | None = None
-
-    def finish(self, token: MacToken | None = None, error: BaseException | None = None) -> None:
-        if not self.done.is_set():
-            self.token, self.error = token, error
-            self.done.set()
-
-    def result(self) -> MacToken:
-        if self.error is not None:
-            # Each waiter raises its own copy, so tracebacks do not pile up on one object.
-            clone = copy.copy(self.error)
-            clone.__traceback__ = None
-            raise clone
-        assert self.token is not None
-        return self.token
 
 
 class MacTokenStore:
@@ -210,8 +193,7 @@ class MacTokenStore:
             )
         # Waiting is all a caller does: its cancellation leaves the creation (owned
         # by the session's task group) running for the other callers.
-        await creation.done.wait()
-        return creation.result()
+        return await creation.wait()
 
     async def _create(self, name: str, creation: _Creation, auth: Authentication) -> None:
         try:
@@ -236,7 +218,7 @@ class MacTokenStore:
         except Exception as exc:
             creation.finish(error=exc)
         else:
-            creation.finish(token=token)
+            creation.finish(token)
         finally:
             if self._creations.get(name) is creation:
                 del self._creations[name]

@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tokensdk._argtypes import positive_float, positive_int
+
 if TYPE_CHECKING:
     from tokensdk import Session
 
@@ -35,26 +37,6 @@ _TIMEOUT = 5.0
 
 class CommandError(Exception):
     """A command failed in a way the user can fix; the message is the one line shown."""
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,13 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         "refreshed. A second run resumes from --state without a password.",
     )
     demo.add_argument(
-        "--duration", type=_positive_float, help="stop after SECONDS (default: Ctrl-C)"
+        "--duration", type=positive_float, help="stop after SECONDS (default: Ctrl-C)"
     )
     demo.add_argument(
         "--state", type=Path, default=_DEFAULT_STATE, help=f"state file (default: {_DEFAULT_STATE})"
     )
     demo.add_argument(
-        "--access-ttl", type=_positive_int, default=4, help="access token lifespan in seconds (4)"
+        "--access-ttl", type=positive_int, default=4, help="access token lifespan in seconds (4)"
     )
     demo.add_argument("--plain", action="store_true", help="print plain lines even on a terminal")
     demo.set_defaults(func=_cmd_demo)

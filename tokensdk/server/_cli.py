@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 
+from tokensdk._argtypes import positive_int
 from tokensdk.server._app import running_service
 from tokensdk.server._config import ServiceConfig
 
@@ -35,16 +36,6 @@ def _asset(text: str) -> tuple[str, str]:
     if not colon or not asset_id or not key:
         raise argparse.ArgumentTypeError("expected ID:PUBHEX")
     return asset_id, key
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,10 +63,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--frozen-user", action="append", default=[], metavar="NAME", help="freeze an account"
     )
     parser.add_argument(
-        "--access-ttl", type=_positive_int, default=defaults.access_ttl, help="seconds"
+        "--access-ttl", type=positive_int, default=defaults.access_ttl, help="seconds"
     )
     parser.add_argument(
-        "--refresh-ttl", type=_positive_int, default=defaults.refresh_ttl, help="seconds"
+        "--refresh-ttl", type=positive_int, default=defaults.refresh_ttl, help="seconds"
     )
     parser.add_argument("--db", help="SQLite file for persistent state (default: memory)")
     parser.add_argument(
@@ -100,7 +91,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--scrypt-n",
-        type=_positive_int,
+        type=positive_int,
         default=defaults.scrypt_n,
         help="scrypt cost for password hashes (a power of two)",
     )
