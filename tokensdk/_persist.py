@@ -42,14 +42,23 @@ class CoalescingSaver:
         store: Where documents go.
         on_error: Called with the exception when a write fails; the saver carries on
             (the next submit is written as usual).
+        encode: Turns a submitted value into the document to save, at write time, so
+            a burst of submits costs one encoding per write, not one per submit.
     """
 
-    def __init__(self, store: StateStore, *, on_error: Callable[[BaseException], None]) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        on_error: Callable[[BaseException], None],
+        encode: Callable[[Any], Mapping[str, Any]] | None = None,
+    ) -> None:
         self._store = store
         self._on_error = on_error
+        self._encode = encode
         # The newest submission not yet handed to the store: a document, None (clear)
         # or _NOTHING, with its submission number.
-        self._pending: Mapping[str, Any] | _Nothing | None = _NOTHING
+        self._pending: Any = _NOTHING
         self._pending_seq = 0
         self._submitted = 0  # number of the latest submission
         self._done = 0  # every submission up to this number is written (or failed)
@@ -69,7 +78,7 @@ class CoalescingSaver:
         """True when everything submitted so far has been written (or has failed)."""
         return self._done >= self._submitted
 
-    def submit(self, document: Mapping[str, Any] | None) -> None:
+    def submit(self, document: Any) -> None:
         """Schedule ``document`` to be saved, replacing any pending one; never blocks.
 
         Args:
@@ -116,7 +125,8 @@ class CoalescingSaver:
                 if document is None:
                     await self._store.clear()
                 else:
-                    await self._store.save(document)
+                    encoded = document if self._encode is None else self._encode(document)
+                    await self._store.save(encoded)
             except Exception as exc:
                 self._report(exc)
             except BaseException:

@@ -29,6 +29,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
+from tokensdk._assets import AccessTokens
 from tokensdk._clock import Clock, SystemClock
 from tokensdk._errors import (
     AccountFrozen,
@@ -56,6 +57,7 @@ from tokensdk._observable import ChangeCallback, EventStream, StateHub
 from tokensdk._persist import CoalescingSaver
 from tokensdk._policy import RefreshPlan, RefreshPolicy, plan_refresh
 from tokensdk._scheduler import Scheduler, Timer
+from tokensdk._token_store import MacTokenStore
 from tokensdk._transport import RetryConfig, Transport
 from tokensdk.stores import MemoryStore, StateStore
 
@@ -143,7 +145,7 @@ class Session:
             self._hub.add_callback(callback)
         self._restore_tokens = None if access_tokens is None else _asset_list(access_tokens)
         self._scheduler = Scheduler(self._clock)
-        self._saver = CoalescingSaver(self._store, on_error=self._store_failed)
+        self._saver = CoalescingSaver(self._store, on_error=self._store_failed, encode=encode_state)
         self._hub.add_listener(self._persist)
         self._tg: TaskGroup | None = None
         self._closed = False
@@ -158,9 +160,6 @@ class Session:
         self._fresh_wall = -math.inf
         self.clock_offset = 0.0
         self.realm: str | None = None
-        from tokensdk._assets import AccessTokens
-        from tokensdk._token_store import MacTokenStore
-
         self.access_tokens = AccessTokens(self)
         self.token_store = MacTokenStore(self)
 
@@ -276,7 +275,7 @@ class Session:
         await self._saver.flush()
 
     def _persist(self, snapshot: SessionSnapshot) -> None:
-        self._saver.submit(encode_state(snapshot))
+        self._saver.submit(snapshot)  # encoded when written: bursts cost one encoding
 
     def _store_failed(self, error: BaseException) -> None:
         log.warning("tokensdk: saving the session state failed: %s", error)
