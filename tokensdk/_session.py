@@ -204,10 +204,14 @@ class Session:
                 self._hub.close()
                 await self._transport.aclose()
 
-    @property
-    def _task_group(self) -> TaskGroup:
+    def _require_open(self) -> None:
         if self._tg is None:
             raise SessionClosed("use the session inside 'async with'")
+
+    @property
+    def _task_group(self) -> TaskGroup:
+        self._require_open()
+        assert self._tg is not None
         return self._tg
 
     # -- state -----------------------------------------------------------------------
@@ -379,7 +383,7 @@ class Session:
         """
         _check_text("username", username)
         _check_text("password", password)
-        self._task_group  # noqa: B018  (fail early when not opened)
+        self._require_open()
         reply = await self._transport.call(
             "POST", "/login", {"username": username, "password": password}
         )
@@ -398,7 +402,7 @@ class Session:
             RateLimited: Too many keys requested.
         """
         _check_text("username", username)
-        self._task_group  # noqa: B018  (fail early when not opened)
+        self._require_open()
         reply = await self._transport.call("POST", "/login/one-time-key", {"username": username})
         key = reply.body.get("key")
         if not isinstance(key, str) or not key:
@@ -428,7 +432,7 @@ class Session:
         creds = credentials or self._hub.snapshot.credentials
         if creds is None:
             raise NotLoggedIn("there is no saved token pair to resume")
-        self._task_group  # noqa: B018  (fail early when not opened)
+        self._require_open()
         self._generation += 1
         generation = self._generation
         if creds is not self._hub.snapshot.credentials:
