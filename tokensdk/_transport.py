@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -168,15 +168,26 @@ class Transport:
         """
         if not retry:
             return await self._once(method, path, body, bearer, headers)
-        start = self._clock.monotonic()
         if deadline is None:
-            deadline = start + self.timeout
+            deadline = self._clock.monotonic() + self.timeout
+        try:
+            # The common case (first attempt succeeds) pays nothing for retrying.
+            return await self._once(method, path, body, bearer, headers)
+        except _TRANSIENT as exc:
+            wait = self._backoff(1, exc)
+            if self.retry.max_attempts <= 1 or self._clock.monotonic() + wait > deadline:
+                raise
+            _log_retry(1, exc, wait)
+        await self._sleep(wait)
+        # tenacity numbers its attempts from 1; they are our attempts 2, 3, ...
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(_TRANSIENT),
-            wait=self._wait,
+            wait=lambda state: self._backoff(state.attempt_number + 1, _error(state)),
             stop=self._stopper(deadline),
             sleep=self._sleep,
-            before_sleep=self._log_retry,
+            before_sleep=lambda state: _log_retry(
+                state.attempt_number + 1, _error(state), state.upcoming_sleep
+            ),
             reraise=True,
         )
         reply: Reply | None = None
@@ -186,16 +197,15 @@ class Transport:
         assert reply is not None
         return reply
 
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        wait = self.retry.backoff(state.attempt_number)
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, RateLimited):
-            wait = max(wait, exc.retry_after)
+    def _backoff(self, attempt: int, error: BaseException | None) -> float:
+        wait = self.retry.backoff(attempt)
+        if isinstance(error, RateLimited):
+            wait = max(wait, error.retry_after)
         return wait
 
-    def _stopper(self, deadline: float) -> Any:
+    def _stopper(self, deadline: float) -> Callable[[tenacity.RetryCallState], bool]:
         def stop(state: tenacity.RetryCallState) -> bool:
-            if state.attempt_number >= self.retry.max_attempts:
+            if state.attempt_number + 1 >= self.retry.max_attempts:
                 return True
             return self._clock.monotonic() + state.upcoming_sleep > deadline
 
@@ -203,16 +213,6 @@ class Transport:
 
     async def _sleep(self, seconds: float) -> None:
         await self._clock.sleep_until(self._clock.monotonic() + seconds)
-
-    @staticmethod
-    def _log_retry(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.info(
-            "tokensdk: attempt %d failed (%s), retrying in %.2fs",
-            state.attempt_number,
-            type(exc).__name__,
-            state.upcoming_sleep,
-        )
 
     async def _once(
         self,
@@ -280,6 +280,16 @@ class Transport:
                 raise ProtocolError("the answer is too large")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _error(state: tenacity.RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome else None
+
+
+def _log_retry(attempt: int, error: BaseException | None, wait: float) -> None:
+    log.info(
+        "tokensdk: attempt %d failed (%s), retrying in %.2fs", attempt, type(error).__name__, wait
+    )
 
 
 def _decode_json(raw: bytes, content_type: str, method: str, path: str) -> Any:
