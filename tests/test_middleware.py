@@ -12,7 +12,7 @@ from _service import PASSWORDS, service
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tokensdk import Authentication, ManualClock, Session
+from tokensdk import Authentication, InvalidCredentials, ManualClock, Session
 from tokensdk._assets import Ed25519Signer
 from tokensdk.aiohttp import TokenMiddleware
 from tokensdk.server import RunningService
@@ -128,7 +128,7 @@ async def test_401_without_invalid_token_challenge_is_not_retried(clock: ManualC
         assert (hits, svc.stats.refreshes) == (1, 0)
 
 
-async def test_non_replayable_body_is_not_retried(clock: ManualClock) -> None:
+async def test_non_replayable_body_is_not_retried_but_refreshed(clock: ManualClock) -> None:
     bodies: list[bytes] = []
 
     async def always_401(request: web.Request) -> web.Response:
@@ -149,10 +149,14 @@ async def test_non_replayable_body_is_not_retried(clock: ManualClock) -> None:
         upstream(always_401) as url,
         aiohttp.ClientSession(middlewares=(session.middleware(),)) as http,
     ):
-        async with http.post(url, data=stream()) as response:
-            assert response.status == 401
+        old = await session.access_token()
+        with pytest.raises(InvalidCredentials) as refused:
+            await http.post(url, data=stream())
+        assert refused.value.error == "invalid_token"
+        assert old not in str(refused.value)
         assert bodies == [b"chunk-1,chunk-2"]
-        assert svc.stats.refreshes == 0
+        assert svc.stats.refreshes == 1
+        assert await session.access_token() != old
         # A bytes body is replayable: sent twice, identical.
         async with http.post(url, data=b"again") as response:
             assert response.status == 401

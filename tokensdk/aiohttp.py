@@ -20,7 +20,9 @@ Recovery, at most one retry per request and never a loop:
   ``timestamp_in_future`` syncs the clock with the service and retries once with a
   fresh header;
 - a request whose body cannot be sent twice (a stream, an async generator) is not
-  retried: the 401 is returned and a warning logged.
+  retried: the bearer is still refreshed, then :class:`~tokensdk.InvalidCredentials`
+  (``error="invalid_token"``) says so, and resending the request will carry the
+  fresh token; a MAC time error on such a body is returned as is after the sync.
 
 A request that already carries ``Authorization`` (or ``X-PowerAuth-Token`` in MAC
 mode) is passed through untouched, and so are the session's own login, refresh and
@@ -33,6 +35,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, payload
+
+from tokensdk._errors import InvalidCredentials
 
 if TYPE_CHECKING:
     from tokensdk._session import Session
@@ -128,14 +132,20 @@ class TokenMiddleware:
         response = await handler(request)
         if response.status != 401 or not _invalid_token(response):
             return response
-        if not _replayable(request):
-            log.warning("tokensdk: 401 on a request whose body cannot be sent again; not retried")
-            return response
         response.release()
         credentials = session.credentials
         if credentials is None or credentials.access_token == sent:
             # Joins a refresh already under way; one refresh for every stale request.
             await session.token_refresh()
+        if not _replayable(request):
+            raise InvalidCredentials(
+                f"{request.method} {request.url.path}: the access token was refused and the"
+                " request body (a stream) cannot be sent again; the token is refreshed now,"
+                " so resend the request",
+                status=401,
+                error="invalid_token",
+                code=401,
+            )
         request.headers["Authorization"] = f"Bearer {await session.access_token()}"
         return await handler(request)
 
