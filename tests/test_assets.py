@@ -176,6 +176,24 @@ async def test_restored_array_is_revalidated_and_dead_entries_dropped(clock: Man
             assert [t.asset_id for t in second.access_tokens] == ["sensor-1"]
 
 
+async def test_restored_token_without_expiry_learns_it_and_expires(clock: ManualClock) -> None:
+    async with asset_service(clock) as svc:
+        async with open_session(svc, clock) as first:
+            good = await first.access_tokens.request("sensor-1", SIGNER)
+        async with Session(
+            svc.url, clock=clock, access_tokens=[{"assetId": "sensor-1", "token": good.token}]
+        ) as second:
+            events = second.events()
+            await second.access_tokens.revalidate()
+            assert second.access_tokens[0].expires_at == good.expires_at
+
+            clock.advance(900)
+            async for event in events:
+                if event.type is EventType.ACCESS_TOKEN_REMOVED:
+                    break
+            assert len(second.access_tokens) == 0
+
+
 async def test_array_is_persisted_through_the_store(clock: ManualClock) -> None:
     store = MemoryStore()
     async with asset_service(clock) as svc:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol, overload, runtime_checkable
 
 import aiohttp
 import anyio
+import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -395,14 +396,33 @@ class AccessTokens(Sequence[AssetToken]):
         """
         validator = self.validator
         bad: set[str] = set()
+        learned: dict[str, float] = {}  # expiries of tokens restored without one
         for item in self._items:
             try:
-                await validator.validate(item.token)
+                info = await validator.validate(item.token)
                 if remote:
                     await validator._validate_remote(item.token)
             except TokenInvalid:
                 bad.add(item.token)
-        return self._drop(lambda t: t.token in bad, "invalid")
+            else:
+                if item.expires_at is None:
+                    learned[item.token] = info.expires_at
+        removed = self._drop(lambda t: t.token in bad, "invalid")
+        if learned:
+            self._learn_expiries(learned)
+        return removed
+
+    def _learn_expiries(self, learned: dict[str, float]) -> None:
+        updated = [
+            attrs.evolve(t, expires_at=learned[t.token])
+            if t.expires_at is None and t.token in learned
+            else t
+            for t in self._items
+        ]
+        self._session._hub.commit(access_tokens=tuple(updated))
+        for item in updated:
+            if item.token in learned:
+                self._schedule(item)
 
     # -- proof of key ----------------------------------------------------------------
 
