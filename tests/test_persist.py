@@ -254,3 +254,49 @@ def test_stores_satisfy_the_protocol() -> None:
     assert isinstance(GatedStore(), StateStore)
     assert isinstance(FailingStore(0), StateStore)
     assert "writes=0" in repr(CoalescingSaver(MemoryStore(), on_error=_raise))
+
+
+class GatedClearMemoryStore(MemoryStore):
+    """A MemoryStore (so: saves without waiting) whose clear waits at a gate."""
+
+    __slots__ = ("entered", "gate")
+
+    def __init__(self) -> None:
+        super().__init__({"seq": -1})
+        self.gate = anyio.Event()
+        self.entered = anyio.Event()
+
+    async def clear(self) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        await super().clear()
+
+
+async def test_a_store_that_saves_without_waiting_is_written_once_per_burst() -> None:
+    store = MemoryStore()
+    saver = CoalescingSaver(store, on_error=_raise)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(saver.run)
+        for seq in range(1_000):
+            saver.submit({"seq": seq})
+        assert store.document is None  # written from a loop callback, not inside submit
+        await anyio.lowlevel.checkpoint()
+        assert (store.document, saver.writes, saver.idle) == ({"seq": 999}, 1, True)
+        tg.cancel_scope.cancel()
+
+
+async def test_a_save_never_overtakes_a_clear_in_flight() -> None:
+    store = GatedClearMemoryStore()
+    saver = CoalescingSaver(store, on_error=_raise)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(saver.run)
+        saver.submit(None)
+        await store.entered.wait()
+        saver.submit({"seq": 1})
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        assert store.document == {"seq": -1}  # the clear has not finished: nothing moved
+        store.gate.set()
+        await saver.flush()
+        assert store.document == {"seq": 1}
+        tg.cancel_scope.cancel()

@@ -13,6 +13,7 @@ synchronous and cheap; delivery is not done by the committer:
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections import deque
@@ -103,8 +104,9 @@ class StateHub:
         self._listeners: list[Callable[[SessionSnapshot], None]] = []
         self._subscribers: list[EventStream] = []
         self._delivered = -1
-        self._wake = anyio.Event()
-        self._idle = anyio.Event()
+        # Cleared and set again rather than re-created: commits are frequent.
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
         self._frozen = False
@@ -142,7 +144,7 @@ class StateHub:
         for event in events:
             self.emit(event)
         if self._callbacks:
-            self._idle = anyio.Event() if self._idle.is_set() else self._idle
+            self._idle.clear()
             self._wake.set()
         return snapshot
 
@@ -182,7 +184,7 @@ class StateHub:
         """Deliver snapshots to the change callbacks, in order, one at a time."""
         while True:
             await self._wake.wait()
-            self._wake = anyio.Event()
+            self._wake.clear()
             await self._deliver()
 
     async def _deliver(self) -> None:

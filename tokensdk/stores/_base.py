@@ -15,6 +15,10 @@ class StateStore(Protocol):
     A store is dumb and robust: it saves and loads one JSON-able document (a
     ``dict`` the session versions itself) and never interprets it. Saves are
     atomic: a load returns the last complete document saved, never a mix.
+
+    A store that can write without waiting (one in memory) may also define
+    ``save_nowait(document) -> None``; the session then saves from a loop callback
+    instead of a task switch.
     """
 
     async def load(self) -> dict[str, Any] | None:

@@ -62,6 +62,12 @@ def _reject_constant(name: str) -> object:
     raise ValueError("non-finite number")
 
 
+# Built once: json.dumps with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(
+    default=_to_json, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+)
+
+
 def encode_state(document: Mapping[str, Any]) -> bytes:
     """Encode a state document into its stored envelope.
 
@@ -79,14 +85,7 @@ def encode_state(document: Mapping[str, Any]) -> bytes:
         raise InvalidInput(f"a state document must be a mapping, not {type(document).__name__}")
     envelope = {"format": FORMAT, "version": VERSION, "state": document}
     try:
-        text = json.dumps(
-            envelope,
-            default=_to_json,
-            ensure_ascii=False,
-            allow_nan=False,
-            separators=(",", ":"),
-        )
-        return (text + "\n").encode("utf-8")
+        return (_ENCODER.encode(envelope) + "\n").encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
         # The chained error names a type at most, never a value.
         raise InvalidInput("the state document is not JSON-serialisable") from exc

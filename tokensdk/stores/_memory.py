@@ -50,9 +50,18 @@ class MemoryStore:
         Raises:
             InvalidInput: The document is not JSON-serialisable.
         """
-        data = encode_state(document)
-        await anyio.lowlevel.checkpoint()
-        self._data = data
+        self.save_nowait(document)
+
+    def save_nowait(self, document: Mapping[str, Any]) -> None:
+        """Store a copy of ``document`` without waiting (the session's fast path).
+
+        Args:
+            document: A JSON-able mapping.
+
+        Raises:
+            InvalidInput: The document is not JSON-serialisable.
+        """
+        self._data = encode_state(document)
 
     async def clear(self) -> None:
         """Forget the stored document."""
