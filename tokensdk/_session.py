@@ -20,7 +20,7 @@ import inspect
 import logging
 import math
 import random
-import uuid
+import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -649,7 +649,7 @@ class Session:
             "refreshToken": creds.refresh_token,
             # Extension (see PROTOCOL): lets a retry after a lost answer get the same
             # pair instead of tripping reuse detection.
-            "idempotencyKey": uuid.uuid4().hex,
+            "idempotencyKey": secrets.token_hex(16),
         }
         try:
             reply = await self._transport.call("POST", "/refresh", body, deadline=deadline)
