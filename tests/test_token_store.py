@@ -490,6 +490,46 @@ async def test_remove_local_tokens(clock: ManualClock) -> None:
         assert a_token.token_id != (await store.request_access_token("a", POSSESSION)).token_id
 
 
+@pytest.mark.parametrize("remove_all", [False, True])
+async def test_removing_a_token_being_created_abandons_the_creation(
+    clock: ManualClock, remove_all: bool
+) -> None:
+    async with service(clock) as svc, proxied(svc, "/v1/tokens/create") as proxy:
+        gate = anyio.Event()
+        late = fake_token()
+        proxy.fail_next(1, held(gate, body=late))
+        async with session_for(proxy.url, clock) as session:
+            store = session.token_store
+            errors: list[BaseException] = []
+
+            async def request() -> None:
+                try:
+                    await store.request_access_token("t", POSSESSION)
+                except UnknownMacToken as exc:
+                    errors.append(exc)
+
+            # The deadline only keeps a regression from hanging the suite.
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(request)
+                    tg.start_soon(request)
+                    await proxy.wait_for("/v1/tokens/create")
+                    if remove_all:
+                        store.remove_all_local_tokens()
+                    else:
+                        assert store.remove_local_token("t")  # a creation under way counts
+            assert [type(e) for e in errors] == [UnknownMacToken, UnknownMacToken]
+            assert "removed while it was being created" in str(errors[0])
+            # A new request creates a new token; the abandoned one, arriving now, is
+            # not stored over it.
+            fresh = await store.request_access_token("t", POSSESSION)
+            gate.set()
+            await anyio.wait_all_tasks_blocked()
+            assert fresh.token_id != late["tokenId"]
+            assert store.get_local_token("t") == fresh
+            assert "creating=[]" in repr(store)
+
+
 async def _take(events: Any, count: int) -> AsyncIterator[Any]:
     async for event in events:
         if event.type in (EventType.MAC_TOKEN_ADDED, EventType.MAC_TOKEN_REMOVED):

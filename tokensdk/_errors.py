@@ -6,7 +6,7 @@ what the caller can do about it. Messages never contain a secret::
     TokenSDKError
      ├── InvalidInput (ValueError) ........... fix the argument you passed
      ├── NotLoggedIn ......................... call one of the login methods first
- ├── SessionClosed ....................... the session was closed (or never opened)
+     ├── SessionClosed ....................... the session was closed (or never opened)
      ├── ServiceError ........................ the service answered with an error
      │    ├── InvalidCredentials ............. wrong username/password/key/token: ask the user
      │    ├── AccountFrozen .................. the account is frozen: nothing to retry

@@ -198,10 +198,11 @@ class MacTokenStore:
     async def _create(self, name: str, creation: _Creation, auth: Authentication) -> None:
         try:
             token = await self._call_create(name, auth)
+            if creation.done.is_set():
+                return  # abandoned meanwhile (removed locally, session lost): not kept
             session = self._session
             if (
-                creation.done.is_set()
-                or session._generation != creation.generation
+                session._generation != creation.generation
                 or session.status is not SessionStatus.ACTIVE
             ):
                 # The session changed under us: this token belongs to a dead (or
@@ -289,15 +290,19 @@ class MacTokenStore:
     def remove_local_token(self, name: str) -> bool:
         """Forget a token locally (it stays valid on the service until its session ends).
 
+        A creation of that name under way is abandoned too: its callers get
+        :class:`UnknownMacToken` and the token it brings back is not stored.
+
         Args:
             name: The token's name.
 
         Returns:
-            True if a token was removed, False if there was none.
+            True if a token (or a creation under way) was removed, False if there was none.
         """
+        abandoned = self._abandon_creation(name)
         tokens = self._hub.snapshot.mac_tokens
         if name not in tokens:
-            return False
+            return abandoned
         self._hub.commit(
             self._hub.event(EventType.MAC_TOKEN_REMOVED, name),
             mac_tokens={k: v for k, v in tokens.items() if k != name},
@@ -305,11 +310,25 @@ class MacTokenStore:
         return True
 
     def remove_all_local_tokens(self) -> None:
-        """Forget every local token (one ``MAC_TOKEN_REMOVED`` event per token)."""
+        """Forget every local token (one ``MAC_TOKEN_REMOVED`` event per token).
+
+        Creations under way are abandoned too, as in :meth:`remove_local_token`.
+        """
+        for name in list(self._creations):
+            self._abandon_creation(name)
         tokens = self._hub.snapshot.mac_tokens
         if tokens:
             events = [self._hub.event(EventType.MAC_TOKEN_REMOVED, name) for name in tokens]
             self._hub.commit(*events, mac_tokens={})
+
+    def _abandon_creation(self, name: str) -> bool:
+        creation = self._creations.pop(name, None)
+        if creation is None:
+            return False
+        creation.finish(
+            error=UnknownMacToken(f"MAC token {name!r} was removed while it was being created")
+        )
+        return True
 
     # -- time ------------------------------------------------------------------------
 
