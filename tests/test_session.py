@@ -216,6 +216,57 @@ async def test_relogin_hook_recovers_a_lost_session(clock: ManualClock) -> None:
         assert await me(svc, creds.access_token) == 200
 
 
+@pytest.mark.parametrize(
+    ("answer", "recovers"),
+    [(("alice", PASSWORDS["alice"]), True), (("alice", "wrong"), False), ("alice", False)],
+)
+async def test_relogin_hook_may_return_the_credentials(
+    clock: ManualClock, answer: Any, recovers: bool
+) -> None:
+    calls: list[Session] = []
+
+    async def relogin(session: Session) -> Any:
+        calls.append(session)
+        return answer
+
+    async with service(clock) as svc, session_for(svc, clock, relogin=relogin) as session:
+        await session.login("alice", PASSWORDS["alice"])
+        token = await session.access_token()
+        async with aiohttp.ClientSession() as http:
+            await http.post(svc.url + "/v1/logout", headers={"Authorization": f"Bearer {token}"})
+
+        if recovers:
+            creds = await session.token_refresh()
+            assert session.status is SessionStatus.ACTIVE
+            assert await me(svc, creds.access_token) == 200
+        else:
+            # A refused password, or an answer that is not (username, password): the
+            # session stays lost, with a typed error, never a crash of the refresher.
+            with pytest.raises(SessionLost):
+                await session.token_refresh()
+            assert session.status is SessionStatus.NEEDS_LOGIN
+        assert calls == [session]
+
+
+async def test_validate_access_token_on_the_session(clock: ManualClock) -> None:
+    signer = tokensdk.Ed25519Signer.generate()
+    async with (
+        service(clock, assets={"door-1": signer.public_key_hex}) as svc,
+        session_for(svc, clock) as session,
+    ):
+        await session.login("alice", PASSWORDS["alice"])
+        item = await session.access_tokens.request("door-1", signer)
+        info = await session.validate_access_token(item.token)
+        assert list(info.asset_ids) == ["door-1"]
+        async with aiohttp.ClientSession() as http:
+            await http.post(svc.url + "/v1/assets/revoke", json={"token": item.token})
+        # Locally still valid; the service knows better, and the array drops it.
+        assert (await session.validate_access_token(item.token)).asset_ids == info.asset_ids
+        with pytest.raises(tokensdk.TokenInvalid):
+            await session.validate_access_token(item.token, remote=True)
+        assert session.access_tokens.find("door-1") is None
+
+
 async def test_transient_failures_are_retried_without_losing_the_session(
     clock: ManualClock,
 ) -> None:
@@ -303,6 +354,70 @@ async def test_resume_after_the_refresh_token_expired_needs_login(clock: ManualC
             assert second.status is SessionStatus.NEEDS_LOGIN
             with pytest.raises(SessionLost):
                 await second.access_token()
+
+
+async def test_resume_with_a_revoked_pair_is_refused(clock: ManualClock) -> None:
+    store = MemoryStore()
+    async with service(clock) as svc:
+        async with session_for(svc, clock, store=store) as first:
+            await first.login("alice", PASSWORDS["alice"])
+            token = await first.access_token()
+        async with aiohttp.ClientSession() as http:
+            await http.post(svc.url + "/v1/logout", headers={"Authorization": f"Bearer {token}"})
+        async with session_for(svc, clock, store=store) as second:
+            events = second.events()
+            # 401 invalid_token from /v1/login/with-token: the pair is dead, say so.
+            with pytest.raises(SessionLost) as info:
+                await second.login_with_token()
+            assert info.value.reason == "invalid_token"
+            assert (await next_event(events, EventType.SESSION_LOST)).detail == "invalid_token"
+            assert second.status is SessionStatus.NEEDS_LOGIN
+            await second.flush()
+        assert store.document is not None
+        assert store.document["credentials"] is None
+
+
+async def test_refresh_refused_as_expired_by_the_service(clock: ManualClock) -> None:
+    # The service's clock runs ahead of ours: only its 401 code 701 tells the SDK.
+    service_clock = ManualClock()
+    async with (
+        service(service_clock, refresh_ttl=120) as svc,
+        session_for(svc, clock) as session,
+    ):
+        await session.login("alice", PASSWORDS["alice"])
+        service_clock.advance(121)
+        with pytest.raises(SessionLost) as info:
+            await session.token_refresh()
+        assert info.value.reason == "token_expired"
+        assert session.status is SessionStatus.NEEDS_LOGIN
+        assert svc.stats.refreshes == 0
+
+
+async def test_one_time_key_requests_are_rate_limited(clock: ManualClock) -> None:
+    async with (
+        service(clock, login_rate_limit=2) as svc,
+        session_for(svc, clock) as session,
+    ):
+        wrong = lambda key: "0" * 64  # noqa: E731
+        for _ in range(2):
+            with pytest.raises(InvalidCredentials):
+                await session.login_with_one_time_key("alice", wrong)
+        with pytest.raises(tokensdk.RateLimited) as info:
+            await session.login_with_one_time_key("alice", wrong)
+        assert info.value.retry_after > 0
+        assert session.status is SessionStatus.LOGGED_OUT
+
+
+async def test_logout_after_the_service_revoked_still_clears(clock: ManualClock) -> None:
+    async with service(clock) as svc, session_for(svc, clock) as session:
+        await session.login("alice", PASSWORDS["alice"])
+        token = await session.access_token()
+        async with aiohttp.ClientSession() as http:
+            await http.post(svc.url + "/v1/logout", headers={"Authorization": f"Bearer {token}"})
+        await session.logout()  # the service answers 401: nothing left to revoke there
+        assert svc.stats.requests_by_path["/v1/logout"] == 2
+        assert session.status is SessionStatus.LOGGED_OUT
+        assert session.credentials is None
 
 
 async def test_logout_revokes_and_clears(clock: ManualClock) -> None:

@@ -638,3 +638,42 @@ def test_keyring_store_after_sigkill_is_complete_or_cleanly_lost(
             complete += 1
     # Most kills land outside the backend's short rewrite window.
     assert complete >= iterations // 2
+
+
+# -- the session loading a bad store ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",  # the envelope is broken: the store itself moves it aside
+        _envelope({"version": 1, "status": "active", "credentials": {"username": 5}}),
+        _envelope({"version": 1, "macTokens": {"t": {"tokenSecret": "%%"}}}),
+    ],
+)
+async def test_a_session_moves_an_unusable_state_file_aside_and_starts_empty(
+    state_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tokensdk import Session, SessionStatus
+
+    _write(state_path, content)
+    caplog.set_level("WARNING", "tokensdk")
+    async with Session("http://127.0.0.1:9", store=FileStore(state_path)) as session:
+        assert session.status is SessionStatus.LOGGED_OUT
+    assert not state_path.exists()
+    (moved,) = state_path.parent.glob(f"{state_path.name}.corrupt-*")
+    assert _read(moved) == content  # kept, untouched, for whoever wants to look
+    (record,) = [r for r in caplog.records if "could not be loaded" in r.getMessage()]
+    assert f"moved aside to {moved}" in record.getMessage()
+
+
+async def test_a_session_deletes_an_unusable_keyring_entry(tmp_path: Path) -> None:
+    from tokensdk import Session, SessionStatus
+
+    backend = PlaintextKeyring()
+    backend.file_path = str(tmp_path / "keyring.cfg")
+    store = KeyringStore("alice@test", backend=backend)
+    await store.save({"version": 1, "status": "active", "credentials": []})
+    async with Session("http://127.0.0.1:9", store=store) as session:
+        assert session.status is SessionStatus.LOGGED_OUT
+    assert backend.get_password(store.service, store.name) is None

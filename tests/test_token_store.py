@@ -615,3 +615,19 @@ async def test_secrets_never_in_reprs(clock: ManualClock) -> None:
         ):
             for text in texts:
                 assert secret not in text
+
+
+async def test_a_snapshot_cannot_be_changed_by_whoever_receives_it(clock: ManualClock) -> None:
+    seen: list[Any] = []
+    async with (
+        service(clock) as svc,
+        session_for(svc.url, clock, on_change=seen.append) as session,
+    ):
+        await session.token_store.request_access_token("t", POSSESSION)
+        await session.changes_delivered()
+        snapshot = seen[-1]
+        with pytest.raises(TypeError):
+            snapshot.mac_tokens["t"] = None
+        with pytest.raises(TypeError):
+            del snapshot.mac_tokens["t"]
+        assert session.token_store.has_local_token("t")

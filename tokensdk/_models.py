@@ -11,6 +11,7 @@ import binascii
 import enum
 import math
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import attrs
@@ -167,6 +168,13 @@ class SessionStatus(enum.StrEnum):
     """The activation was lost (expired, revoked, reused): log in again."""
 
 
+def _read_only(mapping: Mapping[str, MacToken]) -> Mapping[str, MacToken]:
+    # A snapshot is shared with every callback: none may change it under the others.
+    if isinstance(mapping, MappingProxyType):
+        return mapping
+    return MappingProxyType(dict(mapping))
+
+
 @attrs.frozen
 class SessionSnapshot:
     """An immutable view of the whole session state, handed to change callbacks.
@@ -182,7 +190,7 @@ class SessionSnapshot:
     status: SessionStatus = SessionStatus.LOGGED_OUT
     credentials: Credentials | None = None
     access_tokens: tuple[AssetToken, ...] = ()
-    mac_tokens: Mapping[str, MacToken] = attrs.field(factory=dict)
+    mac_tokens: Mapping[str, MacToken] = attrs.field(factory=dict, converter=_read_only)
     revision: int = 0
 
     @property

@@ -41,6 +41,7 @@ from tokensdk._errors import (
     ServiceError,
     SessionClosed,
     SessionLost,
+    StoreCorrupt,
     StoreError,
     TokenSDKError,
 )
@@ -55,6 +56,7 @@ from tokensdk._models import (
     encode_state,
 )
 from tokensdk._observable import ChangeCallback, EventStream, StateHub
+from tokensdk._paseto import AccessTokenInfo
 from tokensdk._persist import CoalescingSaver
 from tokensdk._policy import RefreshPlan, RefreshPolicy, plan_refresh
 from tokensdk._scheduler import Scheduler, Timer
@@ -70,7 +72,7 @@ __all__ = ["Session", "one_time_key_answer"]
 log = logging.getLogger("tokensdk")
 
 OneTimeKeyAnswer = Callable[[str], Awaitable[str] | str]
-Relogin = Callable[["Session"], Awaitable[None]]
+Relogin = Callable[["Session"], Awaitable[tuple[str, str] | None]]
 
 # Answers that mean the activation itself is gone, not that a request failed.
 _LOST = (InvalidCredentials, AccountFrozen)
@@ -109,8 +111,9 @@ class Session:
         policy: Refresh windows and jitter.
         retry: Backoff for transient failures.
         timeout: Seconds one HTTP attempt may take.
-        relogin: An async callable ``relogin(session)`` that logs in again (e.g.
-            ``await session.login(user, password)``) when the session is lost.
+        relogin: An async callable ``relogin(session)`` called when the session is
+            lost: it returns the ``(username, password)`` to log in with, or logs in
+            itself (any login method) and returns None.
         http: An aiohttp session for the SDK's own calls (one is created otherwise).
         access_tokens: A saved asset-token array to restore (as persisted by a
             change callback); it replaces what the store holds.
@@ -270,6 +273,28 @@ class Session:
 
         return TokenMiddleware(self, mac_token=mac_token, asset_id=asset_id)
 
+    async def validate_access_token(self, token: str, *, remote: bool = False) -> AccessTokenInfo:
+        """Validate an asset access token; an invalid one is removed from the array.
+
+        The same as ``session.access_tokens.validate(token, remote=remote)``: local
+        validation with the service's key set (fetched on an unknown ``kid``), and
+        remote validation too when ``remote`` is set (catches revocation).
+
+        Args:
+            token: The token text.
+            remote: Also ask the service.
+
+        Returns:
+            What the token grants (``asset_ids``, ``expires_at``, ...).
+
+        Raises:
+            TokenInvalid: A subclass saying why (expired, bad signature, unknown key,
+                malformed, revoked).
+            ServiceUnavailable: Keys or remote validation were needed and the service
+                could not be reached.
+        """
+        return await self.access_tokens.validate(token, remote=remote)
+
     def add_change_callback(self, callback: ChangeCallback) -> None:
         """Register another change callback."""
         self._hub.add_callback(callback)
@@ -282,6 +307,17 @@ class Session:
         """Wait until the current state is written to the store."""
         await self._saver.flush()
 
+    async def _quarantine(self, error: StoreCorrupt) -> StoreError:
+        quarantine = getattr(self._store, "quarantine", None)
+        if quarantine is None:
+            return error
+        try:
+            moved_to = await quarantine()
+        except StoreError as exc:
+            return StoreCorrupt(f"{error}; it could not be moved aside ({exc})")
+        where = f"moved aside to {moved_to}" if moved_to else "it was removed"
+        return StoreCorrupt(f"{error}; {where}", moved_to=moved_to)
+
     def _persist(self, snapshot: SessionSnapshot) -> None:
         self._saver.submit(snapshot)  # encoded when written: bursts cost one encoding
 
@@ -290,20 +326,21 @@ class Session:
         self._hub.emit(self._hub.event(EventType.STORE_FAILED, type(error).__name__, error))
 
     async def _load(self) -> None:
+        snapshot = None
         try:
             document = await self._store.load()
-            snapshot = (
-                None
-                if document is None
-                else decode_state(
-                    document, wall=self._clock.time(), monotonic=self._clock.monotonic()
-                )
-            )
+            if document is not None:
+                try:
+                    snapshot = decode_state(
+                        document, wall=self._clock.time(), monotonic=self._clock.monotonic()
+                    )
+                except StoreCorrupt as exc:
+                    # A readable envelope around an unusable state: keep it for a look.
+                    raise await self._quarantine(exc) from None
         except StoreError as exc:
             # A broken store must not stop the application: start empty and say so.
             log.warning("tokensdk: the stored state could not be loaded: %s", exc)
             self._hub.emit(self._hub.event(EventType.STORE_FAILED, type(exc).__name__, exc))
-            snapshot = None
         changes: dict[str, Any] = {}
         if snapshot is not None:
             changes = {
@@ -678,7 +715,11 @@ class Session:
         if self._relogin is None:
             raise SessionLost(reason)
         try:
-            await self._relogin(self)
+            answer = await self._relogin(self)
+            if answer is not None:
+                if not isinstance(answer, tuple) or len(answer) != 2:
+                    raise InvalidInput("relogin must return (username, password) or None")
+                await self.login(*answer)
         except TokenSDKError as exc:
             log.warning("tokensdk: relogin failed: %s", type(exc).__name__)
             raise SessionLost(reason) from None

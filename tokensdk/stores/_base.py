@@ -18,7 +18,9 @@ class StateStore(Protocol):
 
     A store that can write without waiting (one in memory) may also define
     ``save_nowait(document) -> None``; the session then saves from a loop callback
-    instead of a task switch.
+    instead of a task switch. A store may define ``async quarantine() -> str | None``
+    to move aside (or delete) a document it loaded but the session could not use;
+    it returns where the document went.
     """
 
     async def load(self) -> dict[str, Any] | None:

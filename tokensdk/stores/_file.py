@@ -147,7 +147,30 @@ class FileStore:
         async with self._lock:
             await anyio.to_thread.run_sync(self._clear_sync)
 
+    async def quarantine(self) -> str | None:
+        """Move the state file aside: its envelope was fine but its content is not.
+
+        Called by the session when it cannot use a document this store loaded; the
+        file is kept (``<path>.corrupt-<time>``) for whoever wants to look at it.
+
+        Returns:
+            Where the file went, or None when there was no file to move.
+
+        Raises:
+            StoreError: The file could not be moved.
+        """
+        async with self._lock:
+            return await anyio.to_thread.run_sync(self._quarantine_sync)
+
     # -- blocking parts, run in a worker thread ------------------------------------
+
+    def _quarantine_sync(self) -> str | None:
+        if not os.path.lexists(self._path):
+            return None
+        moved_to = self._move_aside()
+        if moved_to is None:
+            raise StoreError(f"state file {self._path} could not be moved aside")
+        return moved_to
 
     def _load_sync(self) -> dict[str, Any] | None:
         # A concurrent writer in another process may replace the file between our

@@ -113,6 +113,21 @@ class KeyringStore:
         async with self._lock:
             await anyio.to_thread.run_sync(self._clear_sync)
 
+    async def quarantine(self) -> str | None:
+        """Delete the entry: its envelope was fine but its content is not.
+
+        A keyring has no place to move an entry aside to; a corrupt entry is
+        deleted, as :meth:`load` does with one it cannot decode.
+
+        Returns:
+            None (nothing was kept).
+
+        Raises:
+            StoreError: The keyring failed.
+        """
+        await self.clear()
+        return None
+
     # -- blocking parts, run in a worker thread ------------------------------------
 
     def _where(self) -> str:

@@ -63,6 +63,15 @@ class MemoryStore:
         """
         self._data = encode_state(document)
 
+    async def quarantine(self) -> str | None:
+        """Forget a document the session could not use (nowhere to move it aside).
+
+        Returns:
+            None.
+        """
+        await self.clear()
+        return None
+
     async def clear(self) -> None:
         """Forget the stored document."""
         await anyio.lowlevel.checkpoint()
