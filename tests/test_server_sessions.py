@@ -12,7 +12,9 @@ import pytest
 from _service import PASSWORDS, call, login, service
 
 from tokensdk import ManualClock
+from tokensdk.aiohttp import _invalid_token
 from tokensdk.server import STATS_KEY, RunningService
+from tokensdk.server._app import SERVICE_KEY
 
 pytestmark = pytest.mark.anyio
 
@@ -132,6 +134,52 @@ async def test_rate_limit_per_username(http: aiohttp.ClientSession, clock: Manua
         clock.advance(30)
         await login(http, svc, "alice")
         assert svc.stats.rate_limited == 2
+
+
+async def test_rate_limiters_forget_idle_keys(
+    http: aiohttp.ClientSession, clock: ManualClock
+) -> None:
+    async with service(clock, login_rate_limit=2, ip_rate_limit=1000) as svc:
+        inner = svc.app[SERVICE_KEY]
+        limiters = (inner.login_limiter, inner.ip_limiter, inner.key_limiter)
+        # An attacker sprays usernames: each one is a limiter key.
+        for i in range(30):
+            status, _, _ = await call(
+                http, svc, "POST", "/v1/login", {"username": f"spray{i}", "password": "x"}
+            )
+            assert status == 401
+            status, _, _ = await call(
+                http, svc, "POST", "/v1/login/one-time-key", {"username": f"spray{i}"}
+            )
+            assert status == 200
+        assert [len(limiter) for limiter in limiters] == [30, 1, 30]
+        clock.advance(60)  # the default window: every sprayed key is idle now
+        await _assert_limited_after_two_failures(http, svc)
+        status, _, _ = await call(http, svc, "POST", "/v1/login/one-time-key", {"username": "bob"})
+        assert status == 200
+        assert [len(limiter) for limiter in limiters] == [1, 1, 1]  # alice's, its IP's, bob's
+        clock.advance(60)
+        await login(http, svc, "bob")
+        assert [len(limiter) for limiter in limiters] == [0, 0, 1]  # the key limiter: no call yet
+        # Forgetting idle keys changes nothing for a key under attack.
+        await _assert_limited_after_two_failures(http, svc)
+    assert svc.stats.rate_limited == 2
+
+
+async def _assert_limited_after_two_failures(
+    http: aiohttp.ClientSession, svc: RunningService
+) -> None:
+    for _ in range(2):
+        status, _, _ = await call(
+            http, svc, "POST", "/v1/login", {"username": "alice", "password": "x"}
+        )
+        assert status == 401
+    status, body, headers = await call(
+        http, svc, "POST", "/v1/login", {"username": "alice", "password": "wonderland"}
+    )
+    assert status == 429
+    _assert_error(body, "rate_limited", 429)
+    assert headers["Retry-After"] == "60"
 
 
 async def test_rate_limit_per_ip(http: aiohttp.ClientSession, clock: ManualClock) -> None:
@@ -367,6 +415,39 @@ async def test_expired_bearer_counted(http: aiohttp.ClientSession, clock: Manual
         assert status == 401
     assert svc.stats.rejected_bearers == 2
     assert svc.stats.expired_bearers == 1
+
+
+async def test_www_authenticate_tells_missing_from_rejected(
+    http: aiohttp.ClientSession, clock: ManualClock
+) -> None:
+    async with service(clock, realm='Acme "prod"', access_ttl=10) as svc:
+        tokens = await login(http, svc)
+        clock.advance(10)
+        # No credentials: RFC 6750 section 3.1, a challenge without an error code.
+        missing: list[dict[str, str]] = [
+            {},
+            {"Authorization": "Basic YWxpY2U6d29uZGVybGFuZA=="},
+            {"Authorization": "Bearer"},
+            {"Authorization": "Bearer   "},
+        ]
+        # A bearer presented and refused: the contract's challenge, exactly.
+        rejected = [
+            {"Authorization": "Bearer forged"},
+            {"Authorization": f"bearer {tokens['accessToken']}"},  # expired
+        ]
+        no_error, refused = 'Bearer realm="Acme \\"prod\\""', 'Bearer error="invalid_token"'
+        for method, path in [("GET", "/v1/me"), ("POST", "/v1/logout")]:
+            for headers, challenge in [
+                *((h, no_error) for h in missing),
+                *((h, refused) for h in rejected),
+            ]:
+                async with http.request(method, svc.url + path, headers=headers) as response:
+                    assert response.status == 401, headers
+                    assert response.headers.getall("WWW-Authenticate") == [challenge], headers
+                    _assert_error(await response.json(), "invalid_token", 401)
+                    # What the SDK's aiohttp middleware refreshes on: a refused bearer only.
+                    assert _invalid_token(response) is (challenge == refused)
+    assert svc.stats.rejected_bearers == 4
 
 
 async def test_logout_revokes_family(http: aiohttp.ClientSession, clock: ManualClock) -> None:

@@ -46,6 +46,25 @@ def test_limiter_memory_is_bounded() -> None:
     assert limiter._events == {}
 
 
+def test_limiter_sweeps_idle_keys_once_per_window() -> None:
+    limiter = SlidingWindowLimiter(limit=3, window=10.0)
+    for i in range(1000):
+        limiter.record(f"user{i}", i / 1000)
+    assert len(limiter) == 1000
+    # The first call (at 0.0) swept an empty table; the next sweep is due at 10.0
+    # and drops the keys whose events (at <= 0.5) left the window.
+    assert limiter.retry_after("somebody", 10.5) is None
+    assert len(limiter) == 499
+    # No sweep before the next window: a check stays O(1), however large the table.
+    limiter.record("user999", 11.5)
+    assert len(limiter) == 499
+    assert limiter.retry_after("user999", 20.5) is None
+    assert len(limiter) == 1  # only the key recorded at 11.5 remains
+    for _ in range(3):
+        limiter.record("user999", 20.5)
+    assert limiter.retry_after("user999", 20.5) == 10
+
+
 def test_password_hashing() -> None:
     record = make_user_record("alice", "pw", "realm", 2**10, frozen=False)
     assert verify_password(record, "pw", 2**10)

@@ -153,7 +153,28 @@ def _client_ip(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
+def _quoted(text: str) -> str:
+    """Return ``text`` as an HTTP quoted-string (RFC 9110 section 5.6.4)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _authenticate(request: web.Request) -> AccessRecord:
+    """Return the access record of the request's bearer token.
+
+    The JSON body of every refusal is the contract's 401 ``invalid_token``; the
+    ``WWW-Authenticate`` challenge tells two cases apart, as RFC 6750 section 3.1 does:
+
+    - no credentials (no ``Authorization`` header, another scheme such as
+      ``Basic``, or ``Bearer`` without a token): ``Bearer realm="<realm>"`` and no
+      error code, because nothing was rejected; a client that never sent a token
+      has nothing to refresh;
+    - a bearer token that was presented and refused (unknown, expired, revoked):
+      ``Bearer error="invalid_token"``, exactly as the contract says; this is the
+      signal the SDK's aiohttp middleware refreshes on.
+
+    Raises:
+        ApiError: 401 ``invalid_token`` (a :class:`BearerRejected` for a refused token).
+    """
     service = request.app[SERVICE_KEY]
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
@@ -162,7 +183,7 @@ def _authenticate(request: web.Request) -> AccessRecord:
             401,
             "invalid_token",
             "a bearer access token is required",
-            headers={"WWW-Authenticate": f'Bearer realm="{service.config.realm}"'},
+            headers={"WWW-Authenticate": f"Bearer realm={_quoted(service.config.realm)}"},
         )
     try:
         return service.state.authenticate_bearer(token, service.now())
