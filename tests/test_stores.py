@@ -651,6 +651,12 @@ def test_keyring_store_after_sigkill_is_complete_or_cleanly_lost(
         _envelope({"version": 1, "macTokens": {"t": {"tokenSecret": "%%"}}}),
     ],
 )
+def _moved_aside(path: Path) -> list[Path]:
+    """The corrupt copies beside ``path``; asserts that ``path`` itself is gone."""
+    assert not path.exists()
+    return sorted(path.parent.glob(f"{path.name}.corrupt-*"))
+
+
 async def test_a_session_moves_an_unusable_state_file_aside_and_starts_empty(
     state_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -660,8 +666,7 @@ async def test_a_session_moves_an_unusable_state_file_aside_and_starts_empty(
     caplog.set_level("WARNING", "tokensdk")
     async with Session("http://127.0.0.1:9", store=FileStore(state_path)) as session:
         assert session.status is SessionStatus.LOGGED_OUT
-    assert not state_path.exists()
-    (moved,) = state_path.parent.glob(f"{state_path.name}.corrupt-*")
+    (moved,) = _moved_aside(state_path)
     assert _read(moved) == content  # kept, untouched, for whoever wants to look
     (record,) = [r for r in caplog.records if "could not be loaded" in r.getMessage()]
     assert f"moved aside to {moved}" in record.getMessage()
