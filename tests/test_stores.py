@@ -643,6 +643,12 @@ def test_keyring_store_after_sigkill_is_complete_or_cleanly_lost(
 # -- the session loading a bad store ----------------------------------------------------
 
 
+def _moved_aside(path: Path) -> list[Path]:
+    """The corrupt copies beside ``path``; asserts that ``path`` itself is gone."""
+    assert not path.exists()
+    return sorted(path.parent.glob(f"{path.name}.corrupt-*"))
+
+
 @pytest.mark.parametrize(
     "content",
     [
@@ -651,12 +657,6 @@ def test_keyring_store_after_sigkill_is_complete_or_cleanly_lost(
         _envelope({"version": 1, "macTokens": {"t": {"tokenSecret": "%%"}}}),
     ],
 )
-def _moved_aside(path: Path) -> list[Path]:
-    """The corrupt copies beside ``path``; asserts that ``path`` itself is gone."""
-    assert not path.exists()
-    return sorted(path.parent.glob(f"{path.name}.corrupt-*"))
-
-
 async def test_a_session_moves_an_unusable_state_file_aside_and_starts_empty(
     state_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
