@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import anyio
 import pytest
-from _service import PASSWORDS, service
+from _proxy import FaultProxy, unavailable
+from _service import PASSWORDS, call, service
+from aiohttp import web
 
 from tokensdk import (
     AssetToken,
@@ -18,10 +22,13 @@ from tokensdk import (
     ManualClock,
     MemoryStore,
     NotFound,
+    RetryConfig,
+    ServiceUnavailable,
     Session,
     SessionSnapshot,
     TokenExpired,
     TokenRevoked,
+    TokenSDKError,
     UnknownKey,
 )
 from tokensdk._assets import Ed25519Signer, TokenValidator, validate_access_token
@@ -30,17 +37,19 @@ from tokensdk.server import RunningService
 pytestmark = pytest.mark.anyio
 
 SIGNER = Ed25519Signer.from_seed(bytes(range(32)))
+SIGNER_2 = Ed25519Signer.from_seed(bytes(range(1, 33)))
 
 
 @asynccontextmanager
 async def asset_service(clock: ManualClock, **kwargs: Any) -> AsyncIterator[RunningService]:
-    async with service(clock, assets={"sensor-1": SIGNER.public_key_hex}, **kwargs) as svc:
+    assets = {"sensor-1": SIGNER.public_key_hex, "sensor-2": SIGNER_2.public_key_hex}
+    async with service(clock, assets=assets, **kwargs) as svc:
         yield svc
 
 
 @asynccontextmanager
 async def open_session(
-    svc: RunningService, clock: ManualClock, **kwargs: Any
+    svc: RunningService | FaultProxy, clock: ManualClock, **kwargs: Any
 ) -> AsyncIterator[Session]:
     async with Session(svc.url, clock=clock, rng=random.Random(3), **kwargs) as session:
         await session.login("alice", PASSWORDS["alice"])
@@ -230,3 +239,268 @@ async def test_many_tokens_are_removed_in_expiry_order_on_one_timer_heap(
 
         assert removed == [f"a{i}" for i in range(count)]
         assert len(s.access_tokens) == 0
+
+
+# -- expiry and wall-clock steps -----------------------------------------------------------
+
+
+def token_arrays(seen: list[SessionSnapshot]) -> list[tuple[AssetToken, ...]]:
+    """The successive values of the array in ``seen`` (commits that left it alone skipped)."""
+    arrays: list[tuple[AssetToken, ...]] = []
+    for snapshot in seen:
+        if not arrays or arrays[-1] != snapshot.access_tokens:
+            arrays.append(snapshot.access_tokens)
+    return arrays
+
+
+async def test_after_expiry_the_token_is_invalid_locally_and_remotely_and_removed(
+    clock: ManualClock,
+) -> None:
+    seen: list[SessionSnapshot] = []
+    async with asset_service(clock) as svc, open_session(svc, clock, on_change=seen.append) as s:
+        events = s.events()
+        item = await s.access_tokens.request("sensor-1", SIGNER)
+
+        clock.advance(900)
+        await anyio.wait_all_tasks_blocked()
+
+        assert len(s.access_tokens) == 0
+        async for event in events:  # the removal was announced (it is already queued)
+            if event.type is EventType.ACCESS_TOKEN_REMOVED:
+                assert event.detail == "sensor-1"
+                break
+        await s.changes_delivered()
+        assert token_arrays(seen)[-2:] == [(item,), ()]
+        with pytest.raises(TokenExpired):
+            s.access_tokens.validator.validate_local(item.token)
+        with pytest.raises(TokenExpired):
+            await s.access_tokens.validate(item.token, remote=True)
+        # With leeway the local check passes, so the verdict is the service's own.
+        async with TokenValidator(svc.url, clock=clock, remote=True, leeway=60) as lenient:
+            await lenient.refresh_keys()
+            assert lenient.validate_local(item.token).asset_ids == ("sensor-1",)
+            with pytest.raises(TokenExpired):
+                await lenient.validate(item.token)
+
+
+async def test_remote_validation_of_an_expired_token_maps_701_to_token_expired(
+    clock: ManualClock,
+) -> None:
+    async with asset_service(clock) as svc, open_session(svc, clock) as s:
+        item = await s.access_tokens.request("sensor-1", SIGNER)
+        clock.advance(901)
+        async with aiohttp.ClientSession() as http:
+            status, body, _ = await call(
+                http, svc, "POST", "/v1/assets/validate", {"token": item.token}
+            )
+        assert (status, body["error"], body["code"]) == (401, "token_expired", 701)
+
+        async with TokenValidator(svc.url, clock=clock, remote=True, leeway=3600) as validator:
+            await validator.refresh_keys()
+            assert validator.validate_local(item.token).asset_ids == ("sensor-1",)
+            with pytest.raises(TokenExpired):
+                await validator.validate(item.token)
+
+
+async def test_wall_clock_stepped_back_does_not_keep_a_token_past_its_deadline(
+    clock: ManualClock,
+) -> None:
+    # The service keeps its own clock: stepping the client's wall clock back does
+    # not give the token more life on the service.
+    service_clock = ManualClock()
+    seen: list[SessionSnapshot] = []
+
+    def advance(seconds: float) -> None:
+        service_clock.advance(seconds)
+        clock.advance(seconds)
+
+    async with (
+        asset_service(service_clock) as svc,
+        open_session(svc, clock, on_change=seen.append) as s,
+    ):
+        item = await s.access_tokens.request("sensor-1", SIGNER)
+        clock.jump_wall(-100)
+
+        advance(899)
+        await anyio.wait_all_tasks_blocked()
+        assert list(s.access_tokens) == [item]  # not dropped early
+
+        advance(2)  # past the deadline; the client's wall clock still says 99 s to go
+        await anyio.wait_all_tasks_blocked()
+        assert len(s.access_tokens) == 0
+        with pytest.raises(LookupError):
+            s.access_tokens.headers_for("sensor-1")
+        await s.changes_delivered()
+        assert token_arrays(seen)[-2:] == [(item,), ()]
+        # It was right to drop it: locally it still looks fine, the service says expired.
+        assert s.access_tokens.validator.validate_local(item.token).asset_ids == ("sensor-1",)
+        with pytest.raises(TokenExpired):
+            await s.access_tokens.validate(item.token, remote=True)
+
+        advance(300)  # and it does not come back
+        await anyio.wait_all_tasks_blocked()
+        assert len(s.access_tokens) == 0
+
+
+async def test_a_sweep_also_removes_tokens_the_wall_clock_says_have_expired(
+    clock: ManualClock,
+) -> None:
+    seen: list[SessionSnapshot] = []
+    async with asset_service(clock) as svc, open_session(svc, clock, on_change=seen.append) as s:
+        first = await s.access_tokens.request("sensor-1", SIGNER)
+        clock.advance(100)
+        second = await s.access_tokens.request("sensor-2", SIGNER_2)
+        clock.jump_wall(150)  # the wall clock now puts second's expiry 50 s before first's
+
+        clock.advance(800)  # first's deadline on both clocks; second's only on the wall clock
+        await anyio.wait_all_tasks_blocked()
+
+        assert second.expires_at is not None
+        assert second.expires_at <= clock.time()
+        assert len(s.access_tokens) == 0
+        await s.changes_delivered()
+        assert token_arrays(seen)[-2:] == [(first, second), ()]  # one change removed both
+
+
+class UnpluggedAfter:
+    """Signs ``count`` times, then fails (a hardware key that was unplugged)."""
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self.failed = anyio.Event()
+
+    async def sign(self, message: bytes) -> bytes:
+        if self._left == 0:
+            self.failed.set()
+            raise TokenSDKError("the key is unplugged")
+        self._left -= 1
+        return await SIGNER.sign(message)
+
+
+async def test_a_failed_renewal_keeps_the_token_only_until_its_deadline(
+    clock: ManualClock,
+) -> None:
+    signer = UnpluggedAfter(1)
+    async with asset_service(clock) as svc, open_session(svc, clock) as s:
+        item = await s.access_tokens.request("sensor-1", signer, renew=True)
+        clock.jump_wall(-100)
+
+        clock.advance(900 - 60)  # renewal time; it fails
+        await signer.failed.wait()
+        await anyio.wait_all_tasks_blocked()
+        assert list(s.access_tokens) == [item]  # the old token serves until it dies
+
+        clock.advance(61)  # its deadline, though the wall clock says 99 s are left
+        await anyio.wait_all_tasks_blocked()
+        assert len(s.access_tokens) == 0
+
+
+# -- revalidation ------------------------------------------------------------------------
+
+
+async def test_revalidate_removes_what_it_found_invalid_before_the_service_failed(
+    clock: ManualClock,
+) -> None:
+    seen: list[SessionSnapshot] = []
+    async with asset_service(clock) as svc:
+        proxy = FaultProxy(svc.url)
+        proxy.only_paths = {"/v1/assets/validate"}
+
+        async def forward(request: web.Request) -> web.StreamResponse:
+            status, headers, payload = await proxy.forward(request)
+            return web.Response(body=payload, status=status, headers=headers)
+
+        async with (
+            proxy.running(),
+            open_session(
+                proxy, clock, on_change=seen.append, retry=RetryConfig(max_attempts=1)
+            ) as s,
+        ):
+            events = s.events()
+            revoked = await s.access_tokens.request("sensor-1", SIGNER)
+            good = await s.access_tokens.request("sensor-2", SIGNER_2)
+            async with aiohttp.ClientSession() as http:
+                status, _, _ = await call(
+                    http, svc, "POST", "/v1/assets/revoke", {"token": revoked.token}
+                )
+            assert status == 204
+            await s.changes_delivered()
+            before = len(seen)
+            # The first remote check (revoked's) reaches the service; then it is down.
+            proxy.fail_next(1, forward)
+            proxy.sticky = unavailable
+
+            with pytest.raises(ServiceUnavailable):
+                await s.access_tokens.revalidate(remote=True)
+
+            assert list(s.access_tokens) == [good]
+            assert proxy.seen["/v1/assets/validate"] == 2
+            await s.changes_delivered()
+            assert [snapshot.access_tokens for snapshot in seen[before:]] == [(good,)]
+            async for event in events:
+                if event.type is EventType.ACCESS_TOKEN_REMOVED:
+                    assert event.detail == "sensor-1"
+                    break
+
+            proxy.sticky = None  # back up: the rest is checked next time
+            assert await s.access_tokens.revalidate(remote=True) == []
+            assert list(s.access_tokens) == [good]
+
+
+# -- proof of key: contract errors ---------------------------------------------------------
+
+
+class ChallengeThief:
+    """Signs, but first spends the challenge itself (a replay that got there first)."""
+
+    def __init__(self, svc: RunningService, http: aiohttp.ClientSession) -> None:
+        self._svc = svc
+        self._http = http
+
+    async def sign(self, message: bytes) -> bytes:
+        signature = await SIGNER.sign(message)
+        body = {"challenge": json.loads(message), "signature": signature.hex()}
+        status, answer, _ = await call(self._http, self._svc, "POST", "/v1/assets/token", body)
+        assert status == 200, answer
+        return signature
+
+
+class SlowSigner:
+    """Takes longer than the challenge lives (a hardware key waiting for a touch)."""
+
+    def __init__(self, clock: ManualClock, seconds: float) -> None:
+        self._clock = clock
+        self._seconds = seconds
+
+    async def sign(self, message: bytes) -> bytes:
+        self._clock.advance(self._seconds)
+        return await SIGNER.sign(message)
+
+
+async def test_a_used_challenge_is_refused_with_challenge_used(clock: ManualClock) -> None:
+    async with (
+        asset_service(clock) as svc,
+        open_session(svc, clock) as s,
+        aiohttp.ClientSession() as http,
+    ):
+        with pytest.raises(InvalidCredentials) as caught:
+            await s.access_tokens.request("sensor-1", ChallengeThief(svc, http))
+
+        assert (caught.value.status, caught.value.error) == (401, "challenge_used")
+        assert "challenge_used" in str(caught.value)
+        assert len(s.access_tokens) == 0
+        assert svc.stats.asset_tokens_issued == 1  # the thief's, not ours
+
+
+async def test_an_expired_challenge_is_refused_with_challenge_expired(clock: ManualClock) -> None:
+    async with asset_service(clock) as svc, open_session(svc, clock) as s:
+        with pytest.raises(InvalidCredentials) as caught:
+            await s.access_tokens.request("sensor-1", SlowSigner(clock, 301))
+
+        assert (caught.value.status, caught.value.error) == (401, "challenge_expired")
+        assert "challenge_expired" in str(caught.value)
+        assert len(s.access_tokens) == 0
+        assert svc.stats.asset_tokens_issued == 0
+        # A signer within the 300 s gets its token.
+        item = await s.access_tokens.request("sensor-1", SlowSigner(clock, 299))
+        assert list(s.access_tokens) == [item]

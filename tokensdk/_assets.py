@@ -272,6 +272,9 @@ class TokenValidator:
                 self._cache.discard(token)
             if exc.code == 701 or exc.error == "token_expired":
                 raise TokenExpired("the service says the token expired") from None
+            # The service names the cause in the body's ``reason`` field, but the
+            # transport keeps only ``error`` and ``code`` (both the same for every
+            # invalid token); until it keeps ``reason``, only the text tells.
             if "revoked" in str(exc):
                 raise TokenRevoked("the service revoked the token") from None
             raise TokenInvalid("the service rejected the token") from None
@@ -309,7 +312,7 @@ class AccessTokens(Sequence[AssetToken]):
     def __init__(self, session: Session, *, renew_before: float = 60.0) -> None:
         self._session = session
         self._timers: dict[str, Timer] = {}
-        self._due: list[str] = []
+        self._due: list[str] = []  # the token text of each expiry timer that fired
         self._sweep_pending = False
         self._signers: dict[str, Signer] = {}
         self._renew_before = renew_before
@@ -393,6 +396,12 @@ class AccessTokens(Sequence[AssetToken]):
 
         Returns:
             The tokens removed.
+
+        Raises:
+            ServiceUnavailable: Keys or remote validation were needed and the
+                service could not be reached. The tokens found invalid before
+                that are still removed (in one change); the ones not checked
+                yet stay until the next revalidation.
         """
         validator = self.validator
         bad: set[str] = set()
@@ -404,9 +413,19 @@ class AccessTokens(Sequence[AssetToken]):
                     await validator._validate_remote(item.token)
             except TokenInvalid:
                 bad.add(item.token)
+            except TokenSDKError:
+                # What was found so far holds whatever the service does next: a
+                # token found invalid must not stay just because a later one
+                # could not be checked.
+                with contextlib.suppress(SessionClosed):  # closing: the saved state stands
+                    self._settle(bad, learned)
+                raise
             else:
                 if item.expires_at is None:
                     learned[item.token] = info.expires_at
+        return self._settle(bad, learned)
+
+    def _settle(self, bad: set[str], learned: dict[str, float]) -> list[AssetToken]:
         removed = self._drop(lambda t: t.token in bad, "invalid")
         if learned:
             self._learn_expiries(learned)
@@ -537,23 +556,29 @@ class AccessTokens(Sequence[AssetToken]):
         if item.expires_at is None:
             return
         clock = self._session._clock
-        left = item.expires_at - clock.time()
-        asset_id = item.asset_id
-        if asset_id in self._signers:
-            renew_at = clock.monotonic() + max(left - self._renew_before, 0.0)
+        # The token's expiry on the monotonic clock, fixed now: a later step of
+        # the wall clock does not move it (see _sweep).
+        deadline = clock.monotonic() + (item.expires_at - clock.time())
+        if item.asset_id in self._signers:
+            asset_id, token = item.asset_id, item.token
+            renew_at = max(deadline - self._renew_before, clock.monotonic())
             self._timers[asset_id] = self._session._scheduler.call_at(
-                renew_at, lambda: self._renew_due(asset_id)
+                renew_at, lambda: self._renew_due(asset_id, token, deadline)
             )
         else:
-            self._timers[asset_id] = self._session._scheduler.call_at(
-                clock.monotonic() + left, lambda: self._expire_due(asset_id)
-            )
+            self._expire_at(item, deadline)
 
-    def _expire_due(self, asset_id: str) -> None:
+    def _expire_at(self, item: AssetToken, deadline: float) -> None:
+        asset_id, token = item.asset_id, item.token
+        self._timers[asset_id] = self._session._scheduler.call_at(
+            deadline, lambda: self._expire_due(asset_id, token)
+        )
+
+    def _expire_due(self, asset_id: str, token: str) -> None:
         # Called from the timer heap: batch everything that falls due together
         # into one commit instead of one per token.
         self._timers.pop(asset_id, None)
-        self._due.append(asset_id)
+        self._due.append(token)
         if not self._sweep_pending:
             self._sweep_pending = True
             self._session._task_group.start_soon(self._sweep)
@@ -562,17 +587,26 @@ class AccessTokens(Sequence[AssetToken]):
         self._sweep_pending = False
         due, self._due = set(self._due), []
         now = self._session._clock.time()
+        # A token goes as soon as either clock says it has expired, like every
+        # deadline in tokensdk. A fired timer is the monotonic clock saying so; if
+        # the wall clock still puts ``exp`` ahead, it was stepped back since the
+        # timer was set, and the service's clock was not: keeping the token (or
+        # rescheduling it on the wall clock) would present a token the service
+        # already refuses. The wall clock runs ahead of the timers only after a
+        # forward step, which the heap cannot see, so each sweep checks it too.
+        # Tokens are matched by text, not asset: a token that replaced a due one
+        # before this sweep ran has a timer of its own.
         with contextlib.suppress(SessionClosed):  # closing: the saved state stands
             self._drop(
-                lambda t: t.asset_id in due and t.expires_at is not None and t.expires_at <= now,
+                lambda t: t.token in due or (t.expires_at is not None and t.expires_at <= now),
                 "expired",
             )
 
-    def _renew_due(self, asset_id: str) -> None:
+    def _renew_due(self, asset_id: str, token: str, deadline: float) -> None:
         self._timers.pop(asset_id, None)
-        self._session._task_group.start_soon(self._renew, asset_id)
+        self._session._task_group.start_soon(self._renew, asset_id, token, deadline)
 
-    async def _renew(self, asset_id: str) -> None:
+    async def _renew(self, asset_id: str, token: str, deadline: float) -> None:
         signer = self._signers.get(asset_id)
         if signer is None:
             return
@@ -583,13 +617,13 @@ class AccessTokens(Sequence[AssetToken]):
                 "tokensdk: renewing the token of %r failed: %s", asset_id, type(exc).__name__
             )
             item = self.find(asset_id)
-            if item is not None and item.expires_at is not None:
-                # Fall back to expiry: the old token goes when it dies.
+            # A token put there meanwhile (request()) already has its own timer.
+            if item is not None and item.token == token and item.expires_at is not None:
+                # Fall back to expiry: the old token goes when it dies, by the
+                # earlier of the deadline set when it arrived and the wall clock.
                 clock = self._session._clock
-                self._timers[asset_id] = self._session._scheduler.call_at(
-                    clock.monotonic() + max(item.expires_at - clock.time(), 0.0),
-                    lambda: self._expire_due(asset_id),
-                )
+                wall_deadline = clock.monotonic() + max(item.expires_at - clock.time(), 0.0)
+                self._expire_at(item, min(deadline, wall_deadline))
 
     async def _start(self) -> None:
         """Drop restored tokens already expired, schedule the rest, revalidate in the background."""
