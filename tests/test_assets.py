@@ -365,22 +365,26 @@ async def test_a_sweep_also_removes_tokens_the_wall_clock_says_have_expired(
 class UnpluggedAfter:
     """Signs ``count`` times, then fails (a hardware key that was unplugged)."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, error: type[Exception] = TokenSDKError) -> None:
         self._left = count
+        self._error = error
         self.failed = anyio.Event()
 
     async def sign(self, message: bytes) -> bytes:
         if self._left == 0:
             self.failed.set()
-            raise TokenSDKError("the key is unplugged")
+            raise self._error("the key is unplugged")
         self._left -= 1
         return await SIGNER.sign(message)
 
 
+# A signer is the application's code: any exception it raises must leave the session
+# running (not tear down its task group), and the old token served until it dies.
+@pytest.mark.parametrize("error", [TokenSDKError, RuntimeError])
 async def test_a_failed_renewal_keeps_the_token_only_until_its_deadline(
-    clock: ManualClock,
+    clock: ManualClock, error: type[Exception]
 ) -> None:
-    signer = UnpluggedAfter(1)
+    signer = UnpluggedAfter(1, error)
     async with asset_service(clock) as svc, open_session(svc, clock) as s:
         item = await s.access_tokens.request("sensor-1", signer, renew=True)
         clock.jump_wall(-100)
@@ -393,6 +397,7 @@ async def test_a_failed_renewal_keeps_the_token_only_until_its_deadline(
         clock.advance(61)  # its deadline, though the wall clock says 99 s are left
         await anyio.wait_all_tasks_blocked()
         assert len(s.access_tokens) == 0
+        assert await s.access_token()  # the session itself is unharmed
 
 
 # -- revalidation ------------------------------------------------------------------------

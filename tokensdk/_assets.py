@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tokensdk._clock import Clock, SystemClock
 from tokensdk._errors import (
+    BadSignature,
     InvalidCredentials,
     InvalidInput,
     ProtocolError,
@@ -272,12 +273,19 @@ class TokenValidator:
                 self._cache.discard(token)
             if exc.code == 701 or exc.error == "token_expired":
                 raise TokenExpired("the service says the token expired") from None
-            # The service names the cause in the body's ``reason`` field, but the
-            # transport keeps only ``error`` and ``code`` (both the same for every
-            # invalid token); until it keeps ``reason``, only the text tells.
-            if "revoked" in str(exc):
-                raise TokenRevoked("the service revoked the token") from None
-            raise TokenInvalid("the service rejected the token") from None
+            # ``error`` and ``code`` are the same for every invalid token; the body's
+            # ``reason`` (an extension, see docs/PROTOCOL-EXTENSIONS.md) says which.
+            cls = _REMOTE_REASONS.get(exc.reason, TokenInvalid)
+            raise cls(f"the service rejected the token ({cls.reason})") from None
+
+
+_REMOTE_REASONS: dict[str, type[TokenInvalid]] = {
+    "revoked": TokenRevoked,
+    "malformed": TokenMalformed,
+    "bad_signature": BadSignature,
+    "unknown_key": UnknownKey,
+    "expired": TokenExpired,
+}
 
 
 def _expiry(item: AssetToken) -> float:
@@ -612,7 +620,7 @@ class AccessTokens(Sequence[AssetToken]):
             return
         try:
             await self.request(asset_id, signer, renew=True)
-        except TokenSDKError as exc:
+        except Exception as exc:  # the signer is the application's code: any error
             log.warning(
                 "tokensdk: renewing the token of %r failed: %s", asset_id, type(exc).__name__
             )

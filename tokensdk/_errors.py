@@ -90,6 +90,8 @@ class ServiceError(TokenSDKError):
         status: The HTTP status code.
         error: The contract's snake_case error name (e.g. ``invalid_token``).
         code: The contract's numeric code (e.g. 401, 701).
+        reason: A finer cause where the service gives one (e.g. ``revoked`` for an
+            asset token), else empty.
     """
 
     def __init__(
@@ -99,11 +101,13 @@ class ServiceError(TokenSDKError):
         status: int = 0,
         error: str = "",
         code: int = 0,
+        reason: str = "",
     ) -> None:
         super().__init__(message or error or f"service error {status}")
         self.status = status
         self.error = error
         self.code = code
+        self.reason = reason
 
 
 class InvalidCredentials(ServiceError):
@@ -124,9 +128,10 @@ class RateLimited(ServiceError):
         status: int = 429,
         error: str = "rate_limited",
         code: int = 429,
+        reason: str = "",
         retry_after: float = 1.0,
     ) -> None:
-        super().__init__(message, status=status, error=error, code=code)
+        super().__init__(message, status=status, error=error, code=code, reason=reason)
         self.retry_after = retry_after
 
 

@@ -308,6 +308,7 @@ def _error_from(
     error = ""
     code = status
     message = ""
+    reason = ""
     if isinstance(decoded, dict):
         raw_error = decoded.get("error")
         error = raw_error if isinstance(raw_error, str) else ""
@@ -316,6 +317,8 @@ def _error_from(
             code = raw_code
         raw_message = decoded.get("message")
         message = raw_message[:200] if isinstance(raw_message, str) else ""
+        raw_reason = decoded.get("reason")
+        reason = raw_reason[:64] if isinstance(raw_reason, str) else ""
     text = f"{method} {path}: {status} {error or 'error'}" + (f": {message}" if message else "")
     if status == 429:
         return RateLimited(
@@ -323,12 +326,15 @@ def _error_from(
             status=status,
             error=error or "rate_limited",
             code=code,
+            reason=reason,
             retry_after=_retry_after(retry_after),
         )
     if status >= 500:
-        return ServiceUnavailable(text, status=status, error=error or "internal", code=code)
+        return ServiceUnavailable(
+            text, status=status, error=error or "internal", code=code, reason=reason
+        )
     cls = _ERRORS.get(status, ServiceError)
-    return cls(text, status=status, error=error, code=code)
+    return cls(text, status=status, error=error, code=code, reason=reason)
 
 
 def _retry_after(value: str | None) -> float:
