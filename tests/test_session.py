@@ -218,7 +218,12 @@ async def test_relogin_hook_recovers_a_lost_session(clock: ManualClock) -> None:
 
 @pytest.mark.parametrize(
     ("answer", "recovers"),
-    [(("alice", PASSWORDS["alice"]), True), (("alice", "wrong"), False), ("alice", False)],
+    [
+        (("alice", PASSWORDS["alice"]), True),
+        (("alice", "wrong"), False),
+        ("alice", False),
+        (RuntimeError("the hook has a bug"), False),
+    ],
 )
 async def test_relogin_hook_may_return_the_credentials(
     clock: ManualClock, answer: Any, recovers: bool
@@ -227,6 +232,8 @@ async def test_relogin_hook_may_return_the_credentials(
 
     async def relogin(session: Session) -> Any:
         calls.append(session)
+        if isinstance(answer, Exception):
+            raise answer
         return answer
 
     async with service(clock) as svc, session_for(svc, clock, relogin=relogin) as session:
@@ -246,6 +253,29 @@ async def test_relogin_hook_may_return_the_credentials(
                 await session.token_refresh()
             assert session.status is SessionStatus.NEEDS_LOGIN
         assert calls == [session]
+
+
+async def test_a_relogin_hook_that_raises_in_a_background_refresh_keeps_the_session(
+    clock: ManualClock,
+) -> None:
+    async def relogin(session: Session) -> None:
+        raise RuntimeError("the hook has a bug")
+
+    async with (
+        service(clock, access_ttl=60) as svc,
+        session_for(svc, clock, relogin=relogin) as session,
+    ):
+        events = session.events()
+        await session.login("alice", PASSWORDS["alice"])
+        token = await session.access_token()
+        async with aiohttp.ClientSession() as http:
+            await http.post(svc.url + "/v1/logout", headers={"Authorization": f"Bearer {token}"})
+        clock.advance(50)  # past every background refresh time (40-77.5 % of 60 s)
+        assert (await next_event(events, EventType.SESSION_LOST)).detail == "invalid_token"
+        await anyio.wait_all_tasks_blocked()
+        with pytest.raises(SessionLost):
+            await session.access_token()
+    # Leaving the block raised nothing: the task group was never torn down.
 
 
 async def test_validate_access_token_on_the_session(clock: ManualClock) -> None:

@@ -720,7 +720,7 @@ class Session:
                 if not isinstance(answer, tuple) or len(answer) != 2:
                     raise InvalidInput("relogin must return (username, password) or None")
                 await self.login(*answer)
-        except TokenSDKError as exc:
+        except Exception as exc:  # the hook is the application's code: any error
             log.warning("tokensdk: relogin failed: %s", type(exc).__name__)
             raise SessionLost(reason) from None
         creds = self._hub.snapshot.credentials
