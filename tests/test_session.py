@@ -455,13 +455,70 @@ async def test_logout_revokes_and_clears(clock: ManualClock) -> None:
     async with service(clock) as svc, session_for(svc, clock, store=store) as session:
         await session.login("alice", PASSWORDS["alice"])
         token = await session.access_token()
-        await session.logout()
+        assert await session.logout() is True
         await session.flush()
 
         assert await me(svc, token) == 401
         assert session.status is SessionStatus.LOGGED_OUT
         assert store.document is not None
         assert store.document["credentials"] is None
+
+
+@pytest.mark.parametrize("ahead", ["sdk", "service"])
+async def test_logout_with_an_expired_access_token_refreshes_first(
+    clock: ManualClock, ahead: str
+) -> None:
+    # Whichever clock sees the access token expired (ours: refresh before; the
+    # service's: its 701 answer), logout must still revoke the family.
+    relogins: list[Session] = []
+
+    async def relogin(session: Session) -> None:
+        relogins.append(session)
+
+    service_clock = ManualClock()
+    async with (
+        service(service_clock, access_ttl=60) as svc,
+        session_for(svc, clock, relogin=relogin) as session,
+    ):
+        await session.login("alice", PASSWORDS["alice"])
+        creds = session.credentials
+        assert creds is not None
+        if ahead == "service":
+            service_clock.advance(61)
+        else:
+            clock.jump_wall(61)  # no monotonic move: no background refresh meanwhile
+            service_clock.jump_wall(61)
+        assert await session.logout() is True
+        assert session.status is SessionStatus.LOGGED_OUT
+        # The family is revoked: even the first refresh token is refused. (Had the
+        # family stayed alive, that never-used refresh token would still work.)
+        async with aiohttp.ClientSession() as http:
+            body = {"username": "alice", "refreshToken": creds.refresh_token}
+            async with http.post(svc.url + "/v1/refresh", json=body) as resp:
+                assert resp.status == 401
+        assert relogins == []
+
+
+async def test_logout_says_when_the_service_could_not_revoke(clock: ManualClock) -> None:
+    async with service(clock) as svc:
+        proxy = FaultProxy(svc.url)
+        proxy.only_paths = {"/v1/logout"}
+        async with proxy.running(), session_for(proxy, clock) as session:
+            await session.login("alice", PASSWORDS["alice"])
+            token = await session.access_token()
+            proxy.fail_next(1)
+            assert await session.logout() is False  # cleared locally only
+            assert session.status is SessionStatus.LOGGED_OUT
+            assert await me(svc, token) == 200  # still alive on the service
+            # Nothing to revoke any more; and a family already dead counts as revoked.
+            assert await session.logout() is True
+            await session.login("alice", PASSWORDS["alice"])
+            token = await session.access_token()
+            async with aiohttp.ClientSession() as http:
+                await http.post(
+                    svc.url + "/v1/logout", headers={"Authorization": f"Bearer {token}"}
+                )
+            assert await session.logout() is True
 
 
 async def test_change_callbacks_get_ordered_snapshots_and_failures_are_isolated(

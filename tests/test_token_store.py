@@ -357,6 +357,16 @@ async def test_logout_removes_tokens_locally_and_on_the_service(clock: ManualClo
             await store.request_access_token("a", POSSESSION)
 
 
+async def test_a_new_login_forgets_the_tokens_of_the_previous_family(clock: ManualClock) -> None:
+    async with service(clock) as svc, session_for(svc.url, clock) as session:
+        store = session.token_store
+        old = await store.request_access_token("t", POSSESSION)
+        await session.login("alice", PASSWORDS["alice"])  # a new token family
+        assert not store.has_local_token("t")
+        new = await store.request_access_token("t", POSSESSION)
+        assert new.token_id != old.token_id
+
+
 async def test_a_creation_pending_at_logout_fails_and_is_forgotten(clock: ManualClock) -> None:
     async with service(clock) as svc, proxied(svc, "/v1/tokens/create") as proxy:
         gate = anyio.Event()

@@ -38,7 +38,6 @@ from tokensdk._errors import (
     InvalidInput,
     NotLoggedIn,
     ProtocolError,
-    ServiceError,
     SessionClosed,
     SessionLost,
     StoreCorrupt,
@@ -158,6 +157,7 @@ class Session:
         self._flight_posted = asyncio.Event()
         self._refresh_timer: Timer | None = None
         self._generation = 0
+        self._logging_out = False
         self._failures = 0
         self._lost_reason = "not_logged_in"
         # The hot path reads these three attributes and the two clocks, nothing else.
@@ -416,6 +416,10 @@ class Session:
     async def login(self, username: str, password: str) -> None:
         """Log in with a username and password.
 
+        A login while logged in starts a new token family: the previous pair and its
+        MAC tokens are forgotten locally (call :meth:`logout` first to revoke them on
+        the service).
+
         Raises:
             InvalidCredentials: Wrong username or password.
             AccountFrozen: The account is frozen.
@@ -507,20 +511,27 @@ class Session:
             )
             self._install(resumed)
 
-    async def logout(self) -> None:
+    async def logout(self) -> bool:
         """Log out: revoke the token family on the service and forget it locally.
 
-        Local state is cleared even when the service cannot be reached.
+        Local state is cleared even when the service cannot be reached; the answer
+        says whether the service revoked the family.
+
+        Returns:
+            True when the family is dead on the service (revoked now, or already
+            gone), False when the service could not be reached: the tokens stay
+            valid there until they expire.
         """
-        creds = self._hub.snapshot.credentials
-        self._generation += 1
-        if creds is not None:
+        snapshot = self._hub.snapshot
+        revoked = True
+        if snapshot.credentials is not None and snapshot.status is SessionStatus.ACTIVE:
+            self._logging_out = True  # a refresh on the way must not call relogin
             try:
-                await self._transport.call(
-                    "POST", "/logout", bearer=creds.access_token, retry=False
-                )
-            except ServiceError as exc:
-                log.info("tokensdk: logout on the service failed (%s); cleared locally", exc.error)
+                revoked = await self._revoke_family()
+            finally:
+                self._logging_out = False
+        creds = self._hub.snapshot.credentials or snapshot.credentials
+        self._generation += 1
         self._uninstall()
         self._lost_reason = "logged_out"
         self._hub.commit(
@@ -529,6 +540,29 @@ class Session:
             credentials=None,
             mac_tokens={},
         )
+        return revoked
+
+    async def _revoke_family(self) -> bool:
+        try:
+            # A valid bearer, refreshed first if the access token is about to die:
+            # an expired one would be refused and leave the family alive.
+            bearer = await self.access_token()
+            try:
+                await self._transport.call("POST", "/logout", bearer=bearer, retry=False)
+            except InvalidCredentials:
+                # Refused: expired by the service's clock (not ours), or the family is
+                # gone. A refresh tells which (SessionLost: gone); then once more.
+                bearer = (await self.token_refresh()).access_token
+                await self._transport.call("POST", "/logout", bearer=bearer, retry=False)
+        except (SessionLost, InvalidCredentials):
+            return True  # the family is dead already: nothing left to revoke
+        except TokenSDKError as exc:
+            log.warning(
+                "tokensdk: logout could not reach the service (%s); cleared locally only",
+                type(exc).__name__,
+            )
+            return False
+        return True
 
     async def sync_clock(self) -> float:
         """Estimate the offset between the service's clock and ours (``GET /v1/status``).
@@ -553,19 +587,14 @@ class Session:
 
     async def _logged_in(self, body: Any, sent_wall: float, sent_mono: float) -> None:
         creds = Credentials.from_response(body, wall=sent_wall, monotonic=sent_mono)
-        previous = self._hub.snapshot
         self._generation += 1
-        # A new login is a new token family: MAC tokens of the old one die with it.
-        mac = (
-            previous.mac_tokens
-            if previous.username == creds.username and previous.status is SessionStatus.ACTIVE
-            else {}
-        )
+        # A new login is a new token family: the MAC tokens of the previous one
+        # belong to it (the service kills them with it), never to this one.
         self._hub.commit(
             self._hub.event(EventType.LOGGED_IN, creds.username),
             status=SessionStatus.ACTIVE,
             credentials=creds,
-            mac_tokens=mac,
+            mac_tokens={},
         )
         self._install(creds)
         if self._tg is not None:
@@ -712,7 +741,7 @@ class Session:
         return new
 
     async def _try_relogin(self, reason: str) -> Credentials:
-        if self._relogin is None:
+        if self._relogin is None or self._logging_out:
             raise SessionLost(reason)
         try:
             answer = await self._relogin(self)

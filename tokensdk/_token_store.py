@@ -204,6 +204,7 @@ class MacTokenStore:
             if (
                 session._generation != creation.generation
                 or session.status is not SessionStatus.ACTIVE
+                or session._logging_out
             ):
                 # The session changed under us: this token belongs to a dead (or
                 # another) activation and must not be kept.
@@ -252,6 +253,8 @@ class MacTokenStore:
 
     def _lost_reason(self) -> str:
         session = self._session
+        if session._logging_out:
+            return "logged_out"
         # A new login while a creation was under way is not a loss, but its token
         # still belongs to the previous activation.
         return "session_changed" if session.status is SessionStatus.ACTIVE else session._lost_reason
