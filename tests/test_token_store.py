@@ -29,6 +29,7 @@ from tokensdk import (
     KeyringStore,
     MacToken,
     ManualClock,
+    MemoryStore,
     NotFound,
     NotLoggedIn,
     ProtocolError,
@@ -316,6 +317,28 @@ async def test_a_client_clock_an_hour_off_still_signs_accepted_headers() -> None
         assert refused(await me_token(svc.url, value)) == "timestamp_in_future"
         accepted(await me_token(svc.url, (await store.header_after_time_error("t"))[1]))
         assert session.clock_offset == -3600.0
+
+
+async def test_resuming_a_saved_session_syncs_the_clock_too() -> None:
+    service_clock = ManualClock()
+    sdk_clock = ManualClock(wall=service_clock.time() + 3600)
+    state = MemoryStore()
+    async with service(service_clock) as svc:
+        async with session_for(svc.url, sdk_clock, store=state) as first:
+            await first.token_store.request_access_token("t", POSSESSION)
+        # A restart: the offset is not saved, and no password is typed this time.
+        async with session_for(svc.url, sdk_clock, user=None, store=state) as second:
+            assert second.clock_offset == 0.0
+            # The deadline only keeps a regression from hanging the suite.
+            with anyio.fail_after(30):
+                async with second.events() as events:
+                    await second.login_with_token()
+                    async for event in events:
+                        if event.type is EventType.CLOCK_SYNCED:
+                            break
+            assert second.clock_offset == -3600.0
+            value = second.token_store.generate_header_for_token("t")[1]
+            accepted(await me_token(svc.url, value))
 
 
 # -- sessions ---------------------------------------------------------------------------

@@ -494,6 +494,7 @@ class Session:
                 await self._lose(exc.error or "invalid_token", generation)
                 raise SessionLost(exc.error or "invalid_token") from None
             await self._refresh()  # the access token expired: the refresh token may not have
+            self._sync_clock_soon()
             return
         ttl = reply.body.get("accessExpire")
         if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0:
@@ -510,6 +511,7 @@ class Session:
                 credentials=resumed,
             )
             self._install(resumed)
+            self._sync_clock_soon()
 
     async def logout(self) -> bool:
         """Log out: revoke the token family on the service and forget it locally.
@@ -597,6 +599,10 @@ class Session:
             mac_tokens={},
         )
         self._install(creds)
+        self._sync_clock_soon()
+
+    def _sync_clock_soon(self) -> None:
+        # MAC headers carry our wall time: learn the service's offset after a login.
         if self._tg is not None:
             self._tg.start_soon(self._background_sync_clock)
 
