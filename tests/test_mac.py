@@ -395,3 +395,22 @@ def test_round_trip_property(nonce: bytes, ts: int) -> None:
     assert (parsed.nonce, parsed.timestamp_ms) == (nonce, ts)
     assert parsed.token_digest == compute_digest(SECRET, nonce, ts)
     assert verify_token_header(value, lookup, ts) == parsed
+
+
+def test_the_public_module_verifies_as_its_docstring_shows() -> None:
+    import tokensdk.mac as mac
+
+    secret = bytes(range(16))
+    secrets_by_token_id = {"b0e8d2a4-6f0c-4c1e-9d7a-2f5e3c1b0a99": secret}
+    header = mac.build_header("b0e8d2a4-6f0c-4c1e-9d7a-2f5e3c1b0a99", secret, 1_700_000_000_000)
+    guard = mac.ReplayGuard(mac.TimestampWindow())
+    parsed = mac.verify_token_header(
+        header, secrets_by_token_id.get, now_ms=1_700_000_001_000, replay_guard=guard
+    )
+    assert parsed.token_id in secrets_by_token_id
+    with pytest.raises(HeaderInvalid) as info:
+        mac.verify_token_header(
+            header, secrets_by_token_id.get, now_ms=1_700_000_001_000, replay_guard=guard
+        )
+    assert info.value.error == "replayed"
+    assert sorted(mac.__all__) == sorted(n for n in dir(mac) if n[0] != "_" and n != "annotations")

@@ -198,6 +198,31 @@ async def test_mac_token_and_time_sync_retry(clock: ManualClock) -> None:
         assert svc.stats.mac_headers_rejected == 1
 
 
+async def test_mac_time_error_on_a_stream_body_syncs_and_returns_it(clock: ManualClock) -> None:
+    async def too_old(request: web.Request) -> web.Response:
+        await request.read()
+        body = {"error": "timestamp_too_old", "code": 401, "message": "clock"}
+        return web.json_response(body, status=401)
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"not replayable"
+
+    async with (
+        service(clock) as svc,
+        logged_in(svc, clock) as session,
+        upstream(too_old) as url,
+    ):
+        await session.token_store.request_access_token("pay", Authentication.possession())
+        session.clock_offset = -3600.0
+        async with (
+            aiohttp.ClientSession(middlewares=(session.middleware(mac_token="pay"),)) as http,
+            http.post(url, data=stream()) as response,
+        ):
+            assert response.status == 401  # returned as is: the body cannot be resent
+            assert (await response.json())["error"] == "timestamp_too_old"
+        assert session.clock_offset == 0.0  # but the clock was synced for the next one
+
+
 async def test_asset_token(clock: ManualClock) -> None:
     seen: list[str | None] = []
 

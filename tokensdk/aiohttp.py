@@ -161,7 +161,9 @@ class TokenMiddleware:
         if response.status != 401 or await _error_name(response) not in _TIME_ERRORS:
             return response
         if not _replayable(request):
+            # Cannot resend it; sync anyway, so the caller's next request is on time.
             log.warning("tokensdk: MAC time error on a body that cannot be sent again")
+            await store.sync_time()
             return response
         response.release()
         header, value = await store.header_after_time_error(name)
