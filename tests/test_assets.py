@@ -167,6 +167,48 @@ async def test_key_rotation_old_tokens_still_validate_and_unknown_kid_fetches_on
         await validator.aclose()
 
 
+async def test_a_key_fetch_whose_caller_was_cancelled_does_not_fail_the_next_caller(
+    clock: ManualClock,
+) -> None:
+    async with asset_service(clock) as svc, open_session(svc, clock) as s:
+        token = (await s.access_tokens.request("sensor-1", SIGNER)).token
+        proxy = FaultProxy(svc.url)
+        proxy.only_paths = {"/v1/keys"}
+        gate = anyio.Event()
+
+        async def held(request: web.Request) -> web.StreamResponse:
+            await gate.wait()
+            return await unavailable(request)
+
+        proxy.fail_next(1, held)
+        async with proxy.running():
+            validator = TokenValidator(proxy.url, clock=clock)
+            results: list[object] = []
+
+            first_scope = anyio.CancelScope()
+
+            async def first() -> None:
+                with first_scope:
+                    await validator.validate(token)
+
+            async def second() -> None:
+                results.append(await validator.validate(token))
+
+            with anyio.fail_after(30):  # only keeps a regression from hanging the suite
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(first)
+                    await proxy.wait_for("/v1/keys")  # the first caller's fetch is held
+                    tg.start_soon(second)
+                    await anyio.wait_all_tasks_blocked()  # queued behind that fetch
+                    first_scope.cancel()
+            gate.set()
+            # The first caller's fetch never came back: the second one fetched
+            # (at once, not after the rate-limit interval) and got the keys.
+            assert [getattr(r, "asset_ids", r) for r in results] == [("sensor-1",)]
+            assert validator.key_fetches == 2
+            await validator.aclose()
+
+
 async def test_restored_array_is_revalidated_and_dead_entries_dropped(clock: ManualClock) -> None:
     async with asset_service(clock) as svc:
         async with open_session(svc, clock) as first:

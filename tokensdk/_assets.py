@@ -168,7 +168,8 @@ class TokenValidator:
         self.max_token_size = max_token_size
         self._cache = ValidationCache(cache_size) if cache_size > 0 else None
         self._interval = key_refresh_interval
-        self._fetched_at = -float("inf")
+        self._attempted_at = -float("inf")  # the last fetch that was sent (rate limit)
+        self._fetches_done = 0  # fetches that brought a key set back
         self._lock = anyio.Lock()
         self.key_fetches = 0
 
@@ -239,14 +240,21 @@ class TokenValidator:
 
     async def _fetch_keys(self) -> KeySet:
         assert self._transport is not None
-        self._fetched_at = self._clock.monotonic()
+        previous, self._attempted_at = self._attempted_at, self._clock.monotonic()
         self.key_fetches += 1
-        reply = await self._transport.call("GET", "/keys")
+        try:
+            reply = await self._transport.call("GET", "/keys")
+        except anyio.get_cancelled_exc_class():
+            # The caller went away, not the service: the next caller may try at once.
+            # (A failed fetch does count, so a down service is not hammered.)
+            self._attempted_at = previous
+            raise
         try:
             keys = KeySet.from_json(reply.body)
         except InvalidInput as exc:
             raise ProtocolError(f"the service's key set is invalid: {exc}") from None
         self.keys = keys
+        self._fetches_done += 1
         return keys
 
     async def _refresh_keys_for(self, token: str, *, force: bool = False) -> bool:
@@ -255,11 +263,11 @@ class TokenValidator:
         # must not turn into a request flood).
         if self._transport is None:
             return False
-        before = self._fetched_at
+        before = self._fetches_done
         async with self._lock:
-            if self._fetched_at != before:
-                return True  # someone fetched while we waited
-            if not force and self._clock.monotonic() - self._fetched_at < self._interval:
+            if self._fetches_done != before:
+                return True  # someone brought the keys back while we waited
+            if not force and self._clock.monotonic() - self._attempted_at < self._interval:
                 return False
             await self._fetch_keys()
             return True
