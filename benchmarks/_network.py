@@ -18,8 +18,16 @@ import anyio.lowlevel
 import attrs
 from aiohttp import web
 
-from benchmarks._harness import Comparison, Row, compare_async, fmt_ratio, fmt_time, spread
-from benchmarks._pure import mac_concurrency_rows, mac_header_rows
+from benchmarks._harness import (
+    Comparison,
+    Row,
+    compare_async,
+    compare_sync,
+    fmt_ratio,
+    fmt_time,
+    spread,
+)
+from benchmarks._pure import floor_header, mac_concurrency_rows, mac_header_rows
 from tokensdk import ManualClock, RefreshPolicy, Session
 from tokensdk._policy import plan_refresh
 from tokensdk.server import (
@@ -467,7 +475,31 @@ async def mac_rows(quick: bool) -> list[Row]:
             header = store.generate_header_for_token("bench")
             return await header if inspect.isawaitable(header) else header
 
-        return rows + await mac_concurrency_rows(quick, generate, "generate_header_for_token")
+        token = store.get_local_token("bench")
+        assert token is not None
+        token_id, secret, now = token.token_id, token.secret, time.time
+        # The session's call also reads the clock and looks the token up by name.
+        cmp = compare_sync(
+            {
+                "sdk": lambda: store.generate_header_for_token("bench"),
+                "floor": lambda: floor_header(token_id, secret, int(now() * 1000)),
+            },
+            number=2_000 if quick else 20_000,
+            rounds=7 if quick else 25,
+        )
+        ratio = cmp.ratio("sdk", "floor")
+        rows += await mac_concurrency_rows(quick, generate, "generate_header_for_token")
+        rows.append(
+            Row(
+                "5c",
+                "MAC header: session.token_store.generate_header_for_token vs floor + clock read",
+                fmt_ratio(ratio),
+                "<= 1.3x",
+                ratio[0] <= 1.3,
+                f"sdk {fmt_time(cmp.median('sdk'))}, floor {fmt_time(cmp.median('floor'))}",
+            )
+        )
+        return rows
 
 
 # -- 8: a fleet of sessions --------------------------------------------------------------------

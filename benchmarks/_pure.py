@@ -32,13 +32,19 @@ from tokensdk._paseto import (
 )
 from tokensdk._scheduler import Scheduler
 
-__all__ = ["mac_header_rows", "paseto_rows", "scheduler_rows"]
+__all__ = [
+    "floor_header",
+    "mac_concurrency_rows",
+    "mac_header_rows",
+    "paseto_rows",
+    "scheduler_rows",
+]
 
 
 # -- 5: MAC header generation -----------------------------------------------------------
 
 
-def _floor_header(token_id: str, secret: bytes, timestamp_ms: int) -> str:
+def floor_header(token_id: str, secret: bytes, timestamp_ms: int) -> str:
     """The least work a PowerAuth 3.3 header can cost: nonce, HMAC, 2 Base64, format."""
     nonce = os.urandom(16)
     digest = hmac.digest(secret, b"%b&%d&3.3" % (nonce, timestamp_ms), "sha256")
@@ -55,11 +61,11 @@ def mac_header_rows(quick: bool) -> list[Row]:
     token_id, secret = str(uuid.uuid4()), os.urandom(16)
     ts = int(time.time() * 1000)
     # Same shape as the real header (the floor is a faithful copy of the format).
-    assert len(_floor_header(token_id, secret, ts)) == len(build_header(token_id, secret, ts))
+    assert len(floor_header(token_id, secret, ts)) == len(build_header(token_id, secret, ts))
     cmp = compare_sync(
         {
             "sdk": lambda: build_header(token_id, secret, ts),
-            "floor": lambda: _floor_header(token_id, secret, ts),
+            "floor": lambda: floor_header(token_id, secret, ts),
         },
         number=2_000 if quick else 20_000,
         rounds=7 if quick else 25,
