@@ -15,14 +15,26 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import _proxy
 import aiohttp
 import anyio
 import pytest
+from _service import service
 
-from tokensdk import Authentication, FileStore, Session
+from tokensdk import (
+    Authentication,
+    FileStore,
+    MacToken,
+    Session,
+    SessionSnapshot,
+    SessionStatus,
+    SystemClock,
+)
 from tokensdk._assets import Ed25519Signer
+from tokensdk._models import encode_state
 
 TIMEOUT = 60
 PASSWORD = "wonderland"
@@ -57,24 +69,11 @@ def signer() -> Ed25519Signer:
     return Ed25519Signer.generate()
 
 
-@pytest.fixture
-def served(tmp_path: Path, signer: Ed25519Signer) -> Iterator[str]:
-    """``tokensdk serve`` on a free port; yields its URL, stops it with SIGINT."""
+@contextmanager
+def serving(*options: str) -> Iterator[str]:
+    """``tokensdk serve OPTIONS`` on a free port; yields its URL, stops it with SIGINT."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tokensdk",
-            "serve",
-            "--user",
-            f"alice:{PASSWORD}",
-            "--scrypt-n",
-            "1024",
-            "--asset",
-            f"door-1:{signer.public_key_hex}",
-            "--db",
-            str(tmp_path / "service.db"),
-        ],
+        [sys.executable, "-m", "tokensdk", "serve", *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -96,6 +95,48 @@ def served(tmp_path: Path, signer: Ed25519Signer) -> Iterator[str]:
             proc.stdout.close()
             proc.stderr.close()
     assert proc.returncode == 0
+
+
+@pytest.fixture
+def served(tmp_path: Path, signer: Ed25519Signer) -> Iterator[str]:
+    """The service with user alice and asset door-1 (signer's key), state in tmp_path."""
+    with serving(
+        "--user",
+        f"alice:{PASSWORD}",
+        "--scrypt-n",
+        "1024",
+        "--asset",
+        f"door-1:{signer.public_key_hex}",
+        "--db",
+        str(tmp_path / "service.db"),
+    ) as url:
+        yield url
+
+
+@pytest.fixture
+def dead_url() -> Iterator[str]:
+    """A loopback URL where connections are refused (bound, not listening)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Assert a failure told in one line on stderr, no traceback, exit status 1."""
+    assert result.returncode == 1, result
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("tokensdk "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+def login(url: str, state: Path) -> subprocess.CompletedProcess[str]:
+    """``tokensdk login`` as alice."""
+    return tokensdk(
+        "login", "--url", url, "--user", "alice", "--password-stdin", "--state", str(state),
+        stdin=PASSWORD + "\n",
+    )  # fmt: skip
 
 
 def _secrets(document: object) -> list[str]:
@@ -126,6 +167,7 @@ def test_help_everywhere() -> None:
         ["serve"],
         ["keys"],
         ["keys", "rotate"],
+        ["keys", "list"],
         ["login"],
         ["logout"],
         ["tokens"],
@@ -140,7 +182,9 @@ def test_help_everywhere() -> None:
 def test_no_command_is_a_usage_error() -> None:
     result = tokensdk()
     assert result.returncode == 2
-    assert "usage:" in result.stderr
+    assert result.stderr == (
+        "tokensdk: error: the following arguments are required: COMMAND (see 'tokensdk --help')\n"
+    )
 
 
 def test_import_is_lazy() -> None:
@@ -197,10 +241,140 @@ def test_demo_exits_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     assert (proc.returncode, err) == (0, "")
 
 
+# Runs the CLI as `python -m tokensdk demo` would, but sends itself SIGINT at a moment
+# the test cannot hit from outside; SIGINT starts ignored, as in a script's background
+# job (`tokensdk demo &`), where Python does not turn it into KeyboardInterrupt.
+_SIGINT_AT = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+import anyio, tokensdk.server
+from tokensdk.cli import main
+
+def interrupting(function):
+    def wrapper(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return function(*args, **kwargs)
+    return wrapper
+
+if sys.argv[1] == "before the event loop":
+    anyio.run = interrupting(anyio.run)
+else:
+    tokensdk.server.running_service = interrupting(tokensdk.server.running_service)
+raise SystemExit(main(["demo", "--state", sys.argv[2]]))
+"""
+
+
+@pytest.mark.parametrize("moment", ["before the event loop", "while the service starts"])
+def test_demo_ends_on_an_early_ctrl_c(tmp_path: Path, moment: str) -> None:
+    started = time.monotonic()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _SIGINT_AT, moment, str(tmp_path / "s.json")],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,  # a guard only: the demo runs until Ctrl-C
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"Ctrl-C {moment} was ignored: the demo kept running")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "logged_in" not in result.stdout
+    assert time.monotonic() - started < TIMEOUT
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_demo_ends_on_ctrl_c_after_its_first_line(tmp_path: Path) -> None:
+    # Started as a background job (SIGINT ignored), interrupted as soon as it speaks.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokensdk", "demo", "--state", str(tmp_path / "s.json")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_ignore_sigint,  # as a shell starts a background job
+    )
+    try:
+        assert "service listening on" in _read_line(proc, time.monotonic() + TIMEOUT)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, err) == (0, "")
+
+
 def test_demo_rejects_bad_duration() -> None:
     result = tokensdk("demo", "--duration", "-1")
     assert result.returncode == 2
     assert "must be a positive number" in result.stderr
+
+
+# -- serve ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "status", "message"),
+    [
+        (["--port", "99999"], 2, "argument --port: must be a port from 0 to 65535"),
+        (["--scrypt-n", "1000"], 2, "argument --scrypt-n: must be a power of two"),
+        (["--max-body", "0"], 2, "argument --max-body: must be positive"),
+        (["--db", "{tmp}/missing/x.db"], 1, "service database: unable to open database file"),
+        (["--db", "{tmp}"], 1, "service database: unable to open database file"),
+        (["--asset", "door:zz"], 1, "cannot start the service: asset 'door'"),
+        (["--host", "host.invalid"], 1, "cannot listen on host.invalid:0: "),
+    ],
+)
+def test_serve_start_failures_are_one_line(
+    tmp_path: Path, options: list[str], status: int, message: str
+) -> None:
+    result = tokensdk("serve", *(option.format(tmp=tmp_path) for option in options))
+    assert result.returncode == status
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"tokensdk serve: error: {message}"), result.stderr
+    assert result.stdout == ""
+
+
+def test_serve_port_in_use() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = tokensdk("serve", "--port", str(port))
+    one_error_line(result)
+    assert result.stderr == (
+        f"tokensdk serve: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
+
+
+def test_serve_options_reach_the_service(signer: Ed25519Signer) -> None:
+    options = [
+        "--user", f"alice:{PASSWORD}", "--user", "bob:builder", "--scrypt-n", "1024",
+        "--asset", f"door-1:{signer.public_key_hex}", "--asset-token-lifetime", "40",
+        "--max-body", "300", "--login-rate-limit", "1", "--login-rate-window", "600",
+    ]  # fmt: skip
+    with serving(*options) as url:
+
+        async def check() -> None:
+            async with Session(url) as session:
+                await session.login("alice", PASSWORD)
+                item = await session.access_tokens.request("door-1", signer)
+                assert item.expires_at is not None
+                assert 30 < item.expires_at - time.time() <= 40
+            async with aiohttp.ClientSession() as http:
+
+                async def bob(password: str, pad: int = 0) -> int:
+                    body = {"username": "bob", "password": password, "pad": "x" * pad}
+                    async with http.post(url + "/v1/login", json=body) as response:
+                        return response.status
+
+                assert await bob("builder", pad=400) == 413
+                assert await bob("wrong") == 401
+                assert await bob("builder") == 429  # one failure allowed per 600 s
+
+        anyio.run(check)
 
 
 # -- login, tokens, header, logout ------------------------------------------------------
@@ -262,9 +436,7 @@ def test_login_bad_credentials(served: str, tmp_path: Path) -> None:
         "login", "--url", served, "--user", "alice", "--password-stdin",
         "--state", str(tmp_path / "s.json"), stdin="wrong\n",
     )  # fmt: skip
-    assert result.returncode == 1
-    assert result.stderr.count("\n") == 1
-    assert "refused the credentials" in result.stderr
+    one_error_line(result, "refused the credentials")
     assert "wrong" not in result.stderr
 
 
@@ -276,9 +448,7 @@ def test_login_service_down(tmp_path: Path) -> None:
             "login", "--url", f"http://127.0.0.1:{port}", "--user", "alice",
             "--password-stdin", "--state", str(tmp_path / "s.json"), stdin="x\n",
         )  # fmt: skip
-    assert result.returncode == 1
-    assert "cannot reach the token service" in result.stderr
-    assert result.stderr.count("\n") == 1
+    one_error_line(result, "cannot reach the token service")
 
 
 def test_login_wrong_url(served: str, tmp_path: Path) -> None:
@@ -286,9 +456,96 @@ def test_login_wrong_url(served: str, tmp_path: Path) -> None:
         "login", "--url", served + "/not-here", "--user", "alice", "--password-stdin",
         "--state", str(tmp_path / "s.json"), stdin=PASSWORD + "\n",
     )  # fmt: skip
-    assert result.returncode == 1
-    assert "is the URL right?" in result.stderr
-    assert result.stderr.count("\n") == 1
+    one_error_line(result, "is the URL right?")
+
+
+def test_logout_keeps_the_session_when_the_service_cannot_be_reached(
+    served: str, dead_url: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "s.json"
+    assert login(served, state).returncode == 0
+    saved = state.read_bytes()
+
+    down = tokensdk("logout", "--url", dead_url, "--state", str(state))
+    one_error_line(down, "cannot reach the token service", "nothing was revoked", str(state))
+    wrong = tokensdk("logout", "--url", served + "/not-here", "--state", str(state))
+    one_error_line(wrong, "is the URL right?", "nothing was revoked")
+    assert state.read_bytes() == saved
+
+    # What was kept still revokes the session once the service answers.
+    logout = tokensdk("logout", "--url", served, "--state", str(state))
+    assert (logout.returncode, logout.stdout, logout.stderr) == (0, "logged out alice\n", "")
+
+
+async def _tokensdk(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """:func:`tokensdk` for async tests (the service they talk to runs in the test's loop)."""
+    env = dict(os.environ, PYTHONWARNINGS="error")
+    with anyio.fail_after(TIMEOUT):
+        result = await anyio.run_process(
+            [sys.executable, "-m", "tokensdk", *args],
+            input=None if stdin is None else stdin.encode(),
+            check=False,
+            env=env,
+        )
+    return subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
+    )
+
+
+@pytest.mark.anyio
+async def test_logout_the_service_does_not_revoke(tmp_path: Path) -> None:
+    state = tmp_path / "s.json"
+    async with service(SystemClock()) as svc, _proxy.FaultProxy(svc.url).running() as proxy:
+        login = await _tokensdk(
+            "login", "--url", proxy.url, "--user", "alice", "--password-stdin",
+            "--state", str(state), stdin=PASSWORD + "\n",
+        )  # fmt: skip
+        assert login.returncode == 0, login.stderr
+        # The service answers its status, then fails the logout itself.
+        proxy.only_paths = {"/v1/logout"}
+        proxy.sticky = _proxy.unavailable
+        result = await _tokensdk("logout", "--url", proxy.url, "--state", str(state))
+    one_error_line(result, "logged out alice locally only", "tokens stay valid")
+    assert proxy.faulted["/v1/logout"] == 1
+    assert result.stdout == ""
+
+
+@pytest.mark.anyio
+async def test_login_fails_when_the_state_cannot_be_saved(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    state = blocker / "state.json"  # its directory is a file: nothing can be written there
+    async with service(SystemClock()) as svc:
+        result = await _tokensdk(
+            "login", "--url", svc.url, "--user", "alice", "--password-stdin",
+            "--state", str(state), stdin=PASSWORD + "\n",
+        )  # fmt: skip
+        revocations = svc.stats.requests_by_path["/v1/logout"]
+    one_error_line(result, f"cannot write state file {state}", "the new session was revoked")
+    assert result.stdout == ""
+    assert revocations == 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"garbage\n",
+        # A sound envelope around a state this version cannot read.
+        json.dumps({"format": "tokensdk.state", "version": 1, "state": {"version": 99}}).encode(),
+    ],
+    ids=["not-json", "bad-state"],
+)
+@pytest.mark.parametrize("command", [["tokens"], ["header", "door"], ["logout", "--url", "x"]])
+def test_corrupt_state_is_reported_and_left_alone(
+    tmp_path: Path, content: bytes, command: list[str]
+) -> None:
+    state = tmp_path / "s.json"
+    state.write_bytes(content)
+    state.chmod(0o600)
+    result = tokensdk(*command, "--state", str(state))
+    one_error_line(result, f"state file {state} is corrupt", "left as it is")
+    assert state.read_bytes() == content
+    assert [path.name for path in tmp_path.iterdir()] == ["s.json"]
 
 
 def test_tokens_without_state(tmp_path: Path) -> None:
@@ -330,6 +587,22 @@ def test_verify(served: str, signer: Ed25519Signer) -> None:
 
     needs_source = tokensdk("verify", token)
     assert needs_source.returncode == 2
+
+
+def test_verify_and_header_network_errors(served: str, dead_url: str, tmp_path: Path) -> None:
+    state = tmp_path / "s.json"
+    door = MacToken(name="door", token_id="id-1", secret=bytes(16), factors=("possession",))
+    snapshot = SessionSnapshot(status=SessionStatus.LOGGED_OUT, mac_tokens={"door": door})
+    anyio.run(FileStore(state).save, encode_state(snapshot))
+    for command in (
+        ["verify", "v4.public.eyJ9", "--url"],
+        ["header", "door", "--state", str(state), "--url"],
+    ):
+        down = tokensdk(*command, dead_url)
+        one_error_line(down, f"cannot reach the token service at {dead_url}: is it running?")
+        wrong = tokensdk(*command, served + "/not-here")
+        one_error_line(wrong, f"nothing at {served}/not-here/v1: is the URL right?")
+        assert down.stdout == wrong.stdout == ""
 
 
 # -- keys -------------------------------------------------------------------------------

@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 from pathlib import Path
 
 import aiohttp
 import anyio
 import pytest
+from attrs import fields_dict as attrs_fields
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tokensdk import ManualClock
-from tokensdk.server._cli import add_serve_arguments, config_from_args, serve_forever
+from tokensdk.server import ServiceConfig
+from tokensdk.server._cli import StartError, add_serve_arguments, config_from_args, serve_forever
 
 PUB = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
 
 
-def _parse(*argv: str) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="serve", exit_on_error=False)
     add_serve_arguments(parser)
-    return parser.parse_args(list(argv))
+    return parser
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    return _parser().parse_args(list(argv))
 
 
 def test_defaults() -> None:
@@ -31,6 +38,8 @@ def test_defaults() -> None:
     assert config.users == {}
     assert (config.access_ttl, config.refresh_ttl, config.db) == (300, 86400, None)
     assert config.realm == "tokensdk"
+    # Every option left out keeps the service's own default.
+    assert config == ServiceConfig(clock=config.clock)
 
 
 def test_all_options(tmp_path: Path) -> None:
@@ -56,6 +65,15 @@ def test_all_options(tmp_path: Path) -> None:
         "--rotate-key",
         "--drop-key=k4.pid.abc",
         "--scrypt-n=1024",
+        "--one-time-key-ttl=11",
+        "--challenge-ttl=12",
+        "--asset-token-lifetime=13",
+        "--login-rate-limit=3",
+        "--ip-rate-limit=7",
+        "--login-rate-window=2.5",
+        "--max-body=4096",
+        "--mac-window-past=30",
+        "--mac-window-future=0.5",
     )
     config = config_from_args(args)
     assert (args.host, args.port) == ("0.0.0.0", 8080)
@@ -67,16 +85,54 @@ def test_all_options(tmp_path: Path) -> None:
     assert config.rotate_key
     assert config.drop_keys == ("k4.pid.abc",)
     assert config.scrypt_n == 1024
+    assert (config.one_time_key_ttl, config.challenge_ttl, config.asset_token_lifetime) == (
+        11,
+        12,
+        13,
+    )
+    assert (config.login_rate_limit, config.ip_rate_limit, config.login_rate_window) == (3, 7, 2.5)
+    assert config.max_body == 4096
+    assert (config.mac_window_past, config.mac_window_future) == (30.0, 0.5)
     assert "se:cret" not in repr(config)
+
+
+def test_every_config_field_has_an_option() -> None:
+    # A field added to ServiceConfig must not be forgotten here again.
+    options = {action.dest for action in _parser()._actions}  # argparse lists no other way
+    renamed = {"users": "user", "frozen_users": "frozen_user", "assets": "asset"}
+    renamed["drop_keys"] = "drop_key"
+    fields = set(attrs_fields(ServiceConfig)) - {"clock"}  # the clock is for tests only
+    assert {renamed.get(name, name) for name in fields} <= options
 
 
 @pytest.mark.parametrize(
     "argv",
-    [("--user", "nocolon"), ("--user", ":pw"), ("--asset", "nokey"), ("--access-ttl", "0")],
+    [
+        ("--user", "nocolon"),
+        ("--user", ":pw"),
+        ("--asset", "nokey"),
+        ("--access-ttl", "0"),
+        ("--port", "99999"),
+        ("--port", "-1"),
+        ("--port", "http"),
+        ("--scrypt-n", "1000"),
+        ("--scrypt-n", "1"),
+        ("--one-time-key-ttl", "0"),
+        ("--challenge-ttl", "-5"),
+        ("--asset-token-lifetime", "1.5"),
+        ("--login-rate-limit", "0"),
+        ("--ip-rate-limit", "0"),
+        ("--login-rate-window", "nan"),
+        ("--max-body", "0"),
+        ("--mac-window-past", "-1"),
+        ("--mac-window-future", "inf"),
+    ],
 )
 def test_bad_options(argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises((SystemExit, argparse.ArgumentError)):
+    # The option's own validation refuses the value (not argparse for an unknown option).
+    with pytest.raises(argparse.ArgumentError, match=f"^argument {argv[0]}: ") as refused:
         _parse(*argv)
+    assert "pw" not in str(refused.value)
     assert "pw" not in capsys.readouterr().err
 
 
@@ -114,3 +170,49 @@ async def test_serve_forever_prints_real_port(
     out = capsys.readouterr().out
     assert out == f"listening on {urls[0]}\n"
     assert not urls[0].endswith(":0")
+
+
+async def _start(config: ServiceConfig, port: int = 0) -> None:
+    # A guard only: a start that does not fail serves until this cuts it.
+    with anyio.fail_after(30):
+        await serve_forever(config, "127.0.0.1", port)
+
+
+@pytest.mark.anyio
+async def test_start_failures_are_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(StartError) as in_use:
+            await _start(ServiceConfig(), port)
+    assert str(in_use.value) == f"cannot listen on 127.0.0.1:{port}: Address already in use"
+
+    missing = str(tmp_path / "missing" / "x.db")
+    with pytest.raises(StartError, match=r"^service database: unable to open database file ") as db:
+        await _start(ServiceConfig(db=missing))
+    assert missing in str(db.value)
+
+    not_a_db = tmp_path / "not.db"
+    not_a_db.write_text("hello")
+    not_a_db.chmod(0o600)
+    with pytest.raises(StartError, match=r"cannot open the service database .*not a database"):
+        await _start(ServiceConfig(db=str(not_a_db)))
+    assert not_a_db.read_text() == "hello"
+
+    with pytest.raises(StartError, match=r"^cannot start the service: asset 'x': not an Ed25519"):
+        await _start(ServiceConfig(assets={"x": "zz"}))
+    for error in (in_use, db):
+        assert "\n" not in str(error.value)
+
+
+@pytest.mark.anyio
+async def test_failures_while_serving_are_not_start_failures(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def on_ready(url: str) -> None:
+        raise ValueError("a bug in the caller")
+
+    with pytest.raises(ValueError, match="a bug in the caller"):
+        await serve_forever(ServiceConfig(), on_ready=on_ready)
+    assert capsys.readouterr().out.startswith("listening on ")

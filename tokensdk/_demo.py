@@ -25,6 +25,7 @@ from typing import IO, Any
 
 import anyio
 import attrs
+from anyio.abc import TaskStatus
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -229,8 +230,11 @@ async def _show_live(view: _View) -> None:
             live.update(_render(view))
 
 
-async def _until_signal(cancel: Callable[[], None]) -> None:
+async def _until_signal(
+    cancel: Callable[[], None], *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for _ in signals:
             cancel()
             return
@@ -246,6 +250,22 @@ async def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> int:
     Returns:
         0 on a normal or interrupted end.
     """
+    shown: list[_View] = []
+    async with anyio.create_task_group() as tg:
+        # Take the signals before anything else starts, so that a Ctrl-C while the
+        # service starts or the demo logs in ends the demo like any later one: until
+        # the receiver runs, Python's own handling applies, and that ignores SIGINT
+        # in a script's background job (the demo would then run on until killed).
+        await tg.start(_until_signal, tg.cancel_scope.cancel)
+        await _demo(options, out, shown)
+        tg.cancel_scope.cancel()
+    if options.live and shown and shown[0].log:
+        print(shown[0].log[-1], file=out)
+    return 0
+
+
+async def _demo(options: DemoOptions, out: IO[str], shown: list[_View]) -> None:
+    """The demo itself; ``shown`` receives the view once there is one."""
     from tokensdk.server import ServiceConfig, running_service
 
     state = options.state.expanduser().absolute()
@@ -261,11 +281,11 @@ async def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> int:
     async with running_service(config) as svc:
         session = Session(svc.url, store=FileStore(state))
         view = _View(session=session, started=time.monotonic(), out=out, live=options.live)
+        shown.append(view)
         view.note(f"service listening on {svc.url} (access tokens live {options.access_ttl}s)")
         stream = session.events()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_print_events, view, stream)
-            tg.start_soon(_until_signal, tg.cancel_scope.cancel)
             async with session:
                 await _sign_in(session, view)
                 if session.access_tokens.find(ASSET_ID) is None:
@@ -288,9 +308,6 @@ async def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> int:
                 )
             await stream.aclose()
             tg.cancel_scope.cancel()
-    if options.live and view.log:
-        print(view.log[-1], file=out)
-    return 0
 
 
 async def _sign_in(session: Session, view: _View) -> None:

@@ -19,15 +19,18 @@ it, so ``--help`` is fast. Failures print one line on stderr and exit non-zero:
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from tokensdk._argtypes import positive_float, positive_int
 
 if TYPE_CHECKING:
-    from tokensdk import Session
+    from tokensdk import Session, TokenSDKError
+    from tokensdk._models import SessionSnapshot
+    from tokensdk._observable import EventStream
 
 __all__ = ["build_parser", "main"]
 
@@ -39,6 +42,17 @@ class CommandError(Exception):
     """A command failed in a way the user can fix; the message is the one line shown."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other failure.
+
+    argparse prints the whole usage before the error; for ``serve`` that is a dozen
+    lines burying the one that matters. ``--help`` still shows everything.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of every command.
 
@@ -47,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     """
     from tokensdk.server._cli import add_serve_arguments
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tokensdk",
         description="Keep an asyncio application authenticated: tokens, refresh, MAC headers.",
     )
@@ -157,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import signal
+
+    # Ctrl-C must end the demo at any moment. Started with SIGINT ignored (a script's
+    # background job), Python leaves it ignored until the demo's signal receiver takes
+    # it over, and a Ctrl-C before that would be lost: take it now, as the receiver
+    # will anyway. (A KeyboardInterrupt from here on ends in main(), exit status 0.)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
     import anyio
 
     from tokensdk._demo import DemoOptions, run_demo
@@ -181,7 +204,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import anyio
 
-    from tokensdk.server._cli import config_from_args, serve_forever
+    from tokensdk.server._cli import StartError, config_from_args, serve_forever
 
     try:
         config = config_from_args(args)
@@ -189,10 +212,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     try:
         anyio.run(serve_forever, config, args.host, args.port)
-    except OSError as exc:
-        raise CommandError(
-            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
-        ) from None
+    except StartError as exc:
+        raise CommandError(str(exc)) from None
     return 0
 
 
@@ -253,13 +274,46 @@ def _session(url: str, state: Path) -> Session:
     return Session(url, store=FileStore(state), timeout=_TIMEOUT, retry=RetryConfig(max_attempts=2))
 
 
+async def _save_failure(session: Session, events: EventStream) -> BaseException | None:
+    """Wait until the session's state is written; return why it was not, if it was not.
+
+    The session only logs and announces a failed write (it must keep running), so a
+    command that promises "saved" has to look for the announcement itself.
+
+    Args:
+        session: The session whose state must be on disk.
+        events: A subscription made before the changes that must be saved.
+    """
+    from tokensdk import EventType
+
+    await session.flush()
+    await events.aclose()  # what is buffered is still delivered, then the stream ends
+    failure = None
+    async for event in events:
+        if event.type is EventType.STORE_FAILED:
+            failure = event.error
+    return failure
+
+
 def _cmd_login(args: argparse.Namespace) -> int:
     password = _read_password(args.password_stdin)
 
     async def run() -> str:
         async with _session(args.url, args.state) as session:
+            events = session.events()
             await session.login(args.user, password)
-            await session.flush()
+            failure = await _save_failure(session, events)
+            if failure is not None:
+                # Nothing will ever use a session that was not saved: revoke it rather
+                # than leave its tokens valid on the service for their whole lifetime.
+                revoked = await session.logout()
+                outcome = (
+                    "the new session was revoked"
+                    if revoked
+                    else "the new session could not be revoked: its tokens stay valid on"
+                    " the service until they expire"
+                )
+                raise CommandError(f"{failure}; {outcome}")
             return str(session.username)
 
     user = _run(run, url=args.url)
@@ -268,37 +322,96 @@ def _cmd_login(args: argparse.Namespace) -> int:
 
 
 def _cmd_logout(args: argparse.Namespace) -> int:
-    from tokensdk import SessionStatus
+    from tokensdk import SessionStatus, TokenSDKError
 
-    async def run() -> str | None:
+    # Read-only first: a corrupt file is reported and left alone (opening a session
+    # would move it aside), and a file with nothing to revoke needs no service.
+    if _load_state(args.state).status is not SessionStatus.ACTIVE:
+        raise CommandError(f"{args.state} holds no active session")
+
+    async def run() -> str:
         async with _session(args.url, args.state) as session:
             if session.status is not SessionStatus.ACTIVE:
-                return None
+                # Its refresh token expired while on disk.
+                raise CommandError(f"{args.state} holds no active session")
             user = session.username
-            await session.logout()
-            await session.flush()
-            return user
+            events = session.events()
+            # Session.logout() forgets the session locally even when the service
+            # cannot be reached, and the state file is the only handle that can still
+            # revoke the token family. So make sure the service answers before logging
+            # out: a down service or a wrong URL then leaves the file as it was, for
+            # another try. Only a failure in the moment between both calls (or a
+            # service that answers its status but fails the logout) still ends in a
+            # local-only logout, which is then reported as a failure.
+            try:
+                await session.sync_clock()
+            except TokenSDKError as exc:
+                raise CommandError(
+                    f"{_explain(exc, args.url)} (nothing was revoked; the session is kept in"
+                    f" {args.state} for another try)"
+                ) from None
+            if not await session.logout():
+                raise CommandError(
+                    f"logged out {user} locally only: the service at {args.url} did not"
+                    " revoke the session, so its tokens stay valid there until they expire"
+                )
+            failure = await _save_failure(session, events)
+            if failure is not None:
+                raise CommandError(
+                    f"logged out {user} on the service, but {failure}: the file still holds"
+                    " the revoked session"
+                )
+            return str(user)
 
-    user = _run(run, url=args.url)
-    if user is None:
-        raise CommandError(f"{args.state} holds no active session")
-    print(f"logged out {user}")
+    # Errors are raised inside run(): the library's warnings about them are then dropped.
+    print(f"logged out {_run(run, url=args.url)}")
     return 0
 
 
-def _load_state(path: Path) -> Any:
+def _load_state(path: Path) -> SessionSnapshot:
+    """Read and decode a state file, changing nothing (a corrupt one stays where it is).
+
+    A session's :class:`~tokensdk.FileStore` moves a corrupt file aside when it loads
+    it; commands that only look at the file must not.
+    """
+    import stat
     import time
 
-    from tokensdk import FileStore
+    from tokensdk import StoreCorrupt
     from tokensdk._models import decode_state
+    from tokensdk.stores._codec import CorruptState, NewerFormat
+    from tokensdk.stores._codec import decode_state as decode_envelope
+    from tokensdk.stores._file import _read_regular_file
 
-    async def load() -> Any:
-        return await FileStore(path).load()
-
-    document = _run(load)
-    if document is None:
+    try:
+        # The store's own reader: a FIFO in the file's place does not hang it.
+        result = _read_regular_file(path)
+    except OSError as exc:
+        raise CommandError(f"cannot read state file {path}: {exc.strerror or exc}") from None
+    if result is None:
         raise CommandError(f"no state file at {path}")
-    return decode_state(document, wall=time.time(), monotonic=time.monotonic())
+    st, data = result
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise CommandError(f"cannot read state file {path}: it is {kind}")
+    if st.st_mode & 0o077:
+        # The same refusal as the session's store: the file holds secrets.
+        raise CommandError(
+            f"state file {path} is accessible by group or others (mode"
+            f" {stat.S_IMODE(st.st_mode):04o}); it holds secrets: run `chmod 600 {path}`"
+        )
+    try:
+        document = decode_envelope(data)
+        return decode_state(document, wall=time.time(), monotonic=time.monotonic())
+    except CorruptState as exc:
+        raise CommandError(f"state file {path} is corrupt ({exc.reason}); left as it is") from None
+    except StoreCorrupt as exc:
+        raise CommandError(f"state file {path} is corrupt ({exc}); left as it is") from None
+    except NewerFormat as exc:
+        raise CommandError(
+            f"state file {path} was written by a newer tokensdk (format version"
+            f" {exc.version}); upgrade tokensdk to read it"
+        ) from None
 
 
 def _in(seconds: float) -> str:
@@ -384,49 +497,79 @@ async def _clock_offset(url: str) -> float:
 # -- running and errors -----------------------------------------------------------------
 
 
-def _run(function: Callable[[], Any], *, url: str | None = None) -> Any:
-    """Run an async command body, turning expected failures into one-line errors."""
-    import anyio
+class _HeldLog(logging.Handler):
+    """Keeps the library's log warnings while a command runs (see :func:`_run`)."""
 
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _explain(exc: TokenSDKError, url: str | None) -> str:
+    """Say in one line what a library error means for the person at the terminal."""
     from tokensdk import (
+        AccountFrozen,
         InvalidCredentials,
-        InvalidInput,
         ProtocolError,
         RateLimited,
         ServiceError,
         ServiceUnavailable,
         SessionLost,
         StoreError,
-        TokenInvalid,
     )
 
     where = f" at {url}" if url else ""
+    if isinstance(exc, InvalidCredentials):
+        return f"the service refused the credentials ({exc.error or 'invalid'})"
+    if isinstance(exc, AccountFrozen):
+        return "the account is frozen"
+    if isinstance(exc, RateLimited):
+        return f"rate limited; retry in {exc.retry_after:.0f}s"
+    if isinstance(exc, ServiceUnavailable):
+        if exc.status is None or exc.status == 0:
+            return f"cannot reach the token service{where}: is it running?"
+        return f"the token service{where} failed ({exc.status} {exc.error})"
+    if isinstance(exc, ProtocolError):
+        return f"{url or 'the service'} does not look like a tokensdk service"
+    if isinstance(exc, ServiceError):
+        if exc.status == 404:
+            return f"nothing at {url}/v1: is the URL right?"
+        return f"the service answered {exc.status} {exc.error or 'error'}"
+    if isinstance(exc, SessionLost):
+        return f"the saved session is gone ({exc.reason}); log in again"
+    if isinstance(exc, StoreError):
+        return f"state file: {exc}"
+    return str(exc) or type(exc).__name__
+
+
+def _run(function: Callable[[], Any], *, url: str | None = None) -> Any:
+    """Run an async command body, turning expected failures into one-line errors.
+
+    The library logs what it works around (a failed save, an unreachable service at
+    logout). The command reports what matters itself, so those warnings are held:
+    dropped when the command fails (its one line says it), shown when it succeeds.
+    """
+    import anyio
+
+    from tokensdk import TokenInvalid, TokenSDKError
+
+    held = _HeldLog()
+    logger = logging.getLogger("tokensdk")
+    logger.addHandler(held)
     try:
-        return anyio.run(function)
+        result = anyio.run(function)
     except TokenInvalid:
         raise
-    except InvalidCredentials as exc:
-        raise CommandError(
-            f"the service refused the credentials ({exc.error or 'invalid'})"
-        ) from None
-    except RateLimited as exc:
-        raise CommandError(f"rate limited; retry in {exc.retry_after:.0f}s") from None
-    except ServiceUnavailable as exc:
-        if exc.status is None or exc.status == 0:
-            raise CommandError(f"cannot reach the token service{where}: is it running?") from None
-        raise CommandError(f"the token service{where} failed ({exc.status} {exc.error})") from None
-    except ProtocolError:
-        raise CommandError(f"{url} does not look like a tokensdk service") from None
-    except ServiceError as exc:
-        if exc.status == 404:
-            raise CommandError(f"nothing at {url}/v1: is the URL right?") from None
-        raise CommandError(f"the service answered {exc.status} {exc.error or 'error'}") from None
-    except SessionLost as exc:
-        raise CommandError(f"the saved session is gone ({exc.reason}); log in again") from None
-    except StoreError as exc:
-        raise CommandError(f"state file: {exc}") from None
-    except InvalidInput as exc:
-        raise CommandError(str(exc)) from None
+    except TokenSDKError as exc:
+        raise CommandError(_explain(exc, url)) from None
+    finally:
+        logger.removeHandler(held)
+    for record in held.records:
+        print(record.getMessage(), file=sys.stderr)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

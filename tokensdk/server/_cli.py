@@ -2,24 +2,32 @@
 
 The top-level CLI owns the parser; it calls :func:`add_serve_arguments` on its
 ``serve`` sub-parser, :func:`config_from_args` on the parsed namespace and runs
-:func:`serve_forever`.
+:func:`serve_forever`, which raises :class:`StartError` (one line to show) when the
+service cannot start.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 
-from tokensdk._argtypes import positive_int
+from tokensdk._argtypes import port_number, positive_float, positive_int, power_of_two
 from tokensdk.server._app import running_service
 from tokensdk.server._config import ServiceConfig
 
-__all__ = ["add_serve_arguments", "config_from_args", "serve_forever"]
+__all__ = ["StartError", "add_serve_arguments", "config_from_args", "serve_forever"]
+
+
+class StartError(Exception):
+    """The service could not start (port, database, configuration); the message is one line."""
 
 
 def _user(text: str) -> tuple[str, str]:
@@ -41,14 +49,20 @@ def _asset(text: str) -> tuple[str, str]:
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the reference service's options to ``parser``.
 
+    Every :class:`ServiceConfig` field a person may want to set has an option
+    (``clock`` is for tests only); defaults are the config's own.
+
     Args:
         parser: The (sub-)parser of the ``serve`` command.
     """
     defaults = ServiceConfig()
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
-    parser.add_argument("--realm", default=defaults.realm, help="service realm")
     parser.add_argument(
+        "--port", type=port_number, default=0, help="TCP port; 0 picks a free one (0)"
+    )
+    parser.add_argument("--realm", default=defaults.realm, help="service realm (%(default)s)")
+    users = parser.add_argument_group("users")
+    users.add_argument(
         "--user",
         action="append",
         type=_user,
@@ -56,20 +70,105 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME:PASSWORD",
         help="add a user (repeatable; split at the first colon)",
     )
-    parser.add_argument(
+    users.add_argument(
         "--users-file", type=Path, help='JSON file {"name": "password", ...} of users'
     )
-    parser.add_argument(
+    users.add_argument(
         "--frozen-user", action="append", default=[], metavar="NAME", help="freeze an account"
     )
-    parser.add_argument(
-        "--access-ttl", type=positive_int, default=defaults.access_ttl, help="seconds"
+    users.add_argument(
+        "--scrypt-n",
+        type=power_of_two,
+        default=defaults.scrypt_n,
+        metavar="N",
+        help="scrypt cost for password hashes, a power of two (%(default)s)",
     )
-    parser.add_argument(
-        "--refresh-ttl", type=positive_int, default=defaults.refresh_ttl, help="seconds"
+
+    lifetimes = parser.add_argument_group("lifetimes (seconds)")
+    lifetimes.add_argument(
+        "--access-ttl",
+        type=positive_int,
+        default=defaults.access_ttl,
+        metavar="SECONDS",
+        help="access token lifetime (%(default)s)",
     )
-    parser.add_argument("--db", help="SQLite file for persistent state (default: memory)")
-    parser.add_argument(
+    lifetimes.add_argument(
+        "--refresh-ttl",
+        type=positive_int,
+        default=defaults.refresh_ttl,
+        metavar="SECONDS",
+        help="refresh token lifetime (%(default)s)",
+    )
+    lifetimes.add_argument(
+        "--one-time-key-ttl",
+        type=positive_int,
+        default=defaults.one_time_key_ttl,
+        metavar="SECONDS",
+        help="one-time login key lifetime (%(default)s)",
+    )
+    lifetimes.add_argument(
+        "--challenge-ttl",
+        type=positive_int,
+        default=defaults.challenge_ttl,
+        metavar="SECONDS",
+        help="asset challenge lifetime (%(default)s)",
+    )
+    lifetimes.add_argument(
+        "--asset-token-lifetime",
+        type=positive_int,
+        default=defaults.asset_token_lifetime,
+        metavar="SECONDS",
+        help="asset access token lifetime (%(default)s)",
+    )
+
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
+        "--login-rate-limit",
+        type=positive_int,
+        default=defaults.login_rate_limit,
+        metavar="COUNT",
+        help="failed logins allowed per username within the window (%(default)s)",
+    )
+    limits.add_argument(
+        "--ip-rate-limit",
+        type=positive_int,
+        default=defaults.ip_rate_limit,
+        metavar="COUNT",
+        help="failed logins allowed per client IP within the window"
+        " (default: five times --login-rate-limit)",
+    )
+    limits.add_argument(
+        "--login-rate-window",
+        type=positive_float,
+        default=defaults.login_rate_window,
+        metavar="SECONDS",
+        help="the rate-limit window (%(default)s)",
+    )
+    limits.add_argument(
+        "--max-body",
+        type=positive_int,
+        default=defaults.max_body,
+        metavar="BYTES",
+        help="largest request body accepted; larger ones get 413 (%(default)s)",
+    )
+    limits.add_argument(
+        "--mac-window-past",
+        type=positive_float,
+        default=defaults.mac_window_past,
+        metavar="SECONDS",
+        help="how old a MAC header's timestamp may be (%(default)s)",
+    )
+    limits.add_argument(
+        "--mac-window-future",
+        type=positive_float,
+        default=defaults.mac_window_future,
+        metavar="SECONDS",
+        help="how far ahead a MAC header's timestamp may be (%(default)s)",
+    )
+
+    storage = parser.add_argument_group("state, assets and keys")
+    storage.add_argument("--db", help="SQLite file for persistent state (default: memory)")
+    storage.add_argument(
         "--asset",
         action="append",
         type=_asset,
@@ -77,23 +176,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ID:PUBHEX",
         help="register an asset and its holder's Ed25519 public key (repeatable)",
     )
-    parser.add_argument(
+    storage.add_argument(
         "--rotate-key",
         action="store_true",
         help="generate a new signing key at start; old ones keep verifying",
     )
-    parser.add_argument(
+    storage.add_argument(
         "--drop-key",
         action="append",
         default=[],
         metavar="KID",
         help="stop trusting a signing key (k4.pid...) (repeatable)",
-    )
-    parser.add_argument(
-        "--scrypt-n",
-        type=positive_int,
-        default=defaults.scrypt_n,
-        help="scrypt cost for password hashes (a power of two)",
     )
 
 
@@ -127,12 +220,41 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         frozen_users=frozenset(args.frozen_user),
         access_ttl=args.access_ttl,
         refresh_ttl=args.refresh_ttl,
+        one_time_key_ttl=args.one_time_key_ttl,
+        login_rate_limit=args.login_rate_limit,
+        login_rate_window=args.login_rate_window,
+        ip_rate_limit=args.ip_rate_limit,
+        max_body=args.max_body,
+        mac_window_past=args.mac_window_past,
+        mac_window_future=args.mac_window_future,
+        challenge_ttl=args.challenge_ttl,
+        asset_token_lifetime=args.asset_token_lifetime,
         db=args.db,
         assets=dict(args.asset),
         rotate_key=args.rotate_key,
         drop_keys=tuple(args.drop_key),
         scrypt_n=args.scrypt_n,
     )
+
+
+def _start_failure(exc: Exception, config: ServiceConfig, host: str, port: int) -> str:
+    """Say in one line why the service could not start."""
+    if isinstance(exc, sqlite3.Error):
+        detail = str(exc)
+        if config.db and config.db in detail:
+            return f"service database: {detail}"  # SQLite's message names the file
+        return f"cannot open the service database {config.db}: {detail}"
+    if isinstance(exc, OSError | OverflowError):
+        if isinstance(exc, socket.gaierror):
+            reason = exc.strerror or str(exc)
+        elif isinstance(exc, OSError) and exc.errno:
+            # asyncio wraps bind errors as "error while attempting to bind on address
+            # (...): ..."; the system's own wording says the same in a few words.
+            reason = os.strerror(exc.errno)
+        else:
+            reason = str(exc)
+        return f"cannot listen on {host}:{port}: {reason}"
+    return f"cannot start the service: {exc}"
 
 
 async def serve_forever(
@@ -149,9 +271,23 @@ async def serve_forever(
         host: The interface to bind.
         port: The TCP port; 0 picks a free one (the printed line has the real one).
         on_ready: Called with the base URL once the service listens.
+
+    Raises:
+        StartError: The service could not start: the address cannot be bound, the
+            database cannot be opened, or the configuration is refused (an asset key
+            that is not Ed25519, for example).
     """
-    async with running_service(config, host, port) as svc:
-        print(f"listening on {svc.url}", file=sys.stdout, flush=True)
-        if on_ready is not None:
-            on_ready(svc.url)
-        await anyio.sleep_forever()
+    started = False
+    try:
+        async with running_service(config, host, port) as svc:
+            started = True
+            print(f"listening on {svc.url}", file=sys.stdout, flush=True)
+            if on_ready is not None:
+                on_ready(svc.url)
+            await anyio.sleep_forever()
+    except (OSError, OverflowError, ValueError, sqlite3.Error) as exc:
+        # Only start-up failures are the user's to fix; one while serving is a bug
+        # whose traceback is worth more than a summary.
+        if started:
+            raise
+        raise StartError(_start_failure(exc, config, host, port)) from exc
