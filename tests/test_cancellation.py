@@ -547,12 +547,8 @@ def _check_validate(
     deltas: dict[str, int],
     where: str,
 ) -> None:
-    # Validation commits nothing: after a close it may still finish. A product bug
-    # (pinned by test_callers_queued_behind_a_failed_key_fetch_get_its_error, an
-    # xfail) makes callers queued behind a key fetch that failed (here: the session
-    # closed under it) get UnknownKey for this valid token; tolerated only there.
-    known_bug = frozenset({"UnknownKey"} if plan.close else ())
-    ok = _check_outcomes(plan, outcomes, where, also=known_bug, closed_ok=True)
+    # Validation commits nothing: after a close it may still finish.
+    ok = _check_outcomes(plan, outcomes, where, closed_ok=True)
     assert all(info.asset_ids == ("door",) for info in ok), where
     assert not session.snapshot.access_tokens, where
     # One key fetch, and another only after a fetching caller went away.
@@ -632,10 +628,6 @@ async def test_a_caller_queued_behind_a_cancelled_key_fetch_gets_the_keys(
         assert fetched == (2 if point == "answered" else 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: callers queued behind a key fetch that failed get UnknownKey",
-)
 async def test_callers_queued_behind_a_failed_key_fetch_get_its_error(
     clock: ManualClock,
 ) -> None:

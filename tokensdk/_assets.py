@@ -41,6 +41,7 @@ from tokensdk._errors import (
     TokenSDKError,
     UnknownKey,
 )
+from tokensdk._flight import fresh_error
 from tokensdk._models import AssetToken, EventType
 from tokensdk._paseto import (
     AccessTokenInfo,
@@ -170,6 +171,8 @@ class TokenValidator:
         self._interval = key_refresh_interval
         self._attempted_at = -float("inf")  # the last fetch that was sent (rate limit)
         self._fetches_done = 0  # fetches that brought a key set back
+        self._fetch_failures = 0  # fetches that failed, the last one's error kept
+        self._fetch_error: Exception | None = None
         self._lock = anyio.Lock()
         self.key_fetches = 0
 
@@ -244,15 +247,21 @@ class TokenValidator:
         self.key_fetches += 1
         try:
             reply = await self._transport.call("GET", "/keys")
+            try:
+                keys = KeySet.from_json(reply.body)
+            except InvalidInput as exc:
+                raise ProtocolError(f"the service's key set is invalid: {exc}") from None
         except anyio.get_cancelled_exc_class():
             # The caller went away, not the service: the next caller may try at once.
             # (A failed fetch does count, so a down service is not hammered.)
             self._attempted_at = previous
             raise
-        try:
-            keys = KeySet.from_json(reply.body)
-        except InvalidInput as exc:
-            raise ProtocolError(f"the service's key set is invalid: {exc}") from None
+        except Exception as exc:
+            # The callers queued behind this fetch get its error: their token was
+            # not found invalid, its keys could not be had.
+            self._fetch_failures += 1
+            self._fetch_error = exc
+            raise
         self.keys = keys
         self._fetches_done += 1
         return keys
@@ -263,10 +272,12 @@ class TokenValidator:
         # must not turn into a request flood).
         if self._transport is None:
             return False
-        before = self._fetches_done
+        before, failures = self._fetches_done, self._fetch_failures
         async with self._lock:
             if self._fetches_done != before:
                 return True  # someone brought the keys back while we waited
+            if self._fetch_failures != failures and self._fetch_error is not None:
+                raise fresh_error(self._fetch_error)  # someone's fetch failed meanwhile
             if not force and self._clock.monotonic() - self._attempted_at < self._interval:
                 return False
             await self._fetch_keys()

@@ -8,7 +8,7 @@ from typing import Generic, TypeVar
 
 import attrs
 
-__all__ = ["Flight"]
+__all__ = ["Flight", "fresh_error"]
 
 _T = TypeVar("_T")
 
@@ -43,13 +43,14 @@ class Flight(Generic[_T]):
     def result(self) -> _T:
         """Return the value or raise the error of a finished flight."""
         if self.error is not None:
-            raise _fresh(self.error)
+            raise fresh_error(self.error)
         assert self.value is not None
         return self.value
 
 
-def _fresh(error: BaseException) -> BaseException:
-    # Many waiters raise the outcome of one flight: give each its own exception
+def fresh_error(error: BaseException) -> BaseException:
+    """A copy of ``error`` without its traceback, for one of many waiters to raise."""
+    # Many waiters raise the outcome of one operation: give each its own exception
     # object so their tracebacks do not pile up on a shared one.
     try:
         clone = copy.copy(error)
