@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tokensdk._errors import (
@@ -53,6 +53,26 @@ IAT = 1_643_549_188.6  # 2022-01-30T13:26:28.600Z
 KEY = SigningKey.from_bytes(bytes(range(32)))
 OTHER = SigningKey.from_bytes(bytes(range(1, 33)))
 KEYS = KeySet.of(KEY.public_key)
+
+
+# Derandomized: every run draws the same examples, so CI never flakes and a failure
+# reproduces as is; no example database is written next to the checkout.
+FUZZ = settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=200,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+# Any JSON document (NaN and infinities included: json.loads accepts them too).
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=15,
+)
 
 
 def vector_id(t: dict[str, Any]) -> str:
@@ -264,6 +284,7 @@ def test_pae_spec_examples() -> None:
     assert pre_auth_encode(b"test") == b"\x01" + b"\x00" * 7 + b"\x04" + b"\x00" * 7 + b"test"
 
 
+@FUZZ
 @given(st.binary(max_size=80))
 def test_b64url_round_trip(data: bytes) -> None:
     text = b64url_encode(data)
@@ -271,6 +292,7 @@ def test_b64url_round_trip(data: bytes) -> None:
     assert b64url_decode(text) == data
 
 
+@FUZZ
 @given(st.text(alphabet="ABCDEFGHIJQRSTUVWXYZabcwxyz0189-_+/= \n.é", max_size=30))
 def test_b64url_decode_accepts_only_the_canonical_spelling(text: str) -> None:
     try:
@@ -353,6 +375,7 @@ def test_extra_asset_ids_deduplicated_in_order() -> None:
     assert verify_access_token(token, KEYS, IAT).asset_ids == ("a", "b", "c")
 
 
+@FUZZ
 @given(
     st.floats(min_value=0, max_value=4e9, allow_nan=False),
     st.floats(min_value=0.001, max_value=1e6, allow_nan=False),
@@ -639,12 +662,14 @@ def test_unknown_kid() -> None:
         verify_access_token(token, KEYS, IAT)
 
 
+@FUZZ
 @given(st.text(max_size=200))
 def test_arbitrary_text_raises_only_token_invalid(text: str) -> None:
     with contextlib.suppress(TokenInvalid):
         verify_access_token(text, KEYS, IAT)
 
 
+@FUZZ
 @given(
     st.text(alphabet=_ALPHABET + ".=+/", max_size=200),
     st.sampled_from(["v4.public.", "v4.local.", "v4.public.eyJ", ""]),
@@ -808,3 +833,275 @@ def test_failed_tokens_are_not_cached() -> None:
     with pytest.raises(TokenInvalid):
         verify_access_token(_flip_char(TOKEN, 50), KEYS, IAT, cache=cache)
     assert len(cache) == 0
+
+
+# ---------------------------------------------------- hostile input: PASERK, kid, key sets, claims
+#
+# Every parser here may refuse its input only with its documented error: InvalidInput
+# for keys and key sets, a TokenInvalid subclass for tokens. Anything else escaping
+# (KeyError, TypeError, UnicodeError, OverflowError, ...) is a bug.
+
+_PASERK_PREFIXES = [
+    "k4.public.",
+    "k4.secret.",
+    "k4.pid.",
+    "k4.local.",
+    "k3.public.",
+    "K4.PUBLIC.",
+    "k4.public",
+    "k4.public..",
+    "",
+]
+
+
+def _b64_texts(min_size: int, max_size: int) -> st.SearchStrategy[str]:
+    # Canonical encodings of about the right length reach the length and key checks.
+    return st.binary(min_size=min_size, max_size=max_size).map(b64url_encode)
+
+
+_REAL_BODIES = [
+    b64url_encode(raw)
+    for key in (KEY, OTHER)
+    for raw in (key.public_key.raw, key.seed + key.public_key.raw)
+]
+
+
+def _edit(body: str, at: int, char: str, how: int) -> str:
+    # Change, insert or drop one character (at an index past the end: append).
+    if how == 0:
+        return body[:at] + char + body[at + 1 :]
+    if how == 1:
+        return body[:at] + char + body[at:]
+    return body[:at] + body[at + 1 :]
+
+
+paserk_texts = st.one_of(
+    st.text(max_size=80),
+    st.sampled_from([KEY.public_key.paserk, OTHER.public_key.paserk, KEY.paserk_secret]),
+    _b64_texts(32, 32).map(lambda body: "k4.public." + body),  # any 32 bytes is a key
+    st.binary(min_size=32, max_size=32).map(lambda seed: SigningKey.from_bytes(seed).paserk_secret),
+    st.tuples(
+        st.sampled_from(_PASERK_PREFIXES),
+        st.one_of(
+            st.text(alphabet=_ALPHABET + "=+/. \n\x00é", max_size=90),
+            _b64_texts(30, 34),
+            _b64_texts(62, 66),
+            st.sampled_from(_REAL_BODIES),
+            # Another last character: the same bytes with non-zero trailing bits, or others.
+            st.builds(
+                lambda b, c: b[:-1] + c, st.sampled_from(_REAL_BODIES), st.sampled_from(_ALPHABET)
+            ),
+            st.builds(
+                _edit,
+                st.sampled_from(_REAL_BODIES),
+                st.integers(0, 90),
+                st.sampled_from("Aa-_=.+/ "),
+                st.integers(0, 2),
+            ),
+        ),
+    ).map("".join),
+)
+
+
+@FUZZ
+@given(paserk_texts)
+def test_public_paserk_parser_raises_only_invalid_input(text: str) -> None:
+    try:
+        key = PublicKey.from_paserk(text)
+    except InvalidInput:
+        return
+    # Accepted: then it is the one canonical spelling of a 32-byte key.
+    assert key.paserk == text
+    assert len(key.raw) == 32
+    assert key.pid.startswith("k4.pid.")
+    assert PublicKey.from_paserk(key.paserk) == key
+
+
+@FUZZ
+@given(paserk_texts)
+def test_secret_paserk_parser_raises_only_invalid_input(text: str) -> None:
+    try:
+        key = SigningKey.from_paserk(text)
+    except InvalidInput:
+        return
+    assert key.paserk_secret == text
+    assert SigningKey.from_bytes(key.seed).public_key == key.public_key
+
+
+@FUZZ
+@given(
+    st.one_of(
+        st.text(max_size=80),
+        st.text(min_size=64, max_size=64),
+        st.text(alphabet="0123456789abcdefABCDEF", max_size=70),
+        # 64 hex digits with one character replaced by anything.
+        st.builds(
+            lambda h, at, c: h[:at] + c + h[at + 1 :],
+            st.sampled_from([KEY.public_key.hex, OTHER.public_key.hex]),
+            st.integers(0, 63),
+            st.characters(),
+        ),
+    )
+)
+def test_public_hex_parser_raises_only_invalid_input(text: str) -> None:
+    try:
+        key = PublicKey.from_hex(text)
+    except InvalidInput:
+        return
+    assert key.hex == text.lower()
+
+
+@FUZZ
+@given(json_values | st.binary(max_size=40))
+def test_key_parsers_refuse_non_text_with_invalid_input(value: Any) -> None:
+    if isinstance(value, str):
+        return  # text is the other tests' business
+    for parse in (PublicKey.from_paserk, PublicKey.from_hex, SigningKey.from_paserk):
+        with pytest.raises(InvalidInput):
+            parse(value)
+
+
+@FUZZ
+@given(json_values | st.text(max_size=100) | st.binary(max_size=100))
+def test_keyset_from_arbitrary_json_raises_only_invalid_input(doc: Any) -> None:
+    for form in (doc, json.dumps(doc) if not isinstance(doc, bytes) else doc):
+        try:
+            keys = KeySet.from_json(form)
+        except InvalidInput:
+            continue
+        assert all(kid == key.pid for kid, key in keys.items())
+
+
+_KEYSET_DOC = KeySet.of(KEY.public_key, OTHER.public_key).to_json()
+
+
+@st.composite
+def near_keyset_docs(draw: st.DrawFn) -> Any:
+    """A real ``GET /v1/keys`` body with one part replaced, dropped or added."""
+    doc: dict[str, Any] = json.loads(json.dumps(_KEYSET_DOC))
+    entries = doc["keys"]
+    index = draw(st.integers(0, len(entries) - 1))
+    field = draw(st.sampled_from(["kid", "paserk", "other", "keys", "entry"]))
+    value = draw(json_values | paserk_texts | st.sampled_from([KEY.public_key.pid, "k4.pid."]))
+    if field == "keys":
+        doc["keys"] = value
+    elif field == "entry":
+        entries[index] = value
+    elif draw(st.booleans()) and field in entries[index]:
+        del entries[index][field]
+    else:
+        entries[index][field] = value
+    return doc
+
+
+@FUZZ
+@given(near_keyset_docs(), st.booleans())
+def test_keyset_from_near_valid_json_raises_only_invalid_input(doc: Any, as_text: bool) -> None:
+    try:
+        keys = KeySet.from_json(json.dumps(doc) if as_text else doc)
+    except InvalidInput:
+        return
+    # Accepted: every listed kid is the k4.pid of the PASERK next to it, so a key
+    # cannot be smuggled in under another key's id.
+    for entry in doc["keys"]:
+        assert entry["kid"] == PublicKey.from_paserk(entry["paserk"]).pid
+    assert set(keys) == {entry["kid"] for entry in doc["keys"]}
+
+
+kid_values = st.one_of(
+    json_values,
+    st.text(alphabet=_ALPHABET + ".", max_size=60).map(lambda t: "k4.pid." + t),
+    st.sampled_from(
+        [
+            KEY.public_key.pid,
+            KEY.public_key.pid.upper(),
+            KEY.public_key.pid + "=",
+            " " + KEY.public_key.pid,
+            KEY.public_key.pid[:-1],
+            KEY.public_key.paserk,
+            OTHER.public_key.pid,
+        ]
+    ),
+)
+
+
+footers = st.one_of(
+    st.builds(
+        lambda extra, kid: {**extra, "kid": kid},
+        st.dictionaries(st.text(max_size=8), json_values, max_size=3),
+        kid_values,
+    ),
+    json_values,  # no kid at all, or not even an object
+)
+
+
+@FUZZ
+@given(footers)
+def test_footer_kid_parser_raises_only_token_invalid(footer: Any) -> None:
+    # A token really signed by the trusted key: only the footer can make it fail.
+    try:
+        info = verify_access_token(_signed(_claims(), json.dumps(footer).encode()), KEYS, IAT)
+    except (UnknownKey, TokenMalformed):
+        # Refused only when the kid is not the trusted key's (extra fields are ignored).
+        assert not isinstance(footer, dict) or footer.get("kid") != KEY.public_key.pid
+        return
+    assert isinstance(footer, dict)
+    assert footer["kid"] == info.kid == KEY.public_key.pid
+
+
+timestamp_values = st.one_of(
+    # Well-formed, on both sides of the validity window around IAT.
+    st.floats(IAT - 2000, IAT + 2000).map(format_timestamp),
+    st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+    st.datetimes().map(lambda d: d.isoformat()),  # naive: no time zone
+    st.text(alphabet="0123456789-:TZ.+ ", max_size=32),
+    json_values,
+)
+asset_id_values = st.one_of(st.text(min_size=1, max_size=10), json_values)
+_CLAIM_VALUES = {
+    "assetId": asset_id_values,
+    "iat": timestamp_values,
+    "exp": timestamp_values,
+    "assetIds": st.lists(asset_id_values, max_size=3) | json_values,
+    "other": json_values,
+}
+
+
+@st.composite
+def claim_sets(draw: st.DrawFn) -> Any:
+    """Contract claims with some replaced or dropped, or any JSON at all."""
+    if draw(st.integers(0, 7)) == 0:
+        return draw(json_values)
+    claims: dict[str, Any] = dict(GOOD_CLAIMS)
+    for name, values in _CLAIM_VALUES.items():
+        how = draw(st.integers(0, 7))
+        if how == 0:
+            claims.pop(name, None)
+        elif how <= 2:
+            claims[name] = draw(values)
+    return claims
+
+
+@FUZZ
+@given(claim_sets())
+def test_signed_claims_parser_raises_only_token_invalid(claims: Any) -> None:
+    # Signed by the trusted key, so every example gets past the signature to the claims.
+    payload = json.dumps(claims).encode()
+    try:
+        info = verify_access_token(_signed(payload), KEYS, IAT)
+    except TokenInvalid as exc:
+        event(str(exc))  # --hypothesis-show-statistics: which checks the examples reach
+        return
+    assert info.asset_ids
+    assert all(isinstance(a, str) and a for a in info.asset_ids)
+    assert info.issued_at <= IAT < info.expires_at
+
+
+@FUZZ
+@given(st.one_of(st.text(max_size=200), timestamp_values, st.binary(max_size=50)))
+def test_timestamp_parser_raises_only_token_malformed(value: Any) -> None:
+    try:
+        seconds = parse_timestamp(value)
+    except TokenMalformed:
+        return
+    assert isinstance(seconds, float)
