@@ -313,27 +313,6 @@ FUZZ_E2E = settings(
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
 )
 
-# Known product bugs (each has a deterministic reproduction at the end): strict, so a fix shows up.
-BUG_EMPTY_ANSWER = (
-    "product bug: a 204 (or empty) answer where a JSON object is due reaches"
-    " `reply.body.get(...)` with body None: AttributeError escapes (login_with_one_time_key,"
-    " AccessTokens.request, sync_clock, login_with_token)"
-)
-BUG_SERVER_TIME = (
-    "product bug: Session.sync_clock accepts serverTime NaN/Infinity (clock_offset becomes"
-    " non-finite, MAC headers then fail with ValueError/OverflowError) and a 400-digit"
-    " serverTime raises OverflowError"
-)
-BUG_WITH_TOKEN_TTL = (
-    "product bug: login_with_token adds a 400-digit accessExpire to a float: OverflowError"
-)
-BUG_STATE_SHAPES = (
-    "product bug: _models.decode_state lets AttributeError escape when an accessTokens entry"
-    " is not an object or macTokens is not an object, and OverflowError when a time field"
-    " holds a 400-digit integer (math.isfinite in _number); Session.__aenter__ then raises"
-    " it instead of quarantining the state"
-)
-
 _FINITE_EXTREME = [0, -1, 2**63, -(2**70), 10**400, 1e308]
 _EXTREME = [*_FINITE_EXTREME, float("nan"), float("inf"), -float("inf")]
 json_leaves = st.one_of(
@@ -502,7 +481,6 @@ def state_documents(
     return mutated(_STATE, values, extremes).filter(lambda doc: isinstance(doc, dict))
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_STATE_SHAPES)
 @FUZZ
 @given(
     state_documents(json_values) | st.dictionaries(st.text(max_size=12), json_values, max_size=5)
@@ -576,7 +554,6 @@ def test_stored_bytes_decode_or_raise_codec_errors(data: bytes, as_text: bool) -
     assert json.loads(source)["state"] == document
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_STATE_SHAPES)
 @FUZZ
 @given(stored_texts, st.booleans())
 def test_stored_bytes_decode_to_a_state_or_a_typed_error(data: bytes, as_text: bool) -> None:
@@ -625,7 +602,6 @@ async def live(clock: ManualClock) -> AsyncIterator[Any]:
         yield svc
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_STATE_SHAPES)
 @FUZZ
 @given(state_documents(finite_json, _FINITE_EXTREME))
 async def test_a_session_opens_over_any_stored_state(
@@ -814,23 +790,13 @@ def _check_usable(session: Session, clock: ManualClock) -> None:
 
 test_any_login_answer = _answer_fuzz("login")
 test_any_refresh_answer = _answer_fuzz("refresh")
-test_any_one_time_key_answer = pytest.mark.xfail(strict=True, reason=BUG_EMPTY_ANSWER)(
-    _answer_fuzz("one-time-key")
-)
+test_any_one_time_key_answer = _answer_fuzz("one-time-key")
 test_any_with_one_time_key_answer = _answer_fuzz("with-one-time-key")
-test_any_with_token_answer = pytest.mark.xfail(strict=True, reason=BUG_EMPTY_ANSWER)(
-    _answer_fuzz("with-token")
-)
-test_any_status_answer = pytest.mark.xfail(strict=True, reason=BUG_EMPTY_ANSWER)(
-    _answer_fuzz("status")
-)
+test_any_with_token_answer = _answer_fuzz("with-token")
+test_any_status_answer = _answer_fuzz("status")
 test_any_keys_answer = _answer_fuzz("keys")
-test_any_challenge_answer = pytest.mark.xfail(strict=True, reason=BUG_EMPTY_ANSWER)(
-    _answer_fuzz("challenge")
-)
-test_any_asset_token_answer = pytest.mark.xfail(strict=True, reason=BUG_EMPTY_ANSWER)(
-    _answer_fuzz("asset-token")
-)
+test_any_challenge_answer = _answer_fuzz("challenge")
+test_any_asset_token_answer = _answer_fuzz("asset-token")
 test_any_validate_answer = _answer_fuzz("validate")
 test_any_revoke_answer = _answer_fuzz("revoke")
 test_any_mac_create_answer = _answer_fuzz("mac-create")
@@ -859,25 +825,13 @@ async def _one_answer(
             _check_usable(session, clock)
 
 
-_EMPTY_ANSWER_BUGS = {"one-time-key", "challenge", "asset-token", "status", "with-token"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=BUG_EMPTY_ANSWER))
-        if name in _EMPTY_ANSWER_BUGS
-        else name
-        for name in sorted(SCENARIOS)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
 async def test_no_content_answer_is_a_typed_error(
     proxied: FaultProxy, clock: ManualClock, name: str
 ) -> None:
     await _one_answer(proxied, clock, name, 204, b"")
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_SERVER_TIME)
 @pytest.mark.parametrize("server_time", [b"NaN", b"Infinity", b"-Infinity", b"9" * 400])
 async def test_non_finite_server_time_is_a_typed_error(
     proxied: FaultProxy, clock: ManualClock, server_time: bytes
@@ -886,7 +840,6 @@ async def test_non_finite_server_time_is_a_typed_error(
     await _one_answer(proxied, clock, "status", 200, body)
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_WITH_TOKEN_TTL)
 async def test_huge_with_token_lifetime_is_a_typed_error(
     proxied: FaultProxy, clock: ManualClock
 ) -> None:
@@ -897,27 +850,12 @@ async def test_huge_with_token_lifetime_is_a_typed_error(
 @pytest.mark.parametrize(
     "changes",
     [
-        pytest.param(
-            {"accessTokens": [None]}, marks=pytest.mark.xfail(strict=True, reason=BUG_STATE_SHAPES)
-        ),
-        pytest.param(
-            {"accessTokens": ["v4.public.AAAA"]},
-            marks=pytest.mark.xfail(strict=True, reason=BUG_STATE_SHAPES),
-        ),
-        pytest.param(
-            {"macTokens": True}, marks=pytest.mark.xfail(strict=True, reason=BUG_STATE_SHAPES)
-        ),
-        pytest.param(
-            {"macTokens": ["main"]}, marks=pytest.mark.xfail(strict=True, reason=BUG_STATE_SHAPES)
-        ),
-        pytest.param(
-            {"accessTokens": [{"assetId": "door", "token": "v4.public.A", "expiresAt": 10**400}]},
-            marks=pytest.mark.xfail(strict=True, reason=BUG_STATE_SHAPES),
-        ),
-        pytest.param(
-            {"credentials": {**_STATE["credentials"], "refreshExpiresAt": -(10**400)}},
-            marks=pytest.mark.xfail(strict=True, reason=BUG_STATE_SHAPES),
-        ),
+        {"accessTokens": [None]},
+        {"accessTokens": ["v4.public.AAAA"]},
+        {"macTokens": True},
+        {"macTokens": ["main"]},
+        {"accessTokens": [{"assetId": "door", "token": "v4.public.A", "expiresAt": 10**400}]},
+        {"credentials": {**_STATE["credentials"], "refreshExpiresAt": -(10**400)}},
         {"accessTokens": 5},
         {"macTokens": {"main": None}},
         {"credentials": ["alice"]},

@@ -37,6 +37,7 @@ from tokensdk._errors import (
     TokenExpired,
     TokenInvalid,
     TokenMalformed,
+    TokenNotYetValid,
     TokenRevoked,
     TokenSDKError,
     UnknownKey,
@@ -215,7 +216,8 @@ class TokenValidator:
             What the token grants (``asset_ids``, ``expires_at``, ...).
 
         Raises:
-            TokenExpired, TokenMalformed, BadSignature, UnknownKey, TokenRevoked:
+            TokenExpired, TokenNotYetValid, TokenMalformed, BadSignature, UnknownKey,
+            TokenRevoked:
                 Why the token is invalid.
             ServiceUnavailable: Keys or remote validation were needed and the
                 service could not be reached.
@@ -304,6 +306,7 @@ _REMOTE_REASONS: dict[str, type[TokenInvalid]] = {
     "bad_signature": BadSignature,
     "unknown_key": UnknownKey,
     "expired": TokenExpired,
+    "not_yet_valid": TokenNotYetValid,
 }
 
 

@@ -19,6 +19,7 @@ what the caller can do about it. Messages never contain a secret::
      ├── SessionLost ......................... the activation is gone: log in again
      ├── TokenInvalid ........................ an asset access token failed validation
      │    ├── TokenExpired
+     │    ├── TokenNotYetValid
      │    ├── TokenMalformed
      │    ├── BadSignature
      │    ├── UnknownKey
@@ -60,6 +61,7 @@ __all__ = [
     "TokenExpired",
     "TokenInvalid",
     "TokenMalformed",
+    "TokenNotYetValid",
     "TokenRevoked",
     "TokenSDKError",
     "UnknownKey",
@@ -181,9 +183,15 @@ class TokenInvalid(TokenSDKError):
 
 
 class TokenExpired(TokenInvalid):
-    """The token's ``exp`` has passed (or its ``iat``/``nbf`` is in the future)."""
+    """The token's ``exp`` has passed."""
 
     reason = "expired"
+
+
+class TokenNotYetValid(TokenInvalid):
+    """The token's ``iat`` is in the future (beyond the leeway): a clock is off."""
+
+    reason = "not_yet_valid"
 
 
 class TokenMalformed(TokenInvalid):

@@ -277,7 +277,15 @@ def decode_state(document: Mapping[str, Any], *, wall: float, monotonic: float) 
     """
     try:
         return _decode_state(document, wall=wall, monotonic=monotonic)
-    except (ProtocolError, KeyError, TypeError, ValueError, binascii.Error) as exc:
+    except (
+        ProtocolError,
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,  # an entry that is not an object
+        OverflowError,  # a 400-digit time
+        binascii.Error,
+    ) as exc:
         raise StoreCorrupt(f"stored session state is invalid ({type(exc).__name__})") from None
 
 

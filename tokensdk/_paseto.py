@@ -48,6 +48,7 @@ from tokensdk._errors import (
     InvalidInput,
     TokenExpired,
     TokenMalformed,
+    TokenNotYetValid,
     UnknownKey,
 )
 
@@ -665,7 +666,7 @@ def _check_time(info: AccessTokenInfo, now: float, leeway: float) -> None:
     if info.expires_at <= now - leeway:
         raise TokenExpired("access token expired")
     if info.issued_at > now + leeway:
-        raise TokenExpired("access token issued in the future")
+        raise TokenNotYetValid("access token issued in the future")
 
 
 def verify_access_token(
@@ -699,7 +700,8 @@ def verify_access_token(
             contract's footer and claims (v4.local, other versions, oversize, ...).
         UnknownKey: The footer's ``kid`` is not in ``keys``.
         BadSignature: The signature does not verify.
-        TokenExpired: ``exp <= now - leeway`` or ``iat > now + leeway``.
+        TokenExpired: ``exp <= now - leeway``.
+        TokenNotYetValid: ``iat > now + leeway``.
     """
     if cache is not None:
         hit = cache.get(token, now, leeway)

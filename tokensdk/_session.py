@@ -73,6 +73,9 @@ log = logging.getLogger("tokensdk")
 OneTimeKeyAnswer = Callable[[str], Awaitable[str] | str]
 Relogin = Callable[["Session"], Awaitable[tuple[str, str] | None]]
 
+# The longest lifespan believed from the service (ten years), as for login answers.
+_MAX_TTL = 10 * 365 * 86400
+
 # Answers that mean the activation itself is gone, not that a request failed.
 _LOST = (InvalidCredentials, AccountFrozen)
 
@@ -497,7 +500,7 @@ class Session:
             self._sync_clock_soon()
             return
         ttl = reply.body.get("accessExpire")
-        if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 0:
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= _MAX_TTL:
             raise ProtocolError("the with-token response has no valid accessExpire")
         resumed = attrs.evolve(
             creds,
@@ -578,8 +581,13 @@ class Session:
         reply = await self._transport.call("GET", "/status")
         rtt = self._clock.monotonic() - before
         server_ms = reply.body.get("serverTime")
-        if not isinstance(server_ms, int | float) or isinstance(server_ms, bool):
-            raise ProtocolError("status has no serverTime")
+        # 0 < t < 2**53 also turns away NaN, infinities and 400-digit integers.
+        if (
+            not isinstance(server_ms, int | float)
+            or isinstance(server_ms, bool)
+            or not 0 < server_ms < 2**53
+        ):
+            raise ProtocolError("status has no valid serverTime")
         realm = reply.body.get("realm")
         self.realm = realm if isinstance(realm, str) else self.realm
         offset = server_ms / 1000 + rtt / 2 - (reply.sent_wall + rtt)

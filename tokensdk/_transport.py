@@ -69,9 +69,13 @@ class RetryConfig:
 
 @attrs.frozen
 class Reply:
-    """A decoded answer and when its request was sent (for lifespans that err early)."""
+    """A decoded answer and when its request was sent (for lifespans that err early).
 
-    body: Any
+    ``body`` is always a JSON object: an empty answer (204) is an empty one, so a
+    caller that needs fields finds them missing and says so (ProtocolError).
+    """
+
+    body: dict[str, Any]
     sent_wall: float
     sent_monotonic: float
 
@@ -255,7 +259,7 @@ class Transport:
                 error="unavailable",
             ) from None
         if status == 204:
-            return Reply(None, sent_wall, sent_mono)
+            return Reply({}, sent_wall, sent_mono)
         try:
             decoded = _decode_json(raw, content_type, method, path)
         except ProtocolError:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from tokensdk._errors import InvalidInput, TokenExpired, TokenInvalid
+from tokensdk._errors import InvalidInput, TokenExpired, TokenInvalid, TokenNotYetValid
 from tokensdk._paseto import (
     AccessTokenInfo,
     KeySet,
@@ -885,6 +885,14 @@ class ServiceState:
                 code=701,
                 extra={"reason": TokenExpired.reason},
             ) from None
+        except TokenNotYetValid:
+            # Not "expired" (701 would send clients to refresh): a clock is off.
+            raise ApiError(
+                401,
+                "invalid_token",
+                "the token is not valid yet",
+                extra={"reason": TokenNotYetValid.reason},
+            ) from None
         except TokenInvalid as exc:
             raise ApiError(
                 401, "invalid_token", "the token is not valid", extra={"reason": exc.reason}
@@ -905,6 +913,10 @@ class ServiceState:
             info = verify_access_token(token, self._key_set, now)
         except TokenExpired:
             return  # Signed by us but dead already: nothing left to revoke.
+        except TokenNotYetValid:
+            # Ours, and valid once its iat comes (another instance's clock ran
+            # ahead): revoked it must stay then. The signature is checked still.
+            info = verify_access_token(token, self._key_set, now, leeway=math.inf)
         except TokenInvalid as exc:
             raise ApiError(
                 401, "invalid_token", "the token is not valid", extra={"reason": exc.reason}
