@@ -82,6 +82,15 @@ async def test_proof_of_key_adds_a_token_that_validates_locally_and_remotely(
                 break
 
 
+async def test_a_token_issued_mid_millisecond_is_valid_at_once(clock: ManualClock) -> None:
+    # The service writes iat in whole milliseconds: rounded up, it would lie in the
+    # future of the very clock that issued it, and the SDK (no leeway) would refuse it.
+    async with asset_service(clock) as svc, open_session(svc, clock) as s:
+        clock.advance(0.0006)
+        item = await s.access_tokens.request("sensor-1", SIGNER)
+        assert (await s.validate_access_token(item.token)).asset_ids == ("sensor-1",)
+
+
 async def test_wrong_key_and_unknown_asset_are_refused(clock: ManualClock) -> None:
     async with asset_service(clock) as svc, open_session(svc, clock) as s:
         with pytest.raises(InvalidCredentials):

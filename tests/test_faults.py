@@ -16,8 +16,7 @@ never lost, the SDK's aiohttp connector is closed, no task of the session is lef
 nothing was logged as an error. Time is checked on the clock it belongs to: retry
 budgets and backoff on the SDK's fake clock, the HTTP timeout (aiohttp's) in real
 time. A :class:`Driver` moves the fake clock only while nothing is in flight, so
-runs do not depend on scheduling. Cases that fail because of a product bug are
-marked ``known_bug`` (strict xfail: a fix turns them into failures to unmark).
+runs do not depend on scheduling.
 """
 
 from __future__ import annotations
@@ -80,26 +79,6 @@ CUT_MARGIN = 0.3
 #: the suite (the bounds are checked precisely on the clocks they belong to).
 GUARD = 30.0
 TYPED = (ServiceUnavailable, ProtocolError, RateLimited)
-
-# Product bugs these tests found. Strict xfail: once fixed, the case fails until unmarked.
-LOST_ANSWER_BUG = (
-    "product bug: once a refresh call whose answers were lost gives up, the next one "
-    "sends the same refresh token with a new idempotency key; the service takes it "
-    "for reuse and revokes the family (session lost)"
-)
-RESUME_BUG = (
-    "product bug: login_with_token() commits the pair it started with even when a "
-    "refresh rotated it meanwhile; the next refresh reuses a spent refresh token"
-)
-STALE_BEARER_BUG = (
-    "product bug: a bearer call's retries keep the bearer taken before the first "
-    "attempt, past its expiry (retry budget = timeout > mandatory window)"
-)
-
-
-def known_bug(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(reason=reason, strict=True)
-
 
 #: Work counted besides the proxy's: the SDK's HTTP attempts, the test's own calls.
 SDK, TEST = "sdk", "test"
@@ -552,16 +531,7 @@ async def run_scenario(
     return outcome, svc, proxy
 
 
-SCENARIO_BUGS = {"reset_mid_response": LOST_ANSWER_BUG, "slower_than_timeout": LOST_ANSWER_BUG}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=[known_bug(SCENARIO_BUGS[name])] if name in SCENARIO_BUGS else [])
-        for name in SCENARIOS
-    ],
-)
+@pytest.mark.parametrize("name", list(SCENARIOS))
 async def test_fault_on_refresh(
     clock: ManualClock, caplog: pytest.LogCaptureFixture, name: str
 ) -> None:
@@ -843,26 +813,15 @@ async def run_path_case(
         return faulted, again, [event async for event in events], svc
 
 
-PATH_BUGS = {
-    ("refresh", "reset_mid_response", True): LOST_ANSWER_BUG,
-    ("refresh", "slower_than_timeout", True): LOST_ANSWER_BUG,
-    ("login_with_token", "429", False): RESUME_BUG,
-    ("mac_token", "reset_mid_response", True): STALE_BEARER_BUG,
-    ("mac_token_removal", "reset_mid_response", True): STALE_BEARER_BUG,
-}
-
-
 def _path_matrix() -> Iterator[Any]:
     for case_name in PATHS:
         for fault_name in PATH_FAULTS:
             for lasting in (False, True):
-                bug = PATH_BUGS.get((case_name, fault_name, lasting))
                 yield pytest.param(
                     case_name,
                     fault_name,
                     lasting,
                     id=f"{case_name}-{fault_name}-{'lasting' if lasting else 'once'}",
-                    marks=[known_bug(bug)] if bug else [],
                 )
 
 

@@ -288,7 +288,7 @@ class TokenValidator:
     async def _validate_remote(self, token: str) -> None:
         assert self._transport is not None
         try:
-            await self._transport.call("POST", "/assets/validate", {"token": token})
+            reply = await self._transport.call("POST", "/assets/validate", {"token": token})
         except InvalidCredentials as exc:
             if self._cache is not None:
                 self._cache.discard(token)
@@ -298,6 +298,9 @@ class TokenValidator:
             # ``reason`` (an extension, see docs/PROTOCOL-EXTENSIONS.md) says which.
             cls = _REMOTE_REASONS.get(exc.reason, TokenInvalid)
             raise cls(f"the service rejected the token ({cls.reason})") from None
+        ids = reply.body.get("assetIds")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ProtocolError("the validate answer has no assetIds")
 
 
 _REMOTE_REASONS: dict[str, type[TokenInvalid]] = {

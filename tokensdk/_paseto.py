@@ -405,7 +405,8 @@ def format_timestamp(seconds: float) -> str:
     """Format Unix seconds as the contract's UTC form ``2022-01-30T13:26:28.600Z``.
 
     Args:
-        seconds: Unix time; rounded to the millisecond.
+        seconds: Unix time; rounded down to the millisecond (a timestamp never lies
+            ahead of the time it stands for).
 
     Returns:
         The ISO-8601 text with milliseconds and ``Z``.
@@ -413,12 +414,17 @@ def format_timestamp(seconds: float) -> str:
     Raises:
         InvalidInput: A time outside the years 1970..9999 or not a finite number.
     """
-    return _format_ms(_to_ms(seconds))
+    return _format_ms(_to_ms(seconds, floor=True))
 
 
-def _to_ms(seconds: float) -> int:
+def _to_ms(seconds: float, *, floor: bool = False) -> int:
     try:
-        return round(seconds * 1000)
+        ms = round(seconds * 1000)
+        # Rounded down: compared as floats, like the value came, so that a time
+        # meant as a whole millisecond (and stored a hair below) keeps it.
+        if floor and ms / 1000 > seconds:
+            ms -= 1
+        return ms
     except (ValueError, OverflowError, TypeError):
         raise InvalidInput("timestamp out of range") from None
 
@@ -488,8 +494,9 @@ def sign_asset_token(
         raise InvalidInput("extra_asset_ids must be non-empty strings")
     if not lifetime > 0:
         raise InvalidInput("lifetime must be positive")
-    # Whole milliseconds first, so that exp - iat is exactly the lifetime on the wire.
-    iat_ms = _to_ms(issued_at)
+    # Whole milliseconds first, so that exp - iat is exactly the lifetime on the wire;
+    # iat rounded down, never into the future of the clock that issued it.
+    iat_ms = _to_ms(issued_at, floor=True)
     claims: dict[str, Any] = {
         "assetId": asset_id,
         "iat": _format_ms(iat_ms),

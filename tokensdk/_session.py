@@ -38,6 +38,7 @@ from tokensdk._errors import (
     InvalidInput,
     NotLoggedIn,
     ProtocolError,
+    RateLimited,
     SessionClosed,
     SessionLost,
     StoreCorrupt,
@@ -161,6 +162,7 @@ class Session:
         self._refresh_timer: Timer | None = None
         self._generation = 0
         self._logging_out = False
+        self._refresh_key = ("", "")  # (refresh token, its idempotency key)
         self._failures = 0
         self._lost_reason = "not_logged_in"
         # The hot path reads these three attributes and the two clocks, nothing else.
@@ -507,7 +509,10 @@ class Session:
             access_expires_at=reply.sent_wall + ttl,
             access_deadline=reply.sent_monotonic + ttl,
         )
-        if generation == self._generation:
+        # A refresh that finished meanwhile (the call may have waited out a 429)
+        # installed a newer pair: resuming the old one would bring back a spent
+        # refresh token.
+        if generation == self._generation and self._hub.snapshot.credentials is creds:
             self._hub.commit(
                 self._hub.event(EventType.RESUMED, creds.username),
                 status=SessionStatus.ACTIVE,
@@ -657,6 +662,8 @@ class Session:
         except TokenSDKError as exc:
             self._failures += 1
             delay = self._transport.retry.backoff(self._failures, self._rng)
+            if isinstance(exc, RateLimited):
+                delay = max(delay, exc.retry_after)  # the service said when
             log.warning(
                 "tokensdk: background refresh failed (%s); next try in %.1fs",
                 type(exc).__name__,
@@ -724,12 +731,15 @@ class Session:
         deadline = max(
             now_mono + creds.access_left(now_wall, now_mono), now_mono + self._transport.timeout
         )
+        # Extension (see PROTOCOL): one key per refresh token, kept until the new pair
+        # is installed, so any retry after a lost answer, by this call or a later
+        # one, gets the same pair instead of tripping reuse detection.
+        if self._refresh_key[0] != creds.refresh_token:
+            self._refresh_key = (creds.refresh_token, secrets.token_hex(16))
         body = {
             "username": creds.username,
             "refreshToken": creds.refresh_token,
-            # Extension (see PROTOCOL): lets a retry after a lost answer get the same
-            # pair instead of tripping reuse detection.
-            "idempotencyKey": secrets.token_hex(16),
+            "idempotencyKey": self._refresh_key[1],
         }
         try:
             reply = await self._transport.call("POST", "/refresh", body, deadline=deadline)

@@ -227,13 +227,16 @@ class MacTokenStore:
 
     async def _call_create(self, name: str, auth: Authentication) -> MacToken:
         session = self._session
-        bearer = await session.access_token()
         body: dict[str, Any] = {"factors": list(auth.factors)}
         if auth.password is not None:
             body["password"] = auth.password
         # A retried knowledge creation would spend another password attempt.
         reply = await session._transport.call(
-            "POST", "/tokens/create", body, bearer=bearer, retry=auth.password is None
+            "POST",
+            "/tokens/create",
+            body,
+            bearer=session.access_token,  # asked again for every attempt
+            retry=auth.password is None,
         )
         return _decode_token(name, auth.factors, reply.body)
 
@@ -279,10 +282,12 @@ class MacTokenStore:
         if token is None:
             raise UnknownMacToken(f"no local MAC token named {name!r}")
         session = self._session
-        bearer = await session.access_token()
         try:
             await session._transport.call(
-                "POST", "/tokens/remove", {"tokenId": token.token_id}, bearer=bearer
+                "POST",
+                "/tokens/remove",
+                {"tokenId": token.token_id},
+                bearer=session.access_token,  # asked again for every attempt
             )
         except NotFound as exc:
             if exc.error != "unknown_token":

@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -123,6 +123,10 @@ class Transport:
         self.timeout = timeout
         self.retry = retry
         self._max_response = max_response
+        # Path -> monotonic time before which the service asked not to be called
+        # (its last 429's Retry-After): honoured by every later call, not only the
+        # retries of the call that got it.
+        self._not_before: dict[str, float] = {}
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -150,18 +154,23 @@ class Transport:
         path: str,
         body: Mapping[str, Any] | None = None,
         *,
-        bearer: str | None = None,
+        bearer: str | Callable[[], Awaitable[str]] | None = None,
         headers: Mapping[str, str] | None = None,
         deadline: float | None = None,
         retry: bool = True,
     ) -> Reply:
         """Call ``/v1{path}`` and decode the JSON answer, retrying transient failures.
 
+        A ``bearer`` given as an async callable is asked again for every attempt, so
+        a retry after a long wait (a 429's Retry-After) never sends a token that
+        expired meanwhile.
+
         Args:
             method: The HTTP method.
             path: The path below ``/v1``.
             body: The JSON body, if any.
-            bearer: An access token for ``Authorization: Bearer``.
+            bearer: An access token for ``Authorization: Bearer``, or an async
+                callable returning a valid one.
             headers: Extra headers.
             deadline: Monotonic time after which no new attempt starts.
             retry: Whether transient failures are retried at all.
@@ -170,13 +179,16 @@ class Transport:
             ServiceError: A contract error (a typed subclass where one fits).
             ProtocolError: The answer is not what the contract describes.
         """
-        if not retry:
-            return await self._once(method, path, body, bearer, headers)
         if deadline is None:
             deadline = self._clock.monotonic() + self.timeout
+        # Waiting before a first attempt is safe even for a call that is never
+        # retried: nothing was sent yet.
+        await self._respect_retry_after(path, deadline)
+        if not retry:
+            return await self._attempt(method, path, body, bearer, headers)
         try:
             # The common case (first attempt succeeds) pays nothing for retrying.
-            return await self._once(method, path, body, bearer, headers)
+            return await self._attempt(method, path, body, bearer, headers)
         except _TRANSIENT as exc:
             wait = self._backoff(1, exc)
             if self.retry.max_attempts <= 1 or self._clock.monotonic() + wait > deadline:
@@ -197,9 +209,24 @@ class Transport:
         reply: Reply | None = None
         async for attempt in retrying:
             with attempt:
-                reply = await self._once(method, path, body, bearer, headers)
+                reply = await self._attempt(method, path, body, bearer, headers)
         assert reply is not None
         return reply
+
+    async def _respect_retry_after(self, path: str, deadline: float) -> None:
+        not_before = self._not_before.get(path)
+        if not_before is None:
+            return
+        left = not_before - self._clock.monotonic()
+        if left <= 0:
+            del self._not_before[path]
+            return
+        if not_before > deadline:
+            raise RateLimited(
+                f"{path}: rate limited by the service for {left:.1f}s more",
+                retry_after=left,
+            )
+        await self._clock.sleep_until(not_before)
 
     def _backoff(self, attempt: int, error: BaseException | None) -> float:
         wait = self.retry.backoff(attempt)
@@ -217,6 +244,17 @@ class Transport:
 
     async def _sleep(self, seconds: float) -> None:
         await self._clock.sleep_until(self._clock.monotonic() + seconds)
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        bearer: str | Callable[[], Awaitable[str]] | None,
+        headers: Mapping[str, str] | None,
+    ) -> Reply:
+        token = bearer if bearer is None or isinstance(bearer, str) else await bearer()
+        return await self._once(method, path, body, token, headers)
 
     async def _once(
         self,
@@ -270,7 +308,10 @@ class Transport:
             if not isinstance(decoded, dict):
                 raise ProtocolError(f"{method} {path}: the answer is not a JSON object")
             return Reply(decoded, sent_wall, sent_mono)
-        raise _error_from(status, decoded, retry_after, method, path)
+        error = _error_from(status, decoded, retry_after, method, path)
+        if isinstance(error, RateLimited):
+            self._not_before[path] = self._clock.monotonic() + error.retry_after
+        raise error
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         length = resp.content_length
