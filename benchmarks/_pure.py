@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from benchmarks._harness import Row, compare_sync, fmt_ratio, fmt_time, spread
 from tokensdk import ManualClock, SystemClock
-from tokensdk._mac import build_header
 from tokensdk._paseto import (
     KeySet,
     SigningKey,
@@ -31,6 +30,7 @@ from tokensdk._paseto import (
     verify_access_token,
 )
 from tokensdk._scheduler import Scheduler
+from tokensdk.mac import build_header
 
 __all__ = [
     "floor_header",

@@ -72,9 +72,10 @@ STEP = 0.25
 SHORT_TIMEOUT = 0.2
 #: How late after the HTTP timeout a held request may be cut, in real seconds: the
 #: event loop's timer and the hang-up crossing loopback take milliseconds; the rest
-#: absorbs a CI machine's scheduling hiccups. A timeout ignored or multiplied
-#: (even x3: 0.6 s) does not fit.
-CUT_MARGIN = 0.3
+#: absorbs a CI machine's scheduling hiccups (generously: this is a bound on
+#: behaviour, "never a hang past the timeout", not a speed measure). A timeout
+#: ignored or multiplied by 5 or more does not fit.
+CUT_MARGIN = 0.8
 #: Real seconds before a test gives up on a call: only keeps a hang from stalling
 #: the suite (the bounds are checked precisely on the clocks they belong to).
 GUARD = 30.0

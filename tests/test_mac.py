@@ -1,4 +1,4 @@
-"""Tests for tokensdk._mac: the PowerAuth token header."""
+"""Tests for tokensdk.mac: the PowerAuth token header."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tokensdk._errors import HeaderInvalid, InvalidInput
-from tokensdk._mac import (
+from tokensdk.mac import (
     HEADER_NAME,
     MAX_HEADER_LENGTH,
     VERSIONS,
@@ -413,4 +413,3 @@ def test_the_public_module_verifies_as_its_docstring_shows() -> None:
             header, secrets_by_token_id.get, now_ms=1_700_000_001_000, replay_guard=guard
         )
     assert info.value.error == "replayed"
-    assert sorted(mac.__all__) == sorted(n for n in dir(mac) if n[0] != "_" and n != "annotations")

@@ -36,7 +36,7 @@ def header(
     version: str = "3.3",
     nonce: bytes = bytes(range(16)),
 ) -> str:
-    """Build the header by hand from the contract text (independent of tokensdk._mac)."""
+    """Build the header by hand from the contract text (independent of tokensdk.mac)."""
     data = nonce + b"&" + str(timestamp_ms).encode()
     if version in ("3.2", "3.3"):
         data += b"&" + version.encode()

@@ -41,8 +41,8 @@ from tokensdk import (
     StateStore,
     UnknownMacToken,
 )
-from tokensdk._mac import HEADER_NAME, build_header, parse_header
 from tokensdk._token_store import TIME_ERRORS
+from tokensdk.mac import HEADER_NAME, build_header, parse_header
 from tokensdk.server import RunningService
 
 pytestmark = pytest.mark.anyio

@@ -34,8 +34,8 @@ from tokensdk._errors import (
     UnknownMacToken,
 )
 from tokensdk._flight import Flight
-from tokensdk._mac import HEADER_NAME, SECRET_LENGTH, build_header
 from tokensdk._models import EventType, MacToken, SessionSnapshot, SessionStatus
+from tokensdk.mac import HEADER_NAME, SECRET_LENGTH, build_header
 
 if TYPE_CHECKING:
     from tokensdk._session import Session

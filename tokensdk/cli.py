@@ -471,7 +471,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_header(args: argparse.Namespace) -> int:
     import time
 
-    from tokensdk._mac import build_header
+    from tokensdk.mac import build_header
 
     snapshot = _load_state(args.state)
     mac = snapshot.mac_tokens.get(args.name)

@@ -24,8 +24,8 @@ import attrs
 from aiohttp import web, web_protocol
 
 from tokensdk._errors import HeaderInvalid, InvalidInput
-from tokensdk._mac import ReplayGuard, TimestampWindow, verify_token_header
 from tokensdk._paseto import PublicKey
+from tokensdk.mac import ReplayGuard, TimestampWindow, verify_token_header
 from tokensdk.server._config import ServiceConfig
 from tokensdk.server._db import open_persistence
 from tokensdk.server._ratelimit import SlidingWindowLimiter
