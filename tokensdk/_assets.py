@@ -266,6 +266,7 @@ class TokenValidator:
             raise
         self.keys = keys
         self._fetches_done += 1
+        self._fetch_error = None  # its traceback holds frames: let them go
         return keys
 
     async def _refresh_keys_for(self, token: str, *, force: bool = False) -> bool:

@@ -81,8 +81,8 @@ class Credentials:
         username = _field(body, "username", str)
         access = _field(body, "accessToken", str)
         refresh = _field(body, "refreshToken", str)
-        access_ttl = _ttl(body, "accessExpire")
-        refresh_ttl = _ttl(body, "refreshExpire")
+        access_ttl = lifespan_field(body, "accessExpire")
+        refresh_ttl = lifespan_field(body, "refreshExpire")
         if not access or not refresh:
             raise ProtocolError("the service returned an empty token")
         return cls(
@@ -354,7 +354,12 @@ def _number(body: Mapping[str, Any], name: str) -> float:
     return float(value)
 
 
-def _ttl(body: Mapping[str, Any], name: str) -> int:
+def lifespan_field(body: Mapping[str, Any], name: str) -> int:
+    """Read a lifespan in whole seconds (0 to ten years) from a service answer.
+
+    Raises:
+        ProtocolError: The field is missing, not an integer, or out of range.
+    """
     value = _field(body, name, int)
     if value < 0 or value > 10 * 365 * 86400:
         raise ProtocolError(f"response field {name!r} is out of range")

@@ -54,6 +54,7 @@ from tokensdk._models import (
     SessionStatus,
     decode_state,
     encode_state,
+    lifespan_field,
 )
 from tokensdk._observable import ChangeCallback, EventStream, StateHub
 from tokensdk._paseto import AccessTokenInfo
@@ -73,9 +74,6 @@ log = logging.getLogger("tokensdk")
 
 OneTimeKeyAnswer = Callable[[str], Awaitable[str] | str]
 Relogin = Callable[["Session"], Awaitable[tuple[str, str] | None]]
-
-# The longest lifespan believed from the service (ten years), as for login answers.
-_MAX_TTL = 10 * 365 * 86400
 
 # Answers that mean the activation itself is gone, not that a request failed.
 _LOST = (InvalidCredentials, AccountFrozen)
@@ -501,9 +499,7 @@ class Session:
             await self._refresh()  # the access token expired: the refresh token may not have
             self._sync_clock_soon()
             return
-        ttl = reply.body.get("accessExpire")
-        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= _MAX_TTL:
-            raise ProtocolError("the with-token response has no valid accessExpire")
+        ttl = lifespan_field(reply.body, "accessExpire")  # checked as in login answers
         resumed = attrs.evolve(
             creds,
             access_expires_at=reply.sent_wall + ttl,
