@@ -23,6 +23,12 @@ headers use it directly::
         replay_guard=guard,
     )  # raises tokensdk.HeaderInvalid (error: token_invalid, timestamp_*, replayed)
 
+Backends with several workers or hosts share one replay guard in Redis, so a
+header accepted by one worker is ``replayed`` at every other::
+
+    guard = RedisReplayGuard(redis.asyncio.Redis.from_url(url), TimestampWindow())
+    parsed = await averify_token_header(header, secrets_by_token_id.get, now_ms, replay_guard=guard)
+
 Clients do not need it: ``session.token_store.generate_header_for_token`` builds
 headers with the session's tokens and clock offset.
 """
@@ -35,6 +41,7 @@ import hmac
 import os
 import re
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import attrs
 
@@ -46,9 +53,12 @@ __all__ = [
     "NONCE_LENGTH",
     "SECRET_LENGTH",
     "VERSIONS",
+    "AsyncReplayGuard",
     "ParsedHeader",
+    "RedisReplayGuard",
     "ReplayGuard",
     "TimestampWindow",
+    "averify_token_header",
     "build_header",
     "compute_digest",
     "parse_header",
@@ -371,6 +381,70 @@ class ReplayGuard:
         return f"ReplayGuard(window={self._window!r}, entries={len(self._expiries)})"
 
 
+class AsyncReplayGuard(Protocol):
+    """A replay guard shared by several verifiers: the check is one atomic remote call."""
+
+    async def check_and_remember(
+        self, token_id: str, nonce: bytes, timestamp_ms: int, now_ms: int
+    ) -> bool:
+        """Record ``(token_id, nonce)`` unless it was seen before; see :class:`ReplayGuard`."""
+        ...
+
+
+class _RedisSetNx(Protocol):
+    async def set(self, name: str, value: bytes, *, nx: bool, px: int) -> Any: ...
+
+
+class RedisReplayGuard:
+    """A :class:`ReplayGuard` in Redis, shared by every process that verifies headers.
+
+    Each accepted ``(token_id, nonce)`` becomes one key, written with ``SET NX PX``:
+    the first writer wins atomically across processes and hosts, and Redis forgets
+    the key when its timestamp leaves the window (``timestamp + past`` window), as
+    the in-process guard does. A header outside the window is never stored.
+
+    Keys are ``<prefix>{<token_id>}:<nonce hex>``; the braces make every key of one
+    token live in one Redis Cluster slot.
+
+    Args:
+        client: A ``redis.asyncio.Redis`` (or cluster) client; this module does not
+            import redis itself.
+        window: The verifier's timestamp window.
+        prefix: Key prefix (one namespace per service).
+    """
+
+    __slots__ = ("_client", "_prefix", "_window")
+
+    def __init__(
+        self,
+        client: _RedisSetNx,
+        window: TimestampWindow = _DEFAULT_WINDOW,
+        *,
+        prefix: str = "tokensdk:mac-nonce:",
+    ) -> None:
+        self._client = client
+        self._window = window
+        self._prefix = prefix
+
+    async def check_and_remember(
+        self, token_id: str, nonce: bytes, timestamp_ms: int, now_ms: int
+    ) -> bool:
+        """Record a header's ``(token_id, nonce)`` in Redis unless it is there already.
+
+        Returns:
+            True if the pair is fresh (now remembered fleet-wide), False if replayed.
+        """
+        expiry = timestamp_ms + self._window.past_ms
+        if expiry < now_ms or timestamp_ms > now_ms + self._window.future_ms:
+            return True
+        key = f"{self._prefix}{{{token_id}}}:{nonce.hex()}"
+        created = await self._client.set(key, b"1", nx=True, px=max(1, expiry - now_ms))
+        return bool(created)
+
+    def __repr__(self) -> str:
+        return f"RedisReplayGuard(window={self._window!r}, prefix={self._prefix!r})"
+
+
 def verify_token_header(
     header: str,
     secret_lookup: Callable[[str], bytes | None],
@@ -399,6 +473,65 @@ def verify_token_header(
         HeaderInvalid: ``token_invalid`` (malformed, unknown token id, wrong digest),
             ``timestamp_too_old``, ``timestamp_in_future`` or ``replayed``.
     """
+    parsed = _verify_digest_and_time(header, secret_lookup, now_ms, window)
+    if replay_guard is not None and not replay_guard.check_and_remember(
+        parsed.token_id, parsed.nonce, parsed.timestamp_ms, now_ms
+    ):
+        raise HeaderInvalid("replayed")
+    return parsed
+
+
+async def averify_token_header(
+    header: str,
+    secret_lookup: Callable[[str], bytes | None],
+    now_ms: int,
+    window: TimestampWindow = _DEFAULT_WINDOW,
+    *,
+    replay_guard: AsyncReplayGuard | ReplayGuard | None = None,
+) -> ParsedHeader:
+    """Like :func:`verify_token_header`, with a replay guard that may be shared (async).
+
+    Several verifying processes (workers of one backend, hosts behind a balancer)
+    must share one guard, or a header accepted by one is accepted again by the next:
+    pass a :class:`RedisReplayGuard`. The digest and the timestamp are checked
+    before the guard is asked, so a forged or stale header never plants an entry.
+
+    Args:
+        header: The header value.
+        secret_lookup: Returns the 16-byte secret of a token id, or None if unknown.
+        now_ms: The verifier's current time in Unix milliseconds.
+        window: The accepted timestamp window.
+        replay_guard: A :class:`RedisReplayGuard` (any :class:`AsyncReplayGuard`) or
+            an in-process :class:`ReplayGuard`.
+
+    Returns:
+        The verified header.
+
+    Raises:
+        HeaderInvalid: As :func:`verify_token_header`.
+        Exception: Whatever the shared guard raises when it cannot be reached (for
+            redis-py, ``redis.exceptions.ConnectionError``): the header is then
+            neither accepted nor remembered.
+    """
+    parsed = _verify_digest_and_time(header, secret_lookup, now_ms, window)
+    if replay_guard is None:
+        return parsed
+    fresh = replay_guard.check_and_remember(
+        parsed.token_id, parsed.nonce, parsed.timestamp_ms, now_ms
+    )
+    if not isinstance(fresh, bool):
+        fresh = await fresh
+    if not fresh:
+        raise HeaderInvalid("replayed")
+    return parsed
+
+
+def _verify_digest_and_time(
+    header: str,
+    secret_lookup: Callable[[str], bytes | None],
+    now_ms: int,
+    window: TimestampWindow,
+) -> ParsedHeader:
     parsed = parse_header(header)
     secret = secret_lookup(parsed.token_id)
     if secret is None or len(secret) != SECRET_LENGTH:
@@ -414,8 +547,4 @@ def verify_token_header(
         raise HeaderInvalid("timestamp_too_old")
     if parsed.timestamp_ms > now_ms + window.future_ms:
         raise HeaderInvalid("timestamp_in_future")
-    if replay_guard is not None and not replay_guard.check_and_remember(
-        parsed.token_id, parsed.nonce, parsed.timestamp_ms, now_ms
-    ):
-        raise HeaderInvalid("replayed")
     return parsed
