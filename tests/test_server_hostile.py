@@ -157,7 +157,7 @@ async def test_parse_errors_do_not_log_header_values(
 
 # -- every endpoint, right method, malformed bodies, with and without authentication ---
 #
-# For each endpoint of the contract (PROTOCOL.md), hypothesis sends many bodies with
+# For each endpoint of the contract (docs/PROTOCOL.md), hypothesis sends many bodies with
 # the endpoint's own method: JSON objects whose fields (the contract's names) hold
 # the live valid value (a real token, a fresh challenge and its signature, the right
 # one-time key answer), a near miss of it, or anything at all; plus non-objects, cut JSON,
@@ -195,7 +195,7 @@ _MAC_ERRORS = {
 
 @attrs.frozen
 class Endpoint:
-    """An endpoint as PROTOCOL.md states it.
+    """An endpoint as docs/PROTOCOL.md states it.
 
     Attributes:
         method: Its method.

@@ -216,9 +216,8 @@ class TokenValidator:
             What the token grants (``asset_ids``, ``expires_at``, ...).
 
         Raises:
-            TokenExpired, TokenNotYetValid, TokenMalformed, BadSignature, UnknownKey,
-            TokenRevoked:
-                Why the token is invalid.
+            TokenInvalid: Why the token is invalid, as a subclass: TokenExpired,
+                TokenNotYetValid, TokenMalformed, BadSignature, UnknownKey, TokenRevoked.
             ServiceUnavailable: Keys or remote validation were needed and the
                 service could not be reached.
         """

@@ -119,6 +119,14 @@ class Session:
         access_tokens: A saved asset-token array to restore (as persisted by a
             change callback); it replaces what the store holds.
         rng: Random source for jitter (seed it for reproducible schedules).
+
+    Attributes:
+        access_tokens: The observable array of asset access tokens
+            (:class:`AccessTokens`).
+        token_store: The named MAC tokens (``MacTokenStore``).
+        clock_offset: Seconds to add to local wall time to get the service's time
+            (see :meth:`sync_clock`); MAC header timestamps include it.
+        realm: The service's realm, once a clock sync has read it; else None.
     """
 
     def __init__(
