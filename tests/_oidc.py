@@ -218,7 +218,7 @@ class OIDCProvider:
         return self._process.poll() is None
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 5 s; idempotent."""
+        """SIGTERM, then SIGKILL after 5 s; deletes the log. Idempotent."""
         process = self._process
         if process.poll() is None:
             process.terminate()
@@ -230,6 +230,7 @@ class OIDCProvider:
         for stream in (process.stdin, process.stdout):
             if stream is not None:
                 stream.close()
+        self.log_path.unlink(missing_ok=True)
 
 
 def start_provider(config: Mapping[str, Any] | None = None) -> OIDCProvider:
@@ -311,7 +312,6 @@ def provider_factory() -> Iterator[Callable[..., OIDCProvider]]:
     finally:
         for provider in started:
             provider.stop()
-            provider.log_path.unlink(missing_ok=True)
 
 
 # --- scripted browsers for the interactive flows ---------------------------------------
