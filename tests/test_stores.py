@@ -240,6 +240,22 @@ async def test_file_store_layout_and_modes(tmp_path: Path) -> None:
     assert _temps(path) == []
 
 
+async def test_file_store_path_starting_with_tilde_is_in_the_home_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    store = FileStore("~/.myapp/session.json")  # the README's quickstart
+    assert store.path == home / ".myapp" / "session.json"
+    await store.save(DOCUMENT)
+    assert _mode(home / ".myapp" / "session.json") == 0o600
+    assert _names(work) == []  # no "./~/.myapp/"
+    assert await FileStore(Path("~") / ".myapp" / "session.json").load() == DOCUMENT
+
+
 async def test_file_store_tightens_an_open_file_on_save(state_path: Path) -> None:
     os.mkdir(state_path.parent)
     _write(state_path, _envelope({"seq": 1}), 0o644)

@@ -56,6 +56,11 @@ def _read_regular_file(path: Path) -> tuple[os.stat_result, bytes] | None:
         os.close(fd)
 
 
+def _expand(path: str | os.PathLike[str]) -> Path:
+    # "~/.myapp/state.json" means the home directory, as in a shell, not "./~".
+    return Path(os.path.expanduser(path))
+
+
 def _make_private_dirs(directory: Path) -> None:
     """Create ``directory`` and its missing parents, each with mode 0700."""
     # Path.mkdir(parents=True) and os.makedirs give intermediate directories the
@@ -87,14 +92,15 @@ class FileStore:
     serialised in call order, so the last save called is the one that stays.
 
     Args:
-        path: The state file. Its directory is created (mode 0700) when missing.
+        path: The state file (``~`` is the home directory). Its directory is created
+            (mode 0700) when missing.
         check_permissions: Refuse to load a file that group or others may access.
     """
 
     __slots__ = ("_check_permissions", "_lock", "_path")
 
     def __init__(self, path: str | os.PathLike[str], *, check_permissions: bool = True) -> None:
-        self._path = Path(path)
+        self._path = _expand(path)
         self._check_permissions = check_permissions
         self._lock = anyio.Lock()
 
