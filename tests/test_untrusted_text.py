@@ -9,13 +9,16 @@ error name still usable (a snake_case name, or empty).
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 from aiohttp import web
 from hypothesis import given
@@ -200,3 +203,33 @@ def test_printable_is_one_capped_line(text: str, limit: int) -> None:
     assert len(out) <= limit
     if len(text) <= limit and text.isprintable():
         assert out == text
+
+
+# -- the command line -------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_cli_shows_a_hostile_username_as_one_clean_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tokensdk.cli import main
+
+    hostile = HostileService(ANSI)
+    hostile.answers["/v1/login"] = login_answer("alice" + ANSI)
+    hostile.answers["/v1/status"] = 200, {"serverTime": 1_700_000_000_000, "realm": "x"}
+    hostile.answers["/v1/logout"] = hostile.error(503)
+    state = str(tmp_path / "s.json")
+    monkeypatch.setattr("sys.stdin", io.StringIO("wonderland\n"))
+    async with serving(hostile) as url:
+        # main() runs its own event loop: in a worker thread, beside the server's.
+        for argv in (
+            ["login", "--url", url, "--user", "alice", "--password-stdin", "--state", state],
+            ["tokens", "--state", state],
+            ["logout", "--url", url, "--state", state],
+        ):
+            status = await anyio.to_thread.run_sync(main, argv)
+            out, err = capsys.readouterr()
+            assert "alice\\x0a\\x1b[31mFAKE LOG LINE" in out + err, argv
+            for line in (out + err).splitlines():
+                assert_one_clean_line(line, 1000)
+            assert status == (1 if argv[0] == "logout" else 0), err

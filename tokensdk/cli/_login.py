@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tokensdk._errors import printable
 from tokensdk.cli._running import CommandError, explain, run, session_for_a_person
 from tokensdk.cli._state import load_state
 
@@ -114,7 +115,7 @@ def _cmd_login(args: argparse.Namespace) -> int:
                     " the service until they expire"
                 )
                 raise CommandError(f"{failure}; {outcome}")
-            return str(session.username)
+            return printable(str(session.username))  # the service's spelling
 
     user = run(body, url=args.url)
     print(f"logged in as {user}; session saved to {args.state}")
@@ -134,7 +135,7 @@ def _cmd_logout(args: argparse.Namespace) -> int:
             if session.status is not SessionStatus.ACTIVE:
                 # Its refresh token expired while on disk.
                 raise CommandError(f"{args.state} holds no active session")
-            user = session.username
+            user = printable(str(session.username))  # the service's spelling
             events = session.events()
             # Session.logout() forgets the session locally even when the service
             # cannot be reached, and the state file is the only handle that can still
@@ -161,7 +162,7 @@ def _cmd_logout(args: argparse.Namespace) -> int:
                     f"logged out {user} on the service, but {failure}: the file still holds"
                     " the revoked session"
                 )
-            return str(user)
+            return user
 
     # Errors are raised inside body(): the library's warnings about them are then dropped.
     print(f"logged out {run(body, url=args.url)}")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tokensdk._errors import printable
 from tokensdk.cli._running import CommandError, run, session_for_a_person
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
     print(f"status: {snapshot.status.value}")
     creds = snapshot.credentials
     if creds is not None:
-        print(f"user: {creds.username}")
+        print(f"user: {printable(creds.username)}")  # as the service spelled it
         print(f"  access token   <redacted>  {_in(creds.access_expires_at - now)}")
         print(f"  refresh token  <redacted>  {_in(creds.refresh_expires_at - now)}")
     for item in snapshot.access_tokens:
