@@ -631,3 +631,46 @@ def test_keys_rotate(tmp_path: Path) -> None:
     after = tokensdk("keys", "list", "--db", str(db)).stdout.splitlines()
     assert len(after) == 2
     assert after[-1].startswith(f"{kid}  signs")
+
+
+# -- state files and structure ------------------------------------------------------------
+
+
+def test_state_path_with_tilde_is_in_the_home_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    door = MacToken(name="door", token_id="id-1", secret=bytes(16), factors=("possession",))
+    snapshot = SessionSnapshot(status=SessionStatus.LOGGED_OUT, mac_tokens={"door": door})
+    anyio.run(FileStore("~/s.json").save, encode_state(snapshot))
+    assert (tmp_path / "s.json").is_file()
+    result = tokensdk("tokens", "--state", "~/s.json")  # no shell: the CLI expands it
+    assert (result.returncode, result.stderr) == (0, "")
+    assert (
+        result.stdout
+        == "status: logged_out\nmac token door  id id-1  secret <redacted>  possession\n"
+    )
+
+
+def test_the_cli_reads_no_private_name_of_another_module() -> None:
+    # It once read the file store's and the codec's private helpers to look at a
+    # state file; tokensdk.stores.read_state_file is the public way.
+    import ast
+
+    import tokensdk.cli
+
+    root = Path(tokensdk.cli.__file__)
+    files = sorted(root.parent.glob("*.py")) if root.name == "__init__.py" else [root]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and not (node.module or "").startswith(
+                "tokensdk.cli"
+            ):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.Attribute) and not (
+                isinstance(node.value, ast.Name) and node.value.id == "self"
+            ):
+                names = [node.attr]
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            assert not private, (path.name, getattr(node, "lineno", None), private)

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from keyrings.alt.file import PlaintextKeyring
 
 from tokensdk import InvalidInput, StoreCorrupt, StoreError
-from tokensdk.stores import FileStore, KeyringStore, MemoryStore, StateStore
+from tokensdk.stores import FileStore, KeyringStore, MemoryStore, StateStore, read_state_file
 from tokensdk.stores._codec import CorruptState, NewerFormat, decode_state, encode_state
 
 pytestmark = pytest.mark.anyio
@@ -238,6 +238,22 @@ async def test_file_store_layout_and_modes(tmp_path: Path) -> None:
     assert _mode(path.parent) == 0o700
     assert _mode(path.parent.parent) == 0o700
     assert _temps(path) == []
+
+
+async def test_file_store_path_starting_with_tilde_is_in_the_home_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    store = FileStore("~/.myapp/session.json")  # the README's quickstart
+    assert store.path == home / ".myapp" / "session.json"
+    await store.save(DOCUMENT)
+    assert _mode(home / ".myapp" / "session.json") == 0o600
+    assert _names(work) == []  # no "./~/.myapp/"
+    assert await FileStore(Path("~") / ".myapp" / "session.json").load() == DOCUMENT
 
 
 async def test_file_store_tightens_an_open_file_on_save(state_path: Path) -> None:
@@ -463,6 +479,55 @@ def test_file_store_load_of_any_content_is_typed(tmp_path: Path, content: bytes)
             os.unlink(moved_to)
 
     anyio.run(load)
+
+
+async def test_read_state_file_reads_what_the_store_saved(
+    state_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert read_state_file(state_path) is None
+    await FileStore(state_path).save(DOCUMENT)
+    assert read_state_file(state_path) == DOCUMENT
+    assert read_state_file(os.fspath(state_path)) == DOCUMENT
+    monkeypatch.setenv("HOME", str(state_path.parent))
+    assert read_state_file(f"~/{state_path.name}") == DOCUMENT
+
+
+@pytest.mark.parametrize("content", CORRUPT.values(), ids=CORRUPT.keys())
+def test_read_state_file_leaves_a_corrupt_file_where_it_is(
+    state_path: Path, content: bytes
+) -> None:
+    os.mkdir(state_path.parent)
+    _write(state_path, content)
+    with pytest.raises(StoreCorrupt) as caught:
+        read_state_file(state_path)
+    assert caught.value.moved_to is None
+    assert str(caught.value).startswith(f"state file {state_path} is corrupt (")
+    assert str(caught.value).endswith("; left as it is")
+    assert SECRET not in str(caught.value)
+    assert _names(state_path.parent) == [state_path.name]
+    assert _read(state_path) == content
+
+
+def test_read_state_file_refuses_what_the_store_refuses(state_path: Path) -> None:
+    os.mkdir(state_path.parent)
+    _write(state_path, _envelope({"refreshToken": SECRET}, version=2))
+    with pytest.raises(StoreError, match="newer tokensdk") as newer:
+        read_state_file(state_path)
+    _write(state_path, _envelope({"refreshToken": SECRET}), 0o640)
+    with pytest.raises(StoreError, match=f"chmod 600 {state_path}`$") as shared:
+        read_state_file(state_path)
+    for caught in (newer, shared):
+        assert not isinstance(caught.value, StoreCorrupt)
+        assert SECRET not in str(caught.value)
+    assert _mode(state_path) == 0o640  # untouched
+    os.unlink(state_path)
+    os.mkfifo(state_path, 0o600)
+    with pytest.raises(StoreError, match="it is not a regular file"):
+        read_state_file(state_path)  # and does not hang
+    os.unlink(state_path)
+    os.mkdir(state_path)
+    with pytest.raises(StoreError, match="it is a directory"):
+        read_state_file(state_path)
 
 
 # -- KeyringStore ---------------------------------------------------------------------

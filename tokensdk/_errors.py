@@ -34,6 +34,9 @@ what the caller can do about it. Messages never contain a secret::
 ``ServiceError`` carries ``status`` (HTTP), ``error`` (the contract's snake_case
 name) and ``code`` (the contract's numeric code). ``SessionLost`` and
 ``TokenInvalid`` carry a ``reason`` string naming the cause.
+
+Text that comes from outside (a service's error message) goes through
+:func:`printable` before it reaches a message or a log line.
 """
 
 from __future__ import annotations
@@ -66,7 +69,57 @@ __all__ = [
     "TokenSDKError",
     "UnknownKey",
     "UnknownMacToken",
+    "printable",
 ]
+
+_ELLIPSIS = "\u2026"
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Make untrusted text (a service's error message) safe for one log line.
+
+    A service can put newlines, ANSI escape sequences or bidi overrides in its error
+    text; written to a log or a terminal as they are, they forge log lines, recolour
+    the terminal or reorder what the reader sees. Every character Python does not
+    call printable (C0 and C1 controls, DEL, line and paragraph separators, bidi and
+    other format characters, lone surrogates, unassigned code points) is escaped as
+    ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN``, and the result is cut to ``limit``
+    characters, ending with an ellipsis when cut.
+
+    Args:
+        text: The untrusted text.
+        limit: The longest result, in characters (at least 1).
+
+    Returns:
+        One line of printable text, at most ``limit`` characters long.
+    """
+    if len(text) <= limit and text.isprintable():
+        return text  # the common case costs one scan
+    pieces: list[str] = []
+    size = 0
+    # Never more than limit + 1 source characters: a 100 KB message costs no more.
+    for char in text[: limit + 1]:
+        if char.isprintable():
+            piece = char
+        else:
+            code = ord(char)
+            piece = (
+                f"\\x{code:02x}"
+                if code < 0x100
+                else f"\\u{code:04x}"
+                if code < 0x10000
+                else f"\\U{code:08x}"
+            )
+        if size + len(piece) > limit:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    else:
+        return "".join(pieces)
+    # Cut: make room for the ellipsis without splitting an escape.
+    while pieces and size + 1 > limit:
+        size -= len(pieces.pop())
+    return "".join(pieces) + _ELLIPSIS
 
 
 class TokenSDKError(Exception):
@@ -90,10 +143,11 @@ class ServiceError(TokenSDKError):
 
     Attributes:
         status: The HTTP status code.
-        error: The contract's snake_case error name (e.g. ``invalid_token``).
+        error: The contract's snake_case error name (e.g. ``invalid_token``); empty
+            when the answer had none (anything but a snake_case name counts as none).
         code: The contract's numeric code (e.g. 401, 701).
         reason: A finer cause where the service gives one (e.g. ``revoked`` for an
-            asset token), else empty.
+            asset token), else empty; a snake_case name like ``error``.
     """
 
     def __init__(

@@ -24,7 +24,7 @@ import anyio
 import attrs
 
 from tokensdk._clock import Clock
-from tokensdk._errors import SessionClosed
+from tokensdk._errors import SessionClosed, printable
 from tokensdk._models import Event, EventType, SessionSnapshot
 
 __all__ = ["ChangeCallback", "EventStream", "StateHub"]
@@ -156,10 +156,14 @@ class StateHub:
 
     def emit(self, event: Event) -> None:
         """Hand ``event`` to every subscriber without waiting."""
-        if event.error is not None:
-            log.debug("tokensdk: %s (%s): %s", event.type.value, event.detail, event.error)
-        else:
-            log.debug("tokensdk: %s (%s)", event.type.value, event.detail)
+        if log.isEnabledFor(logging.DEBUG):
+            # A detail (a username from a login answer) may come from the service.
+            detail = printable(str(event.detail))
+            if event.error is not None:
+                error = printable(str(event.error), 1000)
+                log.debug("tokensdk: %s (%s): %s", event.type.value, detail, error)
+            else:
+                log.debug("tokensdk: %s (%s)", event.type.value, detail)
         for stream in self._subscribers:
             stream._push(event)
 

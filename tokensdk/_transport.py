@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import random
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -33,6 +34,7 @@ from tokensdk._errors import (
     ServiceError,
     ServiceUnavailable,
     SessionClosed,
+    printable,
 )
 
 __all__ = ["RetryConfig", "Transport"]
@@ -343,7 +345,7 @@ def _decode_json(raw: bytes, content_type: str, method: str, path: str) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        kind = content_type or "no content type"
+        kind = printable(content_type, 64) if content_type else "no content type"
         raise ProtocolError(f"{method} {path}: the answer is not JSON ({kind})") from None
 
 
@@ -355,15 +357,15 @@ def _error_from(
     message = ""
     reason = ""
     if isinstance(decoded, dict):
-        raw_error = decoded.get("error")
-        error = raw_error if isinstance(raw_error, str) else ""
+        # Names are matched by callers and logged: anything but a snake_case name
+        # counts as no name. The message is for humans only: escaped and capped.
+        error = _name(decoded.get("error"))
         raw_code = decoded.get("code")
         if isinstance(raw_code, int) and not isinstance(raw_code, bool):
             code = raw_code
         raw_message = decoded.get("message")
-        message = raw_message[:200] if isinstance(raw_message, str) else ""
-        raw_reason = decoded.get("reason")
-        reason = raw_reason[:64] if isinstance(raw_reason, str) else ""
+        message = printable(raw_message) if isinstance(raw_message, str) else ""
+        reason = _name(decoded.get("reason"))
     text = f"{method} {path}: {status} {error or 'error'}" + (f": {message}" if message else "")
     if status == 429:
         return RateLimited(
@@ -380,6 +382,13 @@ def _error_from(
         )
     cls = _ERRORS.get(status, ServiceError)
     return cls(text, status=status, error=error, code=code, reason=reason)
+
+
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _name(value: Any) -> str:
+    return value if isinstance(value, str) and _NAME.fullmatch(value) else ""
 
 
 def _retry_after(value: str | None) -> float:

@@ -3,14 +3,15 @@
 A backend implements :class:`StateStore` (``load``/``save``/``clear`` of one
 JSON-able document). Shipped: :class:`MemoryStore`, :class:`FileStore` (one JSON
 file, atomic and durable, mode 0600) and :class:`KeyringStore` (the OS keychain,
-needs the ``keyring`` extra).
+needs the ``keyring`` extra). :func:`read_state_file` reads a ``FileStore``'s
+file without changing anything.
 """
 
 from __future__ import annotations
 
 from tokensdk.stores._base import StateStore
-from tokensdk.stores._file import FileStore
+from tokensdk.stores._file import FileStore, read_state_file
 from tokensdk.stores._keyring import KeyringStore
 from tokensdk.stores._memory import MemoryStore
 
-__all__ = ["FileStore", "KeyringStore", "MemoryStore", "StateStore"]
+__all__ = ["FileStore", "KeyringStore", "MemoryStore", "StateStore", "read_state_file"]

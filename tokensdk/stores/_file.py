@@ -4,6 +4,9 @@ A save writes a new file next to the target and renames it over the target, so a
 crash at any point leaves either the old complete file or the new complete file.
 The temporary file is ``flock``-ed while it is being written: a later save removes
 only temporary files nobody holds, i.e. those left behind by a crashed writer.
+
+:func:`read_state_file` reads such a file the same way but changes nothing, for
+tools that only look (the ``tokensdk tokens`` command).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import anyio.to_thread
 from tokensdk._errors import StoreCorrupt, StoreError
 from tokensdk.stores._codec import CorruptState, NewerFormat, decode_state, encode_state
 
-__all__ = ["FileStore"]
+__all__ = ["FileStore", "read_state_file"]
 
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
@@ -54,6 +57,79 @@ def _read_regular_file(path: Path) -> tuple[os.stat_result, bytes] | None:
         return st, b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _expand(path: str | os.PathLike[str]) -> Path:
+    # "~/.myapp/state.json" means the home directory, as in a shell, not "./~".
+    return Path(os.path.expanduser(path))
+
+
+def _read_checked(
+    path: Path, *, check_permissions: bool, hint: str = ""
+) -> tuple[os.stat_result, bytes] | None:
+    """Read a state file's bytes, refusing what must not be loaded; None if there is none.
+
+    Raises:
+        StoreError: The file could not be read, is not a regular file, or (when
+            ``check_permissions``) group or others may access it.
+    """
+    try:
+        result = _read_regular_file(path)
+    except OSError as exc:
+        raise StoreError(f"cannot read state file {path}: {_describe(exc)}") from exc
+    if result is None:
+        return None
+    st = result[0]
+    if stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"cannot read state file {path}: it is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"cannot read state file {path}: it is not a regular file")
+    if check_permissions and st.st_mode & 0o077:
+        raise StoreError(
+            f"state file {path} is accessible by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); it holds secrets: run "
+            f"`chmod 600 {path}`{hint}"
+        )
+    return result
+
+
+def _newer(path: Path, exc: NewerFormat) -> str:
+    return (
+        f"state file {path} was written by a newer tokensdk (format version {exc.version});"
+        " upgrade tokensdk to read it"
+    )
+
+
+def read_state_file(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Read the document a :class:`FileStore` keeps at ``path``, changing nothing.
+
+    The same checks as :meth:`FileStore.load` (a regular file, not accessible by
+    group or others, a format this tokensdk reads), but a corrupt file is left where
+    it is, for whoever looks at it next. Blocking: for tools and scripts, not for an
+    event loop.
+
+    Args:
+        path: The state file (``~`` is the home directory).
+
+    Returns:
+        The stored document, or None when the file does not exist.
+
+    Raises:
+        StoreCorrupt: The file could not be decoded (``moved_to`` is None: the file
+            was not moved).
+        StoreError: The file could not be read, is not a regular file, is accessible
+            by group or others, or was written by a newer tokensdk.
+    """
+    where = _expand(path)
+    result = _read_checked(where, check_permissions=True)
+    if result is None:
+        return None
+    try:
+        return decode_state(result[1])
+    except NewerFormat as exc:
+        raise StoreError(_newer(where, exc)) from None
+    except CorruptState as exc:
+        raise StoreCorrupt(f"state file {where} is corrupt ({exc.reason}); left as it is") from None
 
 
 def _make_private_dirs(directory: Path) -> None:
@@ -87,14 +163,15 @@ class FileStore:
     serialised in call order, so the last save called is the one that stays.
 
     Args:
-        path: The state file. Its directory is created (mode 0700) when missing.
+        path: The state file (``~`` is the home directory). Its directory is created
+            (mode 0700) when missing.
         check_permissions: Refuse to load a file that group or others may access.
     """
 
     __slots__ = ("_check_permissions", "_lock", "_path")
 
     def __init__(self, path: str | os.PathLike[str], *, check_permissions: bool = True) -> None:
-        self._path = Path(path)
+        self._path = _expand(path)
         self._check_permissions = check_permissions
         self._lock = anyio.Lock()
 
@@ -176,30 +253,19 @@ class FileStore:
         # A concurrent writer in another process may replace the file between our
         # read and our moving it aside; re-read rather than move a good file away.
         for _ in range(5):
-            try:
-                result = _read_regular_file(self._path)
-            except OSError as exc:
-                raise StoreError(f"cannot read state file {self._path}: {_describe(exc)}") from exc
+            result = _read_checked(
+                self._path,
+                check_permissions=self._check_permissions,
+                hint=" (or pass check_permissions=False)",
+            )
             if result is None:
                 return None
             st, data = result
-            if stat.S_ISDIR(st.st_mode):
-                raise StoreError(f"cannot read state file {self._path}: it is a directory")
-            if not stat.S_ISREG(st.st_mode):
-                raise StoreError(f"cannot read state file {self._path}: not a regular file")
-            if self._check_permissions and st.st_mode & 0o077:
-                raise StoreError(
-                    f"state file {self._path} is accessible by group or others "
-                    f"(mode {stat.S_IMODE(st.st_mode):04o}); it holds secrets: run "
-                    f"`chmod 600 {self._path}` (or pass check_permissions=False)"
-                )
             try:
                 return decode_state(data)
             except NewerFormat as exc:
                 raise StoreError(
-                    f"state file {self._path} was written by a newer tokensdk (format "
-                    f"version {exc.version}); upgrade tokensdk to read it. The file was "
-                    "left untouched"
+                    f"{_newer(self._path, exc)}. The file was left untouched"
                 ) from None
             except CorruptState as exc:
                 reason = exc.reason
