@@ -623,6 +623,7 @@ def create_app(config: ServiceConfig) -> web.Application:
         one_time_key_ttl=config.one_time_key_ttl,
         challenge_ttl=config.challenge_ttl,
         db=open_persistence(config.db),
+        idempotency_window=config.idempotency_window,
     )
     window = TimestampWindow(
         past_ms=int(config.mac_window_past * 1000), future_ms=int(config.mac_window_future * 1000)

@@ -22,6 +22,7 @@ import anyio
 from tokensdk._argtypes import port_number, positive_float, positive_int, power_of_two
 from tokensdk.server._app import running_service
 from tokensdk.server._config import ServiceConfig
+from tokensdk.server._state import ServiceState
 
 __all__ = ["StartError", "add_serve_arguments", "config_from_args", "serve_forever"]
 
@@ -44,6 +45,15 @@ def _asset(text: str) -> tuple[str, str]:
     if not colon or not asset_id or not key:
         raise argparse.ArgumentTypeError("expected ID:PUBHEX")
     return asset_id, key
+
+
+def _retry_window(text: str) -> float:
+    value = positive_float(text)
+    if value > ServiceState.MAX_IDEMPOTENCY_WINDOW:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {ServiceState.MAX_IDEMPOTENCY_WINDOW:g} seconds: {text!r}"
+        )
+    return value
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +129,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.asset_token_lifetime,
         metavar="SECONDS",
         help="asset access token lifetime (%(default)s)",
+    )
+    lifetimes.add_argument(
+        "--idempotency-window",
+        type=_retry_window,
+        default=defaults.idempotency_window,
+        metavar="SECONDS",
+        help="how long after its first success a refresh may be retried with the same"
+        " idempotencyKey and get the same answer; at most 30 (%(default)s)",
     )
 
     limits = parser.add_argument_group("limits")
@@ -230,6 +248,7 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         challenge_ttl=args.challenge_ttl,
         asset_token_lifetime=args.asset_token_lifetime,
         db=args.db,
+        idempotency_window=args.idempotency_window,
         assets=dict(args.asset),
         rotate_key=args.rotate_key,
         drop_keys=tuple(args.drop_key),

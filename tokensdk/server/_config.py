@@ -31,6 +31,9 @@ class ServiceConfig:
         asset_token_lifetime: Asset access token lifetime in seconds.
         assets: Asset id -> the holder's Ed25519 public key (lowercase hex).
         db: SQLite file path for persistent state; ``None`` keeps state in memory.
+        idempotency_window: How long a refresh may be retried with the same
+            ``idempotencyKey`` after its first success, in seconds (more than 0, at
+            most 30, the default).
         clock: Where every time read in the service comes from.
         scrypt_n: The scrypt cost parameter (lower it for tests and benchmarks).
         rotate_key: Generate a new signing key at start (old keys keep verifying).
@@ -53,6 +56,7 @@ class ServiceConfig:
     asset_token_lifetime: int = 900
     assets: dict[str, str] = attrs.field(factory=dict)
     db: str | None = None
+    idempotency_window: float = 30.0
     clock: Clock = attrs.field(factory=SystemClock)
     scrypt_n: int = 2**14
     rotate_key: bool = False

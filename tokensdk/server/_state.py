@@ -6,7 +6,9 @@ seconds). Failures are :class:`ApiError` values that the HTTP layer renders as
 the contract's JSON error bodies.
 
 Tokens (access, refresh, one-time keys) are stored only as SHA-256 digests, so a
-copy of the database hands out no usable token.
+copy of the database hands out no usable token. The answer kept for a refresh
+retry is sealed under a key derived from the refresh token and the idempotency
+key, which only the client holds.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from tokensdk._paseto import (
     verify_access_token,
 )
 from tokensdk.server._db import MemoryPersistence, Persistence
+from tokensdk.server._vault import SealError, derive_key, record_aad, seal, unseal
 
 __all__ = [
     "AccessRecord",
@@ -256,21 +259,30 @@ class FamilyRecord:
 
 @attrs.frozen
 class AccessRecord:
-    """A stored access token (keyed by its digest)."""
+    """A stored access token (keyed by its digest).
+
+    ``parent`` is the digest of the refresh token whose rotation issued this token,
+    when that rotation kept an answer for retries: the first use of the token closes
+    that retry window (:meth:`ServiceState.refresh`).
+    """
 
     family: str
     username: str
     expires: float
+    parent: str | None = None
 
 
 @attrs.frozen
 class RefreshRecord:
     """A stored refresh token (keyed by its digest); ``used`` once it rotated.
 
-    When the rotating request carried an ``idempotencyKey``, its digest, the time of
-    use and the digests of the pair it produced are kept, so that the same request
-    retried (its answer was lost in transit) can be served instead of being taken
-    for theft.
+    When the rotating request carried an ``idempotencyKey``, the digest of the key,
+    the time of that first success (``used_at``) and the ``answer`` it gave are
+    kept, so that the same request retried (its answer was lost in transit) gets the
+    same answer instead of being taken for theft. ``answer`` is sealed under a key
+    derived from the refresh token and the idempotency key (only the client has
+    them) and is dropped as soon as a token of that answer is used. ``parent``:
+    as in :class:`AccessRecord`.
     """
 
     family: str
@@ -279,8 +291,12 @@ class RefreshRecord:
     used: bool = False
     used_at: float | None = None
     idempotency: str | None = None
+    # Written by earlier versions (digests of the pair a rotation issued); read by
+    # none, kept so that their databases still load.
     successor_access: str | None = None
     successor_refresh: str | None = None
+    answer: str | None = attrs.field(default=None, repr=False)
+    parent: str | None = None
 
 
 @attrs.frozen
@@ -385,6 +401,15 @@ class _Table(Mapping[str, _R]):
             self._db.delete(self._kind, key)
 
 
+def _answer_key(refresh_token: str, idempotency_key: str) -> bytes:
+    """The key of a refresh's kept answer: from what only the client holds."""
+    return derive_key("tokensdk refresh-retry answer v1", refresh_token, idempotency_key)
+
+
+def _answer_aad(key: str) -> bytes:
+    return record_aad("refresh_tokens", key)
+
+
 def _is_lower_hex(text: str, length: int) -> bool:
     return len(text) == length and all(c in "0123456789abcdef" for c in text)
 
@@ -418,7 +443,18 @@ class ServiceState:
         one_time_key_ttl: One-time key lifetime in seconds.
         challenge_ttl: Asset challenge lifetime in seconds.
         db: Where records are mirrored (memory by default).
+        idempotency_window: How long after its first success a refresh may be
+            retried with the same idempotency key, in seconds (more than 0, at most
+            :attr:`MAX_IDEMPOTENCY_WINDOW`).
+
+    Raises:
+        ValueError: ``idempotency_window`` is out of range.
     """
+
+    #: The longest refresh retry window allowed (and the default): a retry is served
+    #: the answer of the first request, so the window is how long a stolen copy of
+    #: that request is worth anything (until a token of the answer is used).
+    MAX_IDEMPOTENCY_WINDOW = 30.0
 
     def __init__(
         self,
@@ -429,7 +465,14 @@ class ServiceState:
         one_time_key_ttl: int = 300,
         challenge_ttl: int = 300,
         db: Persistence | None = None,
+        idempotency_window: float = MAX_IDEMPOTENCY_WINDOW,
     ) -> None:
+        if not 0 < idempotency_window <= self.MAX_IDEMPOTENCY_WINDOW:
+            raise ValueError(
+                "idempotency_window must be more than 0 and at most"
+                f" {self.MAX_IDEMPOTENCY_WINDOW:g} seconds"
+            )
+        self.idempotency_window = idempotency_window
         self.realm = realm
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
@@ -484,18 +527,24 @@ class ServiceState:
         )
         return self._issue(family, username, now)
 
-    def _issue(self, family: str, username: str, now: float) -> LoginTokens:
+    def _issue(
+        self, family: str, username: str, now: float, parent: str | None = None
+    ) -> LoginTokens:
         access = secrets.token_urlsafe(32)
         refresh = secrets.token_urlsafe(32)
         family_record = self.families[family]
         self.families.put(family, attrs.evolve(family_record, expires=now + self.refresh_ttl))
         self.access.put(
             token_digest(access),
-            AccessRecord(family=family, username=username, expires=now + self.access_ttl),
+            AccessRecord(
+                family=family, username=username, expires=now + self.access_ttl, parent=parent
+            ),
         )
         self.refresh_tokens.put(
             token_digest(refresh),
-            RefreshRecord(family=family, username=username, expires=now + self.refresh_ttl),
+            RefreshRecord(
+                family=family, username=username, expires=now + self.refresh_ttl, parent=parent
+            ),
         )
         return LoginTokens(
             username=username,
@@ -519,6 +568,8 @@ class ServiceState:
             BearerRejected: Unknown, revoked or expired (``expired`` set).
         """
         record = self.access.get(token_digest(token))
+        if record is not None:
+            self._answer_received(record.parent)
         if record is None or self._family_revoked(record.family):
             raise BearerRejected("the access token is not valid", expired=False)
         if now >= record.expires or not self.family_alive(record.family, now):
@@ -540,14 +591,13 @@ class ServiceState:
             ApiError: 401 ``invalid_token`` or 401/701 ``token_expired``.
         """
         record = self.access.get(token_digest(token))
+        if record is not None:
+            self._answer_received(record.parent)
         if record is None or record.username != username or self._family_revoked(record.family):
             raise _bearer_rejected("the access token is not valid")
         if now >= record.expires:
             raise _bearer_rejected("the access token has expired", code=701, error="token_expired")
         return int(record.expires - now)
-
-    #: How long after a rotation the same request (same idempotency key) may be retried.
-    IDEMPOTENCY_GRACE = 60.0
 
     def refresh(
         self, username: str, token: str, now: float, idempotency_key: str | None = None
@@ -558,32 +608,36 @@ class ServiceState:
             username: Who claims the token.
             token: The refresh token.
             now: Wall time.
+            idempotency_key: The request's ``idempotencyKey``, if it sent one.
 
         Returns:
-            The new pair.
+            The new pair, or for a retry the pair the first request got.
 
         Raises:
             ApiError: 401 ``invalid_token``, 401 ``refresh_token_reused`` (the family
                 is revoked as a side effect) or 401/701 ``token_expired``.
 
         A used refresh token presented again with the ``idempotency_key`` of the
-        request that used it, within :attr:`IDEMPOTENCY_GRACE` seconds, while the pair
-        that request produced is still unused, is a retry of a lost answer: the unseen
-        pair is withdrawn and a new one issued. Anything else is reuse.
+        request that used it is a retry of that request (its answer was lost) while
+        the retry window is open: for :attr:`idempotency_window` seconds from that
+        first success, never extended, and only until a token of its answer is used
+        (the answer was received then). A retry gets the same answer, with lifetimes
+        counted from now; it mints nothing and withdraws nothing, so whoever uses the
+        answer's refresh token second trips reuse detection. A retry is checked like
+        any refresh: a revoked family is ``invalid_token``, an expired refresh token
+        or family ``token_expired``. Any other use of a used token is reuse.
         """
         self.maybe_purge(now)
         key = token_digest(token)
         record = self.refresh_tokens.get(key)
+        if record is not None:
+            self._answer_received(record.parent)
         if record is None or record.username != username or self._family_revoked(record.family):
             raise _bearer_rejected("the refresh token is not valid")
-        retry_of = token_digest(idempotency_key) if idempotency_key else None
-        if record.used and self._is_retry(record, retry_of, now):
-            assert record.successor_access is not None
-            assert record.successor_refresh is not None
-            self.access.delete(record.successor_access)
-            self.refresh_tokens.delete(record.successor_refresh)
-            return self._rotate(key, record, username, now, retry_of)
         if record.used:
+            retried = self._retry(key, record, token, idempotency_key, now)
+            if retried is not None:
+                return retried
             self.revoke_family(record.family)
             raise _bearer_rejected(
                 "the refresh token was used before; the session is revoked",
@@ -591,31 +645,88 @@ class ServiceState:
             )
         if now >= record.expires:
             raise _bearer_rejected("the refresh token has expired", code=701, error="token_expired")
-        return self._rotate(key, record, username, now, retry_of)
+        return self._rotate(key, record, token, username, now, idempotency_key)
 
-    def _is_retry(self, record: RefreshRecord, retry_of: str | None, now: float) -> bool:
-        if retry_of is None or record.idempotency is None or record.used_at is None:
-            return False
-        if not hmac.compare_digest(retry_of, record.idempotency):
-            return False
-        if now - record.used_at > self.IDEMPOTENCY_GRACE or record.successor_refresh is None:
-            return False
-        successor = self.refresh_tokens.get(record.successor_refresh)
-        return successor is not None and not successor.used
+    def _retry(
+        self,
+        key: str,
+        record: RefreshRecord,
+        token: str,
+        idempotency_key: str | None,
+        now: float,
+    ) -> LoginTokens | None:
+        """Return the kept answer when this request retries the one that used ``token``.
+
+        Returns None when it is no retry (reuse, then).
+
+        Raises:
+            ApiError: 401/701 ``token_expired``: a retry, but the refresh token or the
+                family has expired since.
+        """
+        if not idempotency_key or record.answer is None or record.idempotency is None:
+            return None
+        if not hmac.compare_digest(token_digest(idempotency_key), record.idempotency):
+            return None
+        if record.used_at is None or not now < record.used_at + self.idempotency_window:
+            return None
+        if now >= record.expires or not self.family_alive(record.family, now):
+            # It never becomes servable again: drop the answer with the window.
+            self._answer_received(key)
+            raise _bearer_rejected("the refresh token has expired", code=701, error="token_expired")
+        try:
+            plain = unseal(_answer_key(token, idempotency_key), record.answer, _answer_aad(key))
+            answer = json.loads(plain)
+            access_token, refresh_token = answer["accessToken"], answer["refreshToken"]
+        except (SealError, ValueError, KeyError, TypeError):  # altered: not a retry then
+            return None
+        access = self.access.get(token_digest(access_token))
+        successor = self.refresh_tokens.get(token_digest(refresh_token))
+        if access is None or successor is None or successor.used:
+            return None  # pragma: no cover - using either closes the window first
+        return LoginTokens(
+            username=record.username,
+            access_token=access_token,
+            access_expire=max(0, math.floor(access.expires - now)),
+            refresh_token=refresh_token,
+            refresh_expire=max(0, math.floor(successor.expires - now)),
+        )
+
+    def _answer_received(self, parent: str | None) -> None:
+        """A token of the answer kept for ``parent``'s retries was used: close its window.
+
+        One write, on the first use only; later uses find no answer left.
+        """
+        if parent is None:
+            return
+        record = self.refresh_tokens.get(parent)
+        if record is not None and record.answer is not None:
+            self.refresh_tokens.put(parent, attrs.evolve(record, answer=None))
 
     def _rotate(
-        self, key: str, record: RefreshRecord, username: str, now: float, retry_of: str | None
+        self,
+        key: str,
+        record: RefreshRecord,
+        token: str,
+        username: str,
+        now: float,
+        idempotency_key: str | None,
     ) -> LoginTokens:
-        tokens = self._issue(record.family, username, now)
+        if not idempotency_key:
+            tokens = self._issue(record.family, username, now)
+            self.refresh_tokens.put(key, attrs.evolve(record, used=True, used_at=now))
+            return tokens
+        tokens = self._issue(record.family, username, now, parent=key)
+        answer = json.dumps(
+            {"accessToken": tokens.access_token, "refreshToken": tokens.refresh_token}
+        ).encode()
         self.refresh_tokens.put(
             key,
             attrs.evolve(
                 record,
                 used=True,
                 used_at=now,
-                idempotency=retry_of,
-                successor_access=token_digest(tokens.access_token),
-                successor_refresh=token_digest(tokens.refresh_token),
+                idempotency=token_digest(idempotency_key),
+                answer=seal(_answer_key(token, idempotency_key), answer, _answer_aad(key)),
             ),
         )
         return tokens
