@@ -562,10 +562,9 @@ async def _startup(app: web.Application) -> AsyncIterator[None]:
     records = await anyio.to_thread.run_sync(hash_users)
     for name, record in records.items():
         service.state.users.put(name, record)
-    for name in config.frozen_users - records.keys():
-        stored = service.state.users.get(name)
-        if stored is not None and not stored.frozen:
-            service.state.users.put(name, attrs.evolve(stored, frozen=True))
+    # Also revokes the sessions a frozen account kept in the database from before.
+    for name in config.frozen_users:
+        service.state.freeze_user(name)
     now = service.now()
     for asset_id, public_key in config.assets.items():
         service.state.assets.put(asset_id, AssetRecord(public_key=public_key))
@@ -687,6 +686,10 @@ class RunningService:
         dropped = self.state.drop_signing_key(kid)
         self.state.ensure_signing_key(self.config.clock.time())
         return dropped
+
+    def freeze_user(self, username: str) -> int:
+        """Freeze an account now: its sessions are revoked; returns how many."""
+        return self.state.freeze_user(username)
 
 
 class _JsonErrorRequestHandler(web_protocol.RequestHandler):

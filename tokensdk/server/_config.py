@@ -16,7 +16,8 @@ class ServiceConfig:
     Attributes:
         realm: The realm named in ``/v1/status`` and mixed into one-time key answers.
         users: Username -> plaintext password; hashed at startup, never stored as is.
-        frozen_users: Usernames whose logins get 403 ``account_frozen``.
+        frozen_users: Accounts frozen at start: their sessions are revoked, their
+            logins and refreshes get 403 ``account_frozen``.
         access_ttl: Access token lifetime in seconds.
         refresh_ttl: Refresh token lifetime in seconds.
         one_time_key_ttl: One-time key lifetime in seconds.

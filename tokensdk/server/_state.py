@@ -401,6 +401,10 @@ class _Table(Mapping[str, _R]):
             self._db.delete(self._kind, key)
 
 
+def _account_frozen() -> ApiError:
+    return ApiError(403, "account_frozen", "the account is frozen")
+
+
 def _answer_key(refresh_token: str, idempotency_key: str) -> bytes:
     """The key of a refresh's kept answer: from what only the client holds."""
     return derive_key("tokensdk refresh-retry answer v1", refresh_token, idempotency_key)
@@ -499,6 +503,39 @@ class ServiceState:
         # than "unknown"; after that they are purged and memory stays bounded.
         self.retention = 3600.0
 
+    # -- frozen accounts ------------------------------------------------------------
+
+    def is_frozen(self, username: str) -> bool:
+        """Return whether ``username`` is a known, frozen account."""
+        record = self.users.get(username)
+        return record is not None and record.frozen
+
+    def freeze_user(self, username: str) -> int:
+        """Freeze an account: its logins get 403 and every session it has is revoked now.
+
+        Freezing a frozen account revokes any family it still has (one started
+        before the account was frozen in another way, e.g. an earlier version).
+
+        Args:
+            username: The account; an unknown one is left alone.
+
+        Returns:
+            How many live families were revoked.
+        """
+        record = self.users.get(username)
+        if record is None:
+            return 0
+        if not record.frozen:
+            self.users.put(username, attrs.evolve(record, frozen=True))
+        families = [
+            family
+            for family, r in self.families.items()
+            if r.username == username and not r.revoked
+        ]
+        for family in families:
+            self.revoke_family(family)
+        return len(families)
+
     # -- sessions -------------------------------------------------------------------
 
     def family_alive(self, family: str, now: float) -> bool:
@@ -565,12 +602,13 @@ class ServiceState:
             The record (its family is alive and it has not expired).
 
         Raises:
-            BearerRejected: Unknown, revoked or expired (``expired`` set).
+            BearerRejected: Unknown, revoked, of a frozen account, or expired
+                (``expired`` set).
         """
         record = self.access.get(token_digest(token))
         if record is not None:
             self._answer_received(record.parent)
-        if record is None or self._family_revoked(record.family):
+        if record is None or self._family_revoked(record.family) or self.is_frozen(record.username):
             raise BearerRejected("the access token is not valid", expired=False)
         if now >= record.expires or not self.family_alive(record.family, now):
             raise BearerRejected("the access token has expired", expired=True)
@@ -588,12 +626,17 @@ class ServiceState:
             Remaining lifetime in whole seconds (rounded down).
 
         Raises:
-            ApiError: 401 ``invalid_token`` or 401/701 ``token_expired``.
+            ApiError: 401 ``invalid_token``, 403 ``account_frozen`` or 401/701
+                ``token_expired``.
         """
         record = self.access.get(token_digest(token))
         if record is not None:
             self._answer_received(record.parent)
-        if record is None or record.username != username or self._family_revoked(record.family):
+        if record is None or record.username != username:
+            raise _bearer_rejected("the access token is not valid")
+        if self.is_frozen(username):
+            raise _account_frozen()
+        if self._family_revoked(record.family):
             raise _bearer_rejected("the access token is not valid")
         if now >= record.expires:
             raise _bearer_rejected("the access token has expired", code=701, error="token_expired")
@@ -614,8 +657,9 @@ class ServiceState:
             The new pair, or for a retry the pair the first request got.
 
         Raises:
-            ApiError: 401 ``invalid_token``, 401 ``refresh_token_reused`` (the family
-                is revoked as a side effect) or 401/701 ``token_expired``.
+            ApiError: 401 ``invalid_token``, 403 ``account_frozen``, 401
+                ``refresh_token_reused`` (the family is revoked as a side effect) or
+                401/701 ``token_expired``.
 
         A used refresh token presented again with the ``idempotency_key`` of the
         request that used it is a retry of that request (its answer was lost) while
@@ -632,7 +676,11 @@ class ServiceState:
         record = self.refresh_tokens.get(key)
         if record is not None:
             self._answer_received(record.parent)
-        if record is None or record.username != username or self._family_revoked(record.family):
+        if record is None or record.username != username:
+            raise _bearer_rejected("the refresh token is not valid")
+        if self.is_frozen(username):
+            raise _account_frozen()
+        if self._family_revoked(record.family):
             raise _bearer_rejected("the refresh token is not valid")
         if record.used:
             retried = self._retry(key, record, token, idempotency_key, now)
@@ -823,9 +871,13 @@ class ServiceState:
         self.mac_tokens.delete(token_id)
 
     def live_mac_token(self, token_id: str, now: float) -> MacTokenRecord | None:
-        """Return a MAC token whose family is alive, or None."""
+        """Return a MAC token whose family is alive and whose user is not frozen, or None."""
         record = self.mac_tokens.get(token_id)
-        if record is None or not self.family_alive(record.family, now):
+        if (
+            record is None
+            or not self.family_alive(record.family, now)
+            or self.is_frozen(record.username)
+        ):
             return None
         return record
 
