@@ -75,6 +75,8 @@ def test_all_options(tmp_path: Path) -> None:
         "--mac-window-past=30",
         "--mac-window-future=0.5",
         "--idempotency-window=12.5",
+        "--key-file",
+        str(tmp_path / "service.key"),
     )
     config = config_from_args(args)
     assert (args.host, args.port) == ("0.0.0.0", 8080)
@@ -95,6 +97,7 @@ def test_all_options(tmp_path: Path) -> None:
     assert config.max_body == 4096
     assert (config.mac_window_past, config.mac_window_future) == (30.0, 0.5)
     assert config.idempotency_window == 12.5
+    assert config.key_file == str(tmp_path / "service.key")
     assert "se:cret" not in repr(config)
 
 

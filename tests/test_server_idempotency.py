@@ -313,8 +313,10 @@ async def test_database_copy_holds_no_token_and_no_readable_answer(
     sealed = record["answer"]
     assert sealed.startswith("v1:")
     aad = record_aad("refresh_tokens", digest)
-    # Only R0 and K together open it: not a digest, not R0 alone.
+    # Only R0 and K together open it: not the key file, not a digest, not R0 alone.
+    service_key = (tmp_path / "s.db.key").read_bytes()
     for wrong in (
+        service_key,
         derive_key(LABEL, first["refreshToken"], "another-key"),
         derive_key(LABEL, digest, token_digest("a-guessable-key")),
         derive_key(LABEL, first["refreshToken"] + "a-guessable-key"),

@@ -24,7 +24,16 @@ from tokensdk.server._app import running_service
 from tokensdk.server._config import ServiceConfig
 from tokensdk.server._state import ServiceState
 
-__all__ = ["StartError", "add_serve_arguments", "config_from_args", "serve_forever"]
+__all__ = [
+    "KEY_FILE_ENV",
+    "StartError",
+    "add_serve_arguments",
+    "config_from_args",
+    "serve_forever",
+]
+
+#: The environment variable naming the service key file (``--key-file`` wins over it).
+KEY_FILE_ENV = "TOKENSDK_SERVICE_KEY_FILE"
 
 
 class StartError(Exception):
@@ -187,6 +196,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     storage = parser.add_argument_group("state, assets and keys")
     storage.add_argument("--db", help="SQLite file for persistent state (default: memory)")
     storage.add_argument(
+        "--key-file",
+        metavar="PATH",
+        help="the 32-byte service key that seals secrets in the database (default:"
+        f" ${KEY_FILE_ENV}, else DB.key next to the database, created on first start)",
+    )
+    storage.add_argument(
         "--asset",
         action="append",
         type=_asset,
@@ -248,6 +263,7 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         challenge_ttl=args.challenge_ttl,
         asset_token_lifetime=args.asset_token_lifetime,
         db=args.db,
+        key_file=args.key_file or os.environ.get(KEY_FILE_ENV) or None,
         idempotency_window=args.idempotency_window,
         assets=dict(args.asset),
         rotate_key=args.rotate_key,

@@ -32,6 +32,9 @@ class ServiceConfig:
         asset_token_lifetime: Asset access token lifetime in seconds.
         assets: Asset id -> the holder's Ed25519 public key (lowercase hex).
         db: SQLite file path for persistent state; ``None`` keeps state in memory.
+        key_file: The service key (32 raw bytes) that seals secrets in the database;
+            ``None``: ``<db>.key``, created on first start (memory mode: a random
+            key in memory).
         idempotency_window: How long a refresh may be retried with the same
             ``idempotencyKey`` after its first success, in seconds (more than 0, at
             most 30, the default).
@@ -57,6 +60,7 @@ class ServiceConfig:
     asset_token_lifetime: int = 900
     assets: dict[str, str] = attrs.field(factory=dict)
     db: str | None = None
+    key_file: str | None = None
     idempotency_window: float = 30.0
     clock: Clock = attrs.field(factory=SystemClock)
     scrypt_n: int = 2**14

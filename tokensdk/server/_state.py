@@ -1,14 +1,28 @@
 """The service's state as a pure core: users, token families, one-time keys, MAC tokens, assets.
 
-Nothing here does I/O beyond the write-through :class:`~tokensdk.server._db.Persistence`,
-and nothing reads a clock: every method that needs the time takes ``now`` (wall
-seconds). Failures are :class:`ApiError` values that the HTTP layer renders as
-the contract's JSON error bodies.
+Nothing here does I/O beyond the write-through :class:`~tokensdk.server._db.Persistence`
+and the service key (:class:`~tokensdk.server._vault.Vault`, read or created once
+at start), and nothing reads a clock: every method that needs the time takes
+``now`` (wall seconds). Failures are :class:`ApiError` values that the HTTP layer
+renders as the contract's JSON error bodies.
 
-Tokens (access, refresh, one-time keys) are stored only as SHA-256 digests, so a
-copy of the database hands out no usable token. The answer kept for a refresh
-retry is sealed under a key derived from the refresh token and the idempotency
-key, which only the client holds.
+What a copy of the database reveals, without the service key file:
+
+- nothing that authenticates: access and refresh tokens are stored as SHA-256
+  digests only; a pending one-time key as the digest of its expected answer; MAC
+  token secrets, each user's one-time-key ``ha1`` and the signing-key seeds are
+  sealed under the service key (AES-256-GCM, :mod:`tokensdk.server._vault`); the
+  answer kept for a refresh retry is sealed under a key derived from the refresh
+  token and the idempotency key, which only the client holds;
+- in the clear: usernames and whether they are frozen, scrypt password hashes with
+  their salts (an offline guessing target, at scrypt's cost per guess), token
+  metadata (digests, owners, families, expiry times), MAC token ids and factors,
+  asset ids and public keys, issued challenges, and revoked asset token signatures.
+
+With the key file as well, a copy opens the MAC token secrets, the ``ha1`` values
+(password-equivalent for the one-time-key login, and a fast hash to guess at) and
+the signing keys; keep the key file out of database backups. The refresh-retry
+answers stay closed even then.
 """
 
 from __future__ import annotations
@@ -36,7 +50,7 @@ from tokensdk._paseto import (
     verify_access_token,
 )
 from tokensdk.server._db import MemoryPersistence, Persistence
-from tokensdk.server._vault import SealError, derive_key, record_aad, seal, unseal
+from tokensdk.server._vault import SealError, Vault, derive_key, is_sealed, record_aad, seal, unseal
 
 __all__ = [
     "AccessRecord",
@@ -184,7 +198,9 @@ def hash_password(password: str, salt: bytes, n: int) -> str:
 class UserRecord:
     """A user as stored: scrypt hash plus the one-time key digest, never the password.
 
-    ``ha1`` is ``sha256hex(username:realm:password)``. The contract's one-time key
+    ``ha1`` is ``sha256hex(username:realm:password)`` as :func:`make_user_record`
+    returns it; in the state's table (and the database) it is sealed under the
+    service key (:meth:`ServiceState.add_user`). The contract's one-time key
     answer is computed from it, so the service must keep it; it is a fast,
     unsalted hash and therefore a weaker secret than the scrypt hash (an offline
     dictionary attack on a stolen database is cheap against it). That is the
@@ -301,7 +317,10 @@ class RefreshRecord:
 
 @attrs.frozen
 class OneTimeKeyRecord:
-    """The pending one-time key of a user, kept as the digest of the expected answer."""
+    """The pending one-time key of a user: ``sha256:`` and the digest of the expected answer.
+
+    Not the answer itself, which would log in whoever read it from the database.
+    """
 
     answer: str = attrs.field(repr=False)
     expires: float
@@ -313,7 +332,7 @@ def _str_tuple(values: Iterable[str]) -> tuple[str, ...]:
 
 @attrs.frozen
 class MacTokenRecord:
-    """A named MAC token: its secret (Base64), owner, family and factors."""
+    """A named MAC token: its secret (Base64, sealed), owner, family and factors."""
 
     secret: str = attrs.field(repr=False)
     family: str
@@ -340,7 +359,7 @@ class ChallengeRecord:
 
 @attrs.frozen
 class SigningKeyRecord:
-    """A PASETO signing key (keyed by its ``k4.pid``); ``seed`` is the Ed25519 seed hex."""
+    """A PASETO signing key (keyed by its ``k4.pid``); ``seed``: Ed25519 seed hex, sealed."""
 
     seed: str = attrs.field(repr=False)
     created: float
@@ -401,6 +420,15 @@ class _Table(Mapping[str, _R]):
             self._db.delete(self._kind, key)
 
 
+#: Marks a one-time key record holding the digest of its answer (earlier versions
+#: kept the answer itself).
+_OTK_DIGEST = "sha256:"
+
+
+def _otk_answer_digest(answer: str) -> str:
+    return _OTK_DIGEST + token_digest(answer)
+
+
 def _account_frozen() -> ApiError:
     return ApiError(403, "account_frozen", "the account is frozen")
 
@@ -450,9 +478,13 @@ class ServiceState:
         idempotency_window: How long after its first success a refresh may be
             retried with the same idempotency key, in seconds (more than 0, at most
             :attr:`MAX_IDEMPOTENCY_WINDOW`).
+        vault: The service key that seals secrets in the records; required with a
+            persistent ``db`` (memory mode: a random key in memory by default).
 
     Raises:
-        ValueError: ``idempotency_window`` is out of range.
+        ValueError: ``idempotency_window`` is out of range, or a persistent ``db``
+            came without a ``vault``.
+        ServiceKeyError: The vault's key is missing or wrong for ``db``'s secrets.
     """
 
     #: The longest refresh retry window allowed (and the default): a retry is served
@@ -470,13 +502,18 @@ class ServiceState:
         challenge_ttl: int = 300,
         db: Persistence | None = None,
         idempotency_window: float = MAX_IDEMPOTENCY_WINDOW,
+        vault: Vault | None = None,
     ) -> None:
         if not 0 < idempotency_window <= self.MAX_IDEMPOTENCY_WINDOW:
             raise ValueError(
                 "idempotency_window must be more than 0 and at most"
                 f" {self.MAX_IDEMPOTENCY_WINDOW:g} seconds"
             )
+        if vault is None and db is not None and not isinstance(db, MemoryPersistence):
+            # A random key would seal the database's secrets for this process only.
+            raise ValueError("a persistent database needs the service key (vault=)")
         self.idempotency_window = idempotency_window
+        self.vault = vault if vault is not None else Vault.ephemeral()
         self.realm = realm
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
@@ -493,8 +530,9 @@ class ServiceState:
         self.challenges = _Table("challenges", ChallengeRecord, self.db)
         self.signing_keys = _Table("signing_keys", SigningKeyRecord, self.db)
         self.revoked = _Table("revoked_asset_tokens", RevokedRecord, self.db)
+        self._open_secrets()
         self._signers: dict[str, SigningKey] = {
-            kid: SigningKey.from_bytes(bytes.fromhex(r.seed))
+            kid: SigningKey.from_bytes(bytes.fromhex(self.vault.open("signing_keys", kid, r.seed)))
             for kid, r in self.signing_keys.items()
         }
         self._key_set = KeySet(k.public_key for k in self._signers.values())
@@ -502,6 +540,70 @@ class ServiceState:
         # Expired records stay this long, so a late caller hears "expired" rather
         # than "unknown"; after that they are purged and memory stays bounded.
         self.retention = 3600.0
+
+    # -- secrets at rest ------------------------------------------------------------
+
+    def _sealed_fields(self) -> tuple[tuple[str, _Table[Any], str], ...]:
+        """The (table name, table, field) of every record field sealed under the service key."""
+        return (
+            ("users", self.users, "ha1"),
+            ("mac_tokens", self.mac_tokens, "secret"),
+            ("signing_keys", self.signing_keys, "seed"),
+        )
+
+    def _open_secrets(self) -> None:
+        """Check the service key against the loaded records; seal what an older version left.
+
+        A database written before secrets were sealed holds them in the clear: they
+        are sealed here, once. Its pending one-time keys kept the expected answer
+        itself; they are dropped (they live minutes; the user asks for another).
+        """
+        fields = self._sealed_fields()
+        sample = next(
+            (
+                (name, key, getattr(record, field))
+                for name, table, field in fields
+                for key, record in table.items()
+                if is_sealed(getattr(record, field))
+            ),
+            None,
+        )
+        self.vault.attach(sample)
+        for name, table, field in fields:
+            for key, record in list(table.items()):
+                value = getattr(record, field)
+                if not is_sealed(value):
+                    sealed = self.vault.seal(name, key, value)
+                    table.put(key, attrs.evolve(record, **{field: sealed}))
+        kept = self.one_time_keys.items()
+        for key in [k for k, r in kept if not r.answer.startswith(_OTK_DIGEST)]:
+            self.one_time_keys.delete(key)
+
+    def add_user(self, username: str, record: UserRecord) -> None:
+        """Store a user (from :func:`make_user_record`), its ``ha1`` sealed.
+
+        Args:
+            username: The account name.
+            record: The user; a plain ``ha1`` is sealed, a sealed one kept.
+        """
+        if not is_sealed(record.ha1):
+            record = attrs.evolve(record, ha1=self.vault.seal("users", username, record.ha1))
+        self.users.put(username, record)
+
+    def _user_ha1(self, username: str, record: UserRecord) -> str:
+        return self.vault.open("users", username, record.ha1)
+
+    def mac_token_key(self, token_id: str, now: float) -> bytes | None:
+        """Return the raw secret of a live MAC token (family alive, user not frozen), or None.
+
+        Args:
+            token_id: The token id from the header.
+            now: Wall time.
+        """
+        record = self.live_mac_token(token_id, now)
+        if record is None:
+            return None
+        return base64.b64decode(self.vault.open("mac_tokens", token_id, record.secret))
 
     # -- frozen accounts ------------------------------------------------------------
 
@@ -804,11 +906,12 @@ class ServiceState:
         """
         key = secrets.token_urlsafe(24)
         user = self.users.get(username)
-        ha1 = user.ha1 if user is not None else secrets.token_hex(32)
+        ha1 = self._user_ha1(username, user) if user is not None else secrets.token_hex(32)
         self.one_time_keys.put(
             username,
             OneTimeKeyRecord(
-                answer=one_time_key_answer(key, ha1), expires=now + self.one_time_key_ttl
+                answer=_otk_answer_digest(one_time_key_answer(key, ha1)),
+                expires=now + self.one_time_key_ttl,
             ),
         )
         return key
@@ -832,9 +935,7 @@ class ServiceState:
         self.one_time_keys.delete(username)
         if now >= record.expires or username not in self.users:
             return False
-        return hmac.compare_digest(
-            record.answer.encode(), answer.lower().encode("utf-8", "replace")
-        )
+        return hmac.compare_digest(record.answer, _otk_answer_digest(answer.lower()))
 
     # -- MAC tokens -------------------------------------------------------------------
 
@@ -855,7 +956,12 @@ class ServiceState:
         secret = base64.b64encode(secrets.token_bytes(16)).decode("ascii")
         self.mac_tokens.put(
             token_id,
-            MacTokenRecord(secret=secret, family=family, username=username, factors=factors),
+            MacTokenRecord(
+                secret=self.vault.seal("mac_tokens", token_id, secret),
+                family=family,
+                username=username,
+                factors=factors,
+            ),
         )
         return token_id, secret
 
@@ -958,7 +1064,12 @@ class ServiceState:
         kid = key.public_key.pid
         serial = 1 + max((r.serial for r in self.signing_keys.values()), default=0)
         self.signing_keys.put(
-            kid, SigningKeyRecord(seed=key.seed.hex(), created=now, serial=serial)
+            kid,
+            SigningKeyRecord(
+                seed=self.vault.seal("signing_keys", kid, key.seed.hex()),
+                created=now,
+                serial=serial,
+            ),
         )
         self._signers[kid] = key
         self._key_set = KeySet(k.public_key for k in self._signers.values())
