@@ -381,8 +381,10 @@ class FaultProxy:
             self.released.set()
             if self._late:
                 await asyncio.wait(self._late)
-            await self._http.close()
+            # Handlers first: one still forwarding (a request that came in as the
+            # client closed) must not find the upstream session closed under it.
             await runner.cleanup()
+            await self._http.close()
 
 
 def _hit(request: web.Request) -> Hit:

@@ -674,3 +674,23 @@ def test_the_cli_reads_no_private_name_of_another_module() -> None:
                 names = [node.attr]
             private = [n for n in names if n.startswith("_") and not n.startswith("__")]
             assert not private, (path.name, getattr(node, "lineno", None), private)
+
+
+def test_keys_need_the_service_key_file(tmp_path: Path) -> None:
+    # The signing seeds are sealed under the key file next to the database.
+    db = tmp_path / "service.db"
+
+    async def create_db() -> None:
+        from tokensdk.server import ServiceConfig, running_service
+
+        async with running_service(ServiceConfig(db=str(db))):
+            pass
+
+    anyio.run(create_db)
+    moved = tmp_path / "elsewhere.key"
+    (tmp_path / "service.db.key").rename(moved)
+    missing = tokensdk("keys", "list", "--db", str(db))
+    one_error_line(missing, f"service key file {db}.key is missing", "--key-file")
+    found = tokensdk("keys", "list", "--db", str(db), "--key-file", str(moved))
+    assert found.returncode == 0, found.stderr
+    assert len(found.stdout.splitlines()) == 1

@@ -74,6 +74,9 @@ def test_all_options(tmp_path: Path) -> None:
         "--max-body=4096",
         "--mac-window-past=30",
         "--mac-window-future=0.5",
+        "--idempotency-window=12.5",
+        "--key-file",
+        str(tmp_path / "service.key"),
     )
     config = config_from_args(args)
     assert (args.host, args.port) == ("0.0.0.0", 8080)
@@ -93,6 +96,8 @@ def test_all_options(tmp_path: Path) -> None:
     assert (config.login_rate_limit, config.ip_rate_limit, config.login_rate_window) == (3, 7, 2.5)
     assert config.max_body == 4096
     assert (config.mac_window_past, config.mac_window_future) == (30.0, 0.5)
+    assert config.idempotency_window == 12.5
+    assert config.key_file == str(tmp_path / "service.key")
     assert "se:cret" not in repr(config)
 
 
@@ -126,6 +131,9 @@ def test_every_config_field_has_an_option() -> None:
         ("--max-body", "0"),
         ("--mac-window-past", "-1"),
         ("--mac-window-future", "inf"),
+        ("--idempotency-window", "0"),
+        ("--idempotency-window", "30.5"),
+        ("--idempotency-window", "nan"),
     ],
 )
 def test_bad_options(argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:

@@ -57,7 +57,7 @@ async def test_new_database_and_side_files_are_private(
         modes = _modes(tmp_path)
     assert {"s.db", "s.db-wal", "s.db-shm"} <= modes.keys()
     assert modes == dict.fromkeys(modes, 0o600)
-    assert _modes(tmp_path) == {"s.db": 0o600}
+    assert _modes(tmp_path) == {"s.db": 0o600, "s.db.key": 0o600}
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,12 @@ async def test_open_database_file_is_tightened_with_a_warning(
         status, _, _ = await call(http, svc, "GET", "/v1/me", token=tokens["accessToken"])
         assert status == 200
     # Only the group and other bits go: the owner's own bits are the operator's choice.
-    assert modes == {"s.db": tightened, "s.db-wal": tightened, "s.db-shm": tightened}
+    assert modes == {
+        "s.db": tightened,
+        "s.db-wal": tightened,
+        "s.db-shm": tightened,
+        "s.db.key": 0o600,  # the service key file, made private when it was created
+    }
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 3
     assert all("open to other users" in w for w in warnings)

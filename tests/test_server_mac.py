@@ -103,9 +103,8 @@ async def test_check_values_through_the_service(
             assert len(base64.b64decode(created["tokenSecret"], validate=True)) == 16
             # Plant the contract's check-value secret on this token.
             record = svc.state.mac_tokens[token_id]
-            svc.state.mac_tokens.put(
-                token_id, attrs.evolve(record, secret="VqAXEhziiT27lxoqREjtcQ==")
-            )
+            planted = svc.state.vault.seal("mac_tokens", token_id, "VqAXEhziiT27lxoqREjtcQ==")
+            svc.state.mac_tokens.put(token_id, attrs.evolve(record, secret=planted))
             value = (
                 f'PowerAuth version="{version}", token_id="{token_id}", '
                 f'token_digest="{digest}", nonce="AAECAwQFBgcICQoLDA0ODw==", '

@@ -83,7 +83,7 @@ def test_one_time_key_formula() -> None:
 
 def _state() -> ServiceState:
     state = ServiceState(access_ttl=10, refresh_ttl=100)
-    state.users.put("alice", make_user_record("alice", "pw", "tokensdk", 2**10, False))
+    state.add_user("alice", make_user_record("alice", "pw", "tokensdk", 2**10, False))
     return state
 
 
@@ -124,7 +124,7 @@ def test_expired_records_answer_expired_until_retention_then_go() -> None:
 
 def test_one_time_keys() -> None:
     state = _state()
-    ha1 = state.users["alice"].ha1
+    ha1 = ha1_digest("alice", "tokensdk", "pw")
     key = state.new_one_time_key("alice", T0)
     assert state.use_one_time_key("alice", one_time_key_answer(key, ha1).upper(), T0)
     assert not state.use_one_time_key("alice", one_time_key_answer(key, ha1), T0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,11 @@ from typing import Any
 from tokensdk.cli._running import CommandError
 
 __all__ = ["add_keys", "add_serve"]
+
+_KEY_FILE_HELP = (
+    "the service key file that seals the database's secrets"
+    " (default: $TOKENSDK_SERVICE_KEY_FILE, else DB.key)"
+)
 
 
 def add_serve(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
@@ -47,11 +53,13 @@ def add_keys(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
         "'serve --drop-key KID'.",
     )
     rotate.add_argument("--db", type=Path, required=True, help="the service's SQLite file")
+    rotate.add_argument("--key-file", type=Path, help=_KEY_FILE_HELP)
     rotate.set_defaults(func=_cmd_keys_rotate)
     listing = key_commands.add_parser(
         "list", help="list the keys of a service database", description="List signing keys."
     )
     listing.add_argument("--db", type=Path, required=True, help="the service's SQLite file")
+    listing.add_argument("--key-file", type=Path, help=_KEY_FILE_HELP)
     listing.set_defaults(func=_cmd_keys_list)
 
 
@@ -71,22 +79,33 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_state_db(path: Path) -> Any:
+def _open_state_db(path: Path, key_file: Path | None) -> Any:
+    from tokensdk.server._cli import KEY_FILE_ENV
     from tokensdk.server._db import SqlitePersistence
     from tokensdk.server._state import ServiceState
+    from tokensdk.server._vault import ServiceKeyError, Vault
 
     if not path.is_file():
         raise CommandError(f"no service database at {path}")
+    key_path = str(key_file or os.environ.get(KEY_FILE_ENV) or f"{path}.key")
+    db = None
     try:
-        return ServiceState(db=SqlitePersistence(str(path)))
+        db = SqlitePersistence(str(path))
+        return ServiceState(db=db, vault=Vault.from_file(key_path))
+    except ServiceKeyError as exc:  # one line naming the key file, never the key
+        if db is not None:
+            db.close()
+        raise CommandError(str(exc)) from None
     except Exception as exc:  # sqlite3.Error, a record this version cannot read
+        if db is not None:
+            db.close()
         raise CommandError(f"cannot open service database {path}: {type(exc).__name__}") from None
 
 
 def _cmd_keys_rotate(args: argparse.Namespace) -> int:
     import time
 
-    state = _open_state_db(args.db)
+    state = _open_state_db(args.db, args.key_file)
     try:
         kid = state.rotate_signing_key(time.time())
     finally:
@@ -96,7 +115,7 @@ def _cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_list(args: argparse.Namespace) -> int:
-    state = _open_state_db(args.db)
+    state = _open_state_db(args.db, args.key_file)
     try:
         entries = state.public_keys()
     finally:

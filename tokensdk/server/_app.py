@@ -8,8 +8,6 @@ unexpected exception becomes a JSON 500 and a log record, never an HTML page.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import json
 import logging
@@ -40,6 +38,7 @@ from tokensdk.server._state import (
     make_user_record,
     verify_password,
 )
+from tokensdk.server._vault import Vault
 
 __all__ = [
     "STATS_KEY",
@@ -384,13 +383,7 @@ async def me_by_mac_token(request: web.Request) -> web.Response:
     now = service.now()
 
     def lookup(token_id: str) -> bytes | None:
-        record = service.state.live_mac_token(token_id, now)
-        if record is None:
-            return None
-        try:
-            return base64.b64decode(record.secret, validate=True)
-        except binascii.Error:  # pragma: no cover - we wrote it ourselves
-            return None
+        return service.state.mac_token_key(token_id, now)
 
     try:
         header = request.headers.get(_MAC_HEADER)
@@ -561,11 +554,10 @@ async def _startup(app: web.Application) -> AsyncIterator[None]:
 
     records = await anyio.to_thread.run_sync(hash_users)
     for name, record in records.items():
-        service.state.users.put(name, record)
-    for name in config.frozen_users - records.keys():
-        stored = service.state.users.get(name)
-        if stored is not None and not stored.frozen:
-            service.state.users.put(name, attrs.evolve(stored, frozen=True))
+        service.state.add_user(name, record)
+    # Also revokes the sessions a frozen account kept in the database from before.
+    for name in config.frozen_users:
+        service.state.freeze_user(name)
     now = service.now()
     for asset_id, public_key in config.assets.items():
         service.state.assets.put(asset_id, AssetRecord(public_key=public_key))
@@ -616,14 +608,21 @@ def create_app(config: ServiceConfig) -> web.Application:
             _public_key_hex(public_key)
         except ApiError:
             raise ValueError(f"asset {asset_id!r}: not an Ed25519 public key in hex") from None
-    state = ServiceState(
-        realm=config.realm,
-        access_ttl=config.access_ttl,
-        refresh_ttl=config.refresh_ttl,
-        one_time_key_ttl=config.one_time_key_ttl,
-        challenge_ttl=config.challenge_ttl,
-        db=open_persistence(config.db),
-    )
+    db = open_persistence(config.db)
+    try:
+        state = ServiceState(
+            realm=config.realm,
+            access_ttl=config.access_ttl,
+            refresh_ttl=config.refresh_ttl,
+            one_time_key_ttl=config.one_time_key_ttl,
+            challenge_ttl=config.challenge_ttl,
+            db=db,
+            idempotency_window=config.idempotency_window,
+            vault=_vault(config),
+        )
+    except BaseException:
+        db.close()  # a wrong key file, a window out of range: nothing may stay open
+        raise
     window = TimestampWindow(
         past_ms=int(config.mac_window_past * 1000), future_ms=int(config.mac_window_future * 1000)
     )
@@ -656,6 +655,14 @@ def create_app(config: ServiceConfig) -> web.Application:
     return app
 
 
+def _vault(config: ServiceConfig) -> Vault:
+    """The service key: from ``key_file``, else ``<db>.key``; in memory without a database."""
+    path = config.key_file
+    if path is None and config.db not in (None, "", ":memory:"):
+        path = f"{config.db}.key"
+    return Vault.ephemeral() if path is None else Vault.from_file(path)
+
+
 @attrs.define
 class RunningService:
     """A service listening on a loopback port (from :func:`running_service`).
@@ -686,6 +693,10 @@ class RunningService:
         dropped = self.state.drop_signing_key(kid)
         self.state.ensure_signing_key(self.config.clock.time())
         return dropped
+
+    def freeze_user(self, username: str) -> int:
+        """Freeze an account now: its sessions are revoked; returns how many."""
+        return self.state.freeze_user(username)
 
 
 class _JsonErrorRequestHandler(web_protocol.RequestHandler):

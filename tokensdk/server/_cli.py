@@ -22,8 +22,18 @@ import anyio
 from tokensdk._argtypes import port_number, positive_float, positive_int, power_of_two
 from tokensdk.server._app import running_service
 from tokensdk.server._config import ServiceConfig
+from tokensdk.server._state import ServiceState
 
-__all__ = ["StartError", "add_serve_arguments", "config_from_args", "serve_forever"]
+__all__ = [
+    "KEY_FILE_ENV",
+    "StartError",
+    "add_serve_arguments",
+    "config_from_args",
+    "serve_forever",
+]
+
+#: The environment variable naming the service key file (``--key-file`` wins over it).
+KEY_FILE_ENV = "TOKENSDK_SERVICE_KEY_FILE"
 
 
 class StartError(Exception):
@@ -44,6 +54,15 @@ def _asset(text: str) -> tuple[str, str]:
     if not colon or not asset_id or not key:
         raise argparse.ArgumentTypeError("expected ID:PUBHEX")
     return asset_id, key
+
+
+def _retry_window(text: str) -> float:
+    value = positive_float(text)
+    if value > ServiceState.MAX_IDEMPOTENCY_WINDOW:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {ServiceState.MAX_IDEMPOTENCY_WINDOW:g} seconds: {text!r}"
+        )
+    return value
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +139,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="asset access token lifetime (%(default)s)",
     )
+    lifetimes.add_argument(
+        "--idempotency-window",
+        type=_retry_window,
+        default=defaults.idempotency_window,
+        metavar="SECONDS",
+        help="how long after its first success a refresh may be retried with the same"
+        " idempotencyKey and get the same answer; at most 30 (%(default)s)",
+    )
 
     limits = parser.add_argument_group("limits")
     limits.add_argument(
@@ -168,6 +195,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
     storage = parser.add_argument_group("state, assets and keys")
     storage.add_argument("--db", help="SQLite file for persistent state (default: memory)")
+    storage.add_argument(
+        "--key-file",
+        metavar="PATH",
+        help="the 32-byte service key that seals secrets in the database (default:"
+        f" ${KEY_FILE_ENV}, else DB.key next to the database, created on first start)",
+    )
     storage.add_argument(
         "--asset",
         action="append",
@@ -230,6 +263,8 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         challenge_ttl=args.challenge_ttl,
         asset_token_lifetime=args.asset_token_lifetime,
         db=args.db,
+        key_file=args.key_file or os.environ.get(KEY_FILE_ENV) or None,
+        idempotency_window=args.idempotency_window,
         assets=dict(args.asset),
         rotate_key=args.rotate_key,
         drop_keys=tuple(args.drop_key),

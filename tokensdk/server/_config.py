@@ -16,7 +16,8 @@ class ServiceConfig:
     Attributes:
         realm: The realm named in ``/v1/status`` and mixed into one-time key answers.
         users: Username -> plaintext password; hashed at startup, never stored as is.
-        frozen_users: Usernames whose logins get 403 ``account_frozen``.
+        frozen_users: Accounts frozen at start: their sessions are revoked, their
+            logins and refreshes get 403 ``account_frozen``.
         access_ttl: Access token lifetime in seconds.
         refresh_ttl: Refresh token lifetime in seconds.
         one_time_key_ttl: One-time key lifetime in seconds.
@@ -31,6 +32,12 @@ class ServiceConfig:
         asset_token_lifetime: Asset access token lifetime in seconds.
         assets: Asset id -> the holder's Ed25519 public key (lowercase hex).
         db: SQLite file path for persistent state; ``None`` keeps state in memory.
+        key_file: The service key (32 raw bytes) that seals secrets in the database;
+            ``None``: ``<db>.key``, created on first start (memory mode: a random
+            key in memory).
+        idempotency_window: How long a refresh may be retried with the same
+            ``idempotencyKey`` after its first success, in seconds (more than 0, at
+            most 30, the default).
         clock: Where every time read in the service comes from.
         scrypt_n: The scrypt cost parameter (lower it for tests and benchmarks).
         rotate_key: Generate a new signing key at start (old keys keep verifying).
@@ -53,6 +60,8 @@ class ServiceConfig:
     asset_token_lifetime: int = 900
     assets: dict[str, str] = attrs.field(factory=dict)
     db: str | None = None
+    key_file: str | None = None
+    idempotency_window: float = 30.0
     clock: Clock = attrs.field(factory=SystemClock)
     scrypt_n: int = 2**14
     rotate_key: bool = False

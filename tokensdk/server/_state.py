@@ -1,12 +1,28 @@
 """The service's state as a pure core: users, token families, one-time keys, MAC tokens, assets.
 
-Nothing here does I/O beyond the write-through :class:`~tokensdk.server._db.Persistence`,
-and nothing reads a clock: every method that needs the time takes ``now`` (wall
-seconds). Failures are :class:`ApiError` values that the HTTP layer renders as
-the contract's JSON error bodies.
+Nothing here does I/O beyond the write-through :class:`~tokensdk.server._db.Persistence`
+and the service key (:class:`~tokensdk.server._vault.Vault`, read or created once
+at start), and nothing reads a clock: every method that needs the time takes
+``now`` (wall seconds). Failures are :class:`ApiError` values that the HTTP layer
+renders as the contract's JSON error bodies.
 
-Tokens (access, refresh, one-time keys) are stored only as SHA-256 digests, so a
-copy of the database hands out no usable token.
+What a copy of the database reveals, without the service key file:
+
+- nothing that authenticates: access and refresh tokens are stored as SHA-256
+  digests only; a pending one-time key as the digest of its expected answer; MAC
+  token secrets, each user's one-time-key ``ha1`` and the signing-key seeds are
+  sealed under the service key (AES-256-GCM, :mod:`tokensdk.server._vault`); the
+  answer kept for a refresh retry is sealed under a key derived from the refresh
+  token and the idempotency key, which only the client holds;
+- in the clear: usernames and whether they are frozen, scrypt password hashes with
+  their salts (an offline guessing target, at scrypt's cost per guess), token
+  metadata (digests, owners, families, expiry times), MAC token ids and factors,
+  asset ids and public keys, issued challenges, and revoked asset token signatures.
+
+With the key file as well, a copy opens the MAC token secrets, the ``ha1`` values
+(password-equivalent for the one-time-key login, and a fast hash to guess at) and
+the signing keys; keep the key file out of database backups. The refresh-retry
+answers stay closed even then.
 """
 
 from __future__ import annotations
@@ -34,6 +50,7 @@ from tokensdk._paseto import (
     verify_access_token,
 )
 from tokensdk.server._db import MemoryPersistence, Persistence
+from tokensdk.server._vault import SealError, Vault, derive_key, is_sealed, record_aad, seal, unseal
 
 __all__ = [
     "AccessRecord",
@@ -181,7 +198,9 @@ def hash_password(password: str, salt: bytes, n: int) -> str:
 class UserRecord:
     """A user as stored: scrypt hash plus the one-time key digest, never the password.
 
-    ``ha1`` is ``sha256hex(username:realm:password)``. The contract's one-time key
+    ``ha1`` is ``sha256hex(username:realm:password)`` as :func:`make_user_record`
+    returns it; in the state's table (and the database) it is sealed under the
+    service key (:meth:`ServiceState.add_user`). The contract's one-time key
     answer is computed from it, so the service must keep it; it is a fast,
     unsalted hash and therefore a weaker secret than the scrypt hash (an offline
     dictionary attack on a stolen database is cheap against it). That is the
@@ -256,21 +275,30 @@ class FamilyRecord:
 
 @attrs.frozen
 class AccessRecord:
-    """A stored access token (keyed by its digest)."""
+    """A stored access token (keyed by its digest).
+
+    ``parent`` is the digest of the refresh token whose rotation issued this token,
+    when that rotation kept an answer for retries: the first use of the token closes
+    that retry window (:meth:`ServiceState.refresh`).
+    """
 
     family: str
     username: str
     expires: float
+    parent: str | None = None
 
 
 @attrs.frozen
 class RefreshRecord:
     """A stored refresh token (keyed by its digest); ``used`` once it rotated.
 
-    When the rotating request carried an ``idempotencyKey``, its digest, the time of
-    use and the digests of the pair it produced are kept, so that the same request
-    retried (its answer was lost in transit) can be served instead of being taken
-    for theft.
+    When the rotating request carried an ``idempotencyKey``, the digest of the key,
+    the time of that first success (``used_at``) and the ``answer`` it gave are
+    kept, so that the same request retried (its answer was lost in transit) gets the
+    same answer instead of being taken for theft. ``answer`` is sealed under a key
+    derived from the refresh token and the idempotency key (only the client has
+    them) and is dropped as soon as a token of that answer is used. ``parent``:
+    as in :class:`AccessRecord`.
     """
 
     family: str
@@ -279,13 +307,20 @@ class RefreshRecord:
     used: bool = False
     used_at: float | None = None
     idempotency: str | None = None
+    # Written by earlier versions (digests of the pair a rotation issued); read by
+    # none, kept so that their databases still load.
     successor_access: str | None = None
     successor_refresh: str | None = None
+    answer: str | None = attrs.field(default=None, repr=False)
+    parent: str | None = None
 
 
 @attrs.frozen
 class OneTimeKeyRecord:
-    """The pending one-time key of a user, kept as the digest of the expected answer."""
+    """The pending one-time key of a user: ``sha256:`` and the digest of the expected answer.
+
+    Not the answer itself, which would log in whoever read it from the database.
+    """
 
     answer: str = attrs.field(repr=False)
     expires: float
@@ -297,7 +332,7 @@ def _str_tuple(values: Iterable[str]) -> tuple[str, ...]:
 
 @attrs.frozen
 class MacTokenRecord:
-    """A named MAC token: its secret (Base64), owner, family and factors."""
+    """A named MAC token: its secret (Base64, sealed), owner, family and factors."""
 
     secret: str = attrs.field(repr=False)
     family: str
@@ -324,7 +359,7 @@ class ChallengeRecord:
 
 @attrs.frozen
 class SigningKeyRecord:
-    """A PASETO signing key (keyed by its ``k4.pid``); ``seed`` is the Ed25519 seed hex."""
+    """A PASETO signing key (keyed by its ``k4.pid``); ``seed``: Ed25519 seed hex, sealed."""
 
     seed: str = attrs.field(repr=False)
     created: float
@@ -385,6 +420,28 @@ class _Table(Mapping[str, _R]):
             self._db.delete(self._kind, key)
 
 
+#: Marks a one-time key record holding the digest of its answer (earlier versions
+#: kept the answer itself).
+_OTK_DIGEST = "sha256:"
+
+
+def _otk_answer_digest(answer: str) -> str:
+    return _OTK_DIGEST + token_digest(answer)
+
+
+def _account_frozen() -> ApiError:
+    return ApiError(403, "account_frozen", "the account is frozen")
+
+
+def _answer_key(refresh_token: str, idempotency_key: str) -> bytes:
+    """The key of a refresh's kept answer: from what only the client holds."""
+    return derive_key("tokensdk refresh-retry answer v1", refresh_token, idempotency_key)
+
+
+def _answer_aad(key: str) -> bytes:
+    return record_aad("refresh_tokens", key)
+
+
 def _is_lower_hex(text: str, length: int) -> bool:
     return len(text) == length and all(c in "0123456789abcdef" for c in text)
 
@@ -418,7 +475,22 @@ class ServiceState:
         one_time_key_ttl: One-time key lifetime in seconds.
         challenge_ttl: Asset challenge lifetime in seconds.
         db: Where records are mirrored (memory by default).
+        idempotency_window: How long after its first success a refresh may be
+            retried with the same idempotency key, in seconds (more than 0, at most
+            :attr:`MAX_IDEMPOTENCY_WINDOW`).
+        vault: The service key that seals secrets in the records; required with a
+            persistent ``db`` (memory mode: a random key in memory by default).
+
+    Raises:
+        ValueError: ``idempotency_window`` is out of range, or a persistent ``db``
+            came without a ``vault``.
+        ServiceKeyError: The vault's key is missing or wrong for ``db``'s secrets.
     """
+
+    #: The longest refresh retry window allowed (and the default): a retry is served
+    #: the answer of the first request, so the window is how long a stolen copy of
+    #: that request is worth anything (until a token of the answer is used).
+    MAX_IDEMPOTENCY_WINDOW = 30.0
 
     def __init__(
         self,
@@ -429,7 +501,19 @@ class ServiceState:
         one_time_key_ttl: int = 300,
         challenge_ttl: int = 300,
         db: Persistence | None = None,
+        idempotency_window: float = MAX_IDEMPOTENCY_WINDOW,
+        vault: Vault | None = None,
     ) -> None:
+        if not 0 < idempotency_window <= self.MAX_IDEMPOTENCY_WINDOW:
+            raise ValueError(
+                "idempotency_window must be more than 0 and at most"
+                f" {self.MAX_IDEMPOTENCY_WINDOW:g} seconds"
+            )
+        if vault is None and db is not None and not isinstance(db, MemoryPersistence):
+            # A random key would seal the database's secrets for this process only.
+            raise ValueError("a persistent database needs the service key (vault=)")
+        self.idempotency_window = idempotency_window
+        self.vault = vault if vault is not None else Vault.ephemeral()
         self.realm = realm
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
@@ -446,8 +530,9 @@ class ServiceState:
         self.challenges = _Table("challenges", ChallengeRecord, self.db)
         self.signing_keys = _Table("signing_keys", SigningKeyRecord, self.db)
         self.revoked = _Table("revoked_asset_tokens", RevokedRecord, self.db)
+        self._open_secrets()
         self._signers: dict[str, SigningKey] = {
-            kid: SigningKey.from_bytes(bytes.fromhex(r.seed))
+            kid: SigningKey.from_bytes(bytes.fromhex(self.vault.open("signing_keys", kid, r.seed)))
             for kid, r in self.signing_keys.items()
         }
         self._key_set = KeySet(k.public_key for k in self._signers.values())
@@ -455,6 +540,103 @@ class ServiceState:
         # Expired records stay this long, so a late caller hears "expired" rather
         # than "unknown"; after that they are purged and memory stays bounded.
         self.retention = 3600.0
+
+    # -- secrets at rest ------------------------------------------------------------
+
+    def _sealed_fields(self) -> tuple[tuple[str, _Table[Any], str], ...]:
+        """The (table name, table, field) of every record field sealed under the service key."""
+        return (
+            ("users", self.users, "ha1"),
+            ("mac_tokens", self.mac_tokens, "secret"),
+            ("signing_keys", self.signing_keys, "seed"),
+        )
+
+    def _open_secrets(self) -> None:
+        """Check the service key against the loaded records; seal what an older version left.
+
+        A database written before secrets were sealed holds them in the clear: they
+        are sealed here, once. Its pending one-time keys kept the expected answer
+        itself; they are dropped (they live minutes; the user asks for another).
+        """
+        fields = self._sealed_fields()
+        sample = next(
+            (
+                (name, key, getattr(record, field))
+                for name, table, field in fields
+                for key, record in table.items()
+                if is_sealed(getattr(record, field))
+            ),
+            None,
+        )
+        self.vault.attach(sample)
+        for name, table, field in fields:
+            for key, record in list(table.items()):
+                value = getattr(record, field)
+                if not is_sealed(value):
+                    sealed = self.vault.seal(name, key, value)
+                    table.put(key, attrs.evolve(record, **{field: sealed}))
+        kept = self.one_time_keys.items()
+        for key in [k for k, r in kept if not r.answer.startswith(_OTK_DIGEST)]:
+            self.one_time_keys.delete(key)
+
+    def add_user(self, username: str, record: UserRecord) -> None:
+        """Store a user (from :func:`make_user_record`), its ``ha1`` sealed.
+
+        Args:
+            username: The account name.
+            record: The user; a plain ``ha1`` is sealed, a sealed one kept.
+        """
+        if not is_sealed(record.ha1):
+            record = attrs.evolve(record, ha1=self.vault.seal("users", username, record.ha1))
+        self.users.put(username, record)
+
+    def _user_ha1(self, username: str, record: UserRecord) -> str:
+        return self.vault.open("users", username, record.ha1)
+
+    def mac_token_key(self, token_id: str, now: float) -> bytes | None:
+        """Return the raw secret of a live MAC token (family alive, user not frozen), or None.
+
+        Args:
+            token_id: The token id from the header.
+            now: Wall time.
+        """
+        record = self.live_mac_token(token_id, now)
+        if record is None:
+            return None
+        return base64.b64decode(self.vault.open("mac_tokens", token_id, record.secret))
+
+    # -- frozen accounts ------------------------------------------------------------
+
+    def is_frozen(self, username: str) -> bool:
+        """Return whether ``username`` is a known, frozen account."""
+        record = self.users.get(username)
+        return record is not None and record.frozen
+
+    def freeze_user(self, username: str) -> int:
+        """Freeze an account: its logins get 403 and every session it has is revoked now.
+
+        Freezing a frozen account revokes any family it still has (one started
+        before the account was frozen in another way, e.g. an earlier version).
+
+        Args:
+            username: The account; an unknown one is left alone.
+
+        Returns:
+            How many live families were revoked.
+        """
+        record = self.users.get(username)
+        if record is None:
+            return 0
+        if not record.frozen:
+            self.users.put(username, attrs.evolve(record, frozen=True))
+        families = [
+            family
+            for family, r in self.families.items()
+            if r.username == username and not r.revoked
+        ]
+        for family in families:
+            self.revoke_family(family)
+        return len(families)
 
     # -- sessions -------------------------------------------------------------------
 
@@ -484,18 +666,24 @@ class ServiceState:
         )
         return self._issue(family, username, now)
 
-    def _issue(self, family: str, username: str, now: float) -> LoginTokens:
+    def _issue(
+        self, family: str, username: str, now: float, parent: str | None = None
+    ) -> LoginTokens:
         access = secrets.token_urlsafe(32)
         refresh = secrets.token_urlsafe(32)
         family_record = self.families[family]
         self.families.put(family, attrs.evolve(family_record, expires=now + self.refresh_ttl))
         self.access.put(
             token_digest(access),
-            AccessRecord(family=family, username=username, expires=now + self.access_ttl),
+            AccessRecord(
+                family=family, username=username, expires=now + self.access_ttl, parent=parent
+            ),
         )
         self.refresh_tokens.put(
             token_digest(refresh),
-            RefreshRecord(family=family, username=username, expires=now + self.refresh_ttl),
+            RefreshRecord(
+                family=family, username=username, expires=now + self.refresh_ttl, parent=parent
+            ),
         )
         return LoginTokens(
             username=username,
@@ -516,10 +704,13 @@ class ServiceState:
             The record (its family is alive and it has not expired).
 
         Raises:
-            BearerRejected: Unknown, revoked or expired (``expired`` set).
+            BearerRejected: Unknown, revoked, of a frozen account, or expired
+                (``expired`` set).
         """
         record = self.access.get(token_digest(token))
-        if record is None or self._family_revoked(record.family):
+        if record is not None:
+            self._answer_received(record.parent)
+        if record is None or self._family_revoked(record.family) or self.is_frozen(record.username):
             raise BearerRejected("the access token is not valid", expired=False)
         if now >= record.expires or not self.family_alive(record.family, now):
             raise BearerRejected("the access token has expired", expired=True)
@@ -537,17 +728,21 @@ class ServiceState:
             Remaining lifetime in whole seconds (rounded down).
 
         Raises:
-            ApiError: 401 ``invalid_token`` or 401/701 ``token_expired``.
+            ApiError: 401 ``invalid_token``, 403 ``account_frozen`` or 401/701
+                ``token_expired``.
         """
         record = self.access.get(token_digest(token))
-        if record is None or record.username != username or self._family_revoked(record.family):
+        if record is not None:
+            self._answer_received(record.parent)
+        if record is None or record.username != username:
+            raise _bearer_rejected("the access token is not valid")
+        if self.is_frozen(username):
+            raise _account_frozen()
+        if self._family_revoked(record.family):
             raise _bearer_rejected("the access token is not valid")
         if now >= record.expires:
             raise _bearer_rejected("the access token has expired", code=701, error="token_expired")
         return int(record.expires - now)
-
-    #: How long after a rotation the same request (same idempotency key) may be retried.
-    IDEMPOTENCY_GRACE = 60.0
 
     def refresh(
         self, username: str, token: str, now: float, idempotency_key: str | None = None
@@ -558,32 +753,41 @@ class ServiceState:
             username: Who claims the token.
             token: The refresh token.
             now: Wall time.
+            idempotency_key: The request's ``idempotencyKey``, if it sent one.
 
         Returns:
-            The new pair.
+            The new pair, or for a retry the pair the first request got.
 
         Raises:
-            ApiError: 401 ``invalid_token``, 401 ``refresh_token_reused`` (the family
-                is revoked as a side effect) or 401/701 ``token_expired``.
+            ApiError: 401 ``invalid_token``, 403 ``account_frozen``, 401
+                ``refresh_token_reused`` (the family is revoked as a side effect) or
+                401/701 ``token_expired``.
 
         A used refresh token presented again with the ``idempotency_key`` of the
-        request that used it, within :attr:`IDEMPOTENCY_GRACE` seconds, while the pair
-        that request produced is still unused, is a retry of a lost answer: the unseen
-        pair is withdrawn and a new one issued. Anything else is reuse.
+        request that used it is a retry of that request (its answer was lost) while
+        the retry window is open: for :attr:`idempotency_window` seconds from that
+        first success, never extended, and only until a token of its answer is used
+        (the answer was received then). A retry gets the same answer, with lifetimes
+        counted from now; it mints nothing and withdraws nothing, so whoever uses the
+        answer's refresh token second trips reuse detection. A retry is checked like
+        any refresh: a revoked family is ``invalid_token``, an expired refresh token
+        or family ``token_expired``. Any other use of a used token is reuse.
         """
         self.maybe_purge(now)
         key = token_digest(token)
         record = self.refresh_tokens.get(key)
-        if record is None or record.username != username or self._family_revoked(record.family):
+        if record is not None:
+            self._answer_received(record.parent)
+        if record is None or record.username != username:
             raise _bearer_rejected("the refresh token is not valid")
-        retry_of = token_digest(idempotency_key) if idempotency_key else None
-        if record.used and self._is_retry(record, retry_of, now):
-            assert record.successor_access is not None
-            assert record.successor_refresh is not None
-            self.access.delete(record.successor_access)
-            self.refresh_tokens.delete(record.successor_refresh)
-            return self._rotate(key, record, username, now, retry_of)
+        if self.is_frozen(username):
+            raise _account_frozen()
+        if self._family_revoked(record.family):
+            raise _bearer_rejected("the refresh token is not valid")
         if record.used:
+            retried = self._retry(key, record, token, idempotency_key, now)
+            if retried is not None:
+                return retried
             self.revoke_family(record.family)
             raise _bearer_rejected(
                 "the refresh token was used before; the session is revoked",
@@ -591,31 +795,88 @@ class ServiceState:
             )
         if now >= record.expires:
             raise _bearer_rejected("the refresh token has expired", code=701, error="token_expired")
-        return self._rotate(key, record, username, now, retry_of)
+        return self._rotate(key, record, token, username, now, idempotency_key)
 
-    def _is_retry(self, record: RefreshRecord, retry_of: str | None, now: float) -> bool:
-        if retry_of is None or record.idempotency is None or record.used_at is None:
-            return False
-        if not hmac.compare_digest(retry_of, record.idempotency):
-            return False
-        if now - record.used_at > self.IDEMPOTENCY_GRACE or record.successor_refresh is None:
-            return False
-        successor = self.refresh_tokens.get(record.successor_refresh)
-        return successor is not None and not successor.used
+    def _retry(
+        self,
+        key: str,
+        record: RefreshRecord,
+        token: str,
+        idempotency_key: str | None,
+        now: float,
+    ) -> LoginTokens | None:
+        """Return the kept answer when this request retries the one that used ``token``.
+
+        Returns None when it is no retry (reuse, then).
+
+        Raises:
+            ApiError: 401/701 ``token_expired``: a retry, but the refresh token or the
+                family has expired since.
+        """
+        if not idempotency_key or record.answer is None or record.idempotency is None:
+            return None
+        if not hmac.compare_digest(token_digest(idempotency_key), record.idempotency):
+            return None
+        if record.used_at is None or not now < record.used_at + self.idempotency_window:
+            return None
+        if now >= record.expires or not self.family_alive(record.family, now):
+            # It never becomes servable again: drop the answer with the window.
+            self._answer_received(key)
+            raise _bearer_rejected("the refresh token has expired", code=701, error="token_expired")
+        try:
+            plain = unseal(_answer_key(token, idempotency_key), record.answer, _answer_aad(key))
+            answer = json.loads(plain)
+            access_token, refresh_token = answer["accessToken"], answer["refreshToken"]
+        except (SealError, ValueError, KeyError, TypeError):  # altered: not a retry then
+            return None
+        access = self.access.get(token_digest(access_token))
+        successor = self.refresh_tokens.get(token_digest(refresh_token))
+        if access is None or successor is None or successor.used:
+            return None  # pragma: no cover - using either closes the window first
+        return LoginTokens(
+            username=record.username,
+            access_token=access_token,
+            access_expire=max(0, math.floor(access.expires - now)),
+            refresh_token=refresh_token,
+            refresh_expire=max(0, math.floor(successor.expires - now)),
+        )
+
+    def _answer_received(self, parent: str | None) -> None:
+        """A token of the answer kept for ``parent``'s retries was used: close its window.
+
+        One write, on the first use only; later uses find no answer left.
+        """
+        if parent is None:
+            return
+        record = self.refresh_tokens.get(parent)
+        if record is not None and record.answer is not None:
+            self.refresh_tokens.put(parent, attrs.evolve(record, answer=None))
 
     def _rotate(
-        self, key: str, record: RefreshRecord, username: str, now: float, retry_of: str | None
+        self,
+        key: str,
+        record: RefreshRecord,
+        token: str,
+        username: str,
+        now: float,
+        idempotency_key: str | None,
     ) -> LoginTokens:
-        tokens = self._issue(record.family, username, now)
+        if not idempotency_key:
+            tokens = self._issue(record.family, username, now)
+            self.refresh_tokens.put(key, attrs.evolve(record, used=True, used_at=now))
+            return tokens
+        tokens = self._issue(record.family, username, now, parent=key)
+        answer = json.dumps(
+            {"accessToken": tokens.access_token, "refreshToken": tokens.refresh_token}
+        ).encode()
         self.refresh_tokens.put(
             key,
             attrs.evolve(
                 record,
                 used=True,
                 used_at=now,
-                idempotency=retry_of,
-                successor_access=token_digest(tokens.access_token),
-                successor_refresh=token_digest(tokens.refresh_token),
+                idempotency=token_digest(idempotency_key),
+                answer=seal(_answer_key(token, idempotency_key), answer, _answer_aad(key)),
             ),
         )
         return tokens
@@ -645,11 +906,12 @@ class ServiceState:
         """
         key = secrets.token_urlsafe(24)
         user = self.users.get(username)
-        ha1 = user.ha1 if user is not None else secrets.token_hex(32)
+        ha1 = self._user_ha1(username, user) if user is not None else secrets.token_hex(32)
         self.one_time_keys.put(
             username,
             OneTimeKeyRecord(
-                answer=one_time_key_answer(key, ha1), expires=now + self.one_time_key_ttl
+                answer=_otk_answer_digest(one_time_key_answer(key, ha1)),
+                expires=now + self.one_time_key_ttl,
             ),
         )
         return key
@@ -673,9 +935,7 @@ class ServiceState:
         self.one_time_keys.delete(username)
         if now >= record.expires or username not in self.users:
             return False
-        return hmac.compare_digest(
-            record.answer.encode(), answer.lower().encode("utf-8", "replace")
-        )
+        return hmac.compare_digest(record.answer, _otk_answer_digest(answer.lower()))
 
     # -- MAC tokens -------------------------------------------------------------------
 
@@ -696,7 +956,12 @@ class ServiceState:
         secret = base64.b64encode(secrets.token_bytes(16)).decode("ascii")
         self.mac_tokens.put(
             token_id,
-            MacTokenRecord(secret=secret, family=family, username=username, factors=factors),
+            MacTokenRecord(
+                secret=self.vault.seal("mac_tokens", token_id, secret),
+                family=family,
+                username=username,
+                factors=factors,
+            ),
         )
         return token_id, secret
 
@@ -712,9 +977,13 @@ class ServiceState:
         self.mac_tokens.delete(token_id)
 
     def live_mac_token(self, token_id: str, now: float) -> MacTokenRecord | None:
-        """Return a MAC token whose family is alive, or None."""
+        """Return a MAC token whose family is alive and whose user is not frozen, or None."""
         record = self.mac_tokens.get(token_id)
-        if record is None or not self.family_alive(record.family, now):
+        if (
+            record is None
+            or not self.family_alive(record.family, now)
+            or self.is_frozen(record.username)
+        ):
             return None
         return record
 
@@ -795,7 +1064,12 @@ class ServiceState:
         kid = key.public_key.pid
         serial = 1 + max((r.serial for r in self.signing_keys.values()), default=0)
         self.signing_keys.put(
-            kid, SigningKeyRecord(seed=key.seed.hex(), created=now, serial=serial)
+            kid,
+            SigningKeyRecord(
+                seed=self.vault.seal("signing_keys", kid, key.seed.hex()),
+                created=now,
+                serial=serial,
+            ),
         )
         self._signers[kid] = key
         self._key_set = KeySet(k.public_key for k in self._signers.values())
