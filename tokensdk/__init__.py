@@ -51,6 +51,7 @@ from tokensdk._models import (
     Event,
     EventType,
     MacToken,
+    PendingRefresh,
     SessionSnapshot,
     SessionStatus,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "MemoryStore",
     "NotFound",
     "NotLoggedIn",
+    "PendingRefresh",
     "ProtocolError",
     "RateLimited",
     "RefreshPolicy",

@@ -50,6 +50,7 @@ from tokensdk._models import (
     AssetToken,
     Credentials,
     EventType,
+    PendingRefresh,
     SessionSnapshot,
     SessionStatus,
     decode_state,
@@ -160,7 +161,6 @@ class Session:
         self._refresh_timer: Timer | None = None
         self._generation = 0
         self._logging_out = False
-        self._refresh_key = ("", "")  # (refresh token, its idempotency key)
         self._failures = 0
         self._lost_reason = "not_logged_in"
         # The hot path reads these three attributes and the two clocks, nothing else.
@@ -351,6 +351,8 @@ class Session:
                 "credentials": snapshot.credentials,
                 "access_tokens": snapshot.access_tokens,
                 "mac_tokens": snapshot.mac_tokens,
+                "pending_refresh": snapshot.pending_refresh,
+                "revision": max(snapshot.revision, self._hub.snapshot.revision + 1),
             }
         if self._restore_tokens is not None:
             changes["access_tokens"] = self._restore_tokens
@@ -362,7 +364,12 @@ class Session:
             and creds.refresh_left(self._clock.time(), self._clock.monotonic()) <= 0
         ):
             # The activation expired while we were away: what belonged to it goes.
-            changes.update(status=SessionStatus.NEEDS_LOGIN, credentials=None, mac_tokens={})
+            changes.update(
+                status=SessionStatus.NEEDS_LOGIN,
+                credentials=None,
+                mac_tokens={},
+                pending_refresh=None,
+            )
             self._lost_reason = "token_expired"
             self._hub.commit(self._hub.event(EventType.SESSION_LOST, "token_expired"), **changes)
             return
@@ -370,6 +377,11 @@ class Session:
         self._hub.commit(*events, **changes)
         if creds is not None and changes.get("status") is SessionStatus.ACTIVE:
             self._install(creds)
+            if changes.get("pending_refresh") is not None:
+                # A refresh was under way when the last process stopped: the service
+                # may have rotated the pair already. Retry it now, with its key, while
+                # the service still recognises the retry (its window is short).
+                self._schedule_refresh(self._clock.monotonic())
         elif changes.get("status") is SessionStatus.NEEDS_LOGIN:
             self._lost_reason = "stored_session_lost"
 
@@ -485,7 +497,7 @@ class Session:
         generation = self._generation
         if creds is not self._hub.snapshot.credentials:
             self._uninstall()
-            self._hub.commit(status=SessionStatus.ACTIVE, credentials=creds)
+            self._hub.commit(status=SessionStatus.ACTIVE, credentials=creds, pending_refresh=None)
         try:
             reply = await self._transport.call(
                 "POST",
@@ -545,6 +557,7 @@ class Session:
             status=SessionStatus.LOGGED_OUT,
             credentials=None,
             mac_tokens={},
+            pending_refresh=None,
         )
         return revoked
 
@@ -606,6 +619,7 @@ class Session:
             status=SessionStatus.ACTIVE,
             credentials=creds,
             mac_tokens={},
+            pending_refresh=None,
         )
         self._install(creds)
         self._sync_clock_soon()
@@ -728,14 +742,21 @@ class Session:
             now_mono + creds.access_left(now_wall, now_mono), now_mono + self._transport.timeout
         )
         # Extension (see PROTOCOL): one key per refresh token, kept until the new pair
-        # is installed, so any retry after a lost answer, by this call or a later
-        # one, gets the same pair instead of tripping reuse detection.
-        if self._refresh_key[0] != creds.refresh_token:
-            self._refresh_key = (creds.refresh_token, secrets.token_hex(16))
+        # is installed, so any retry after a lost answer, by this call, a later one or
+        # the next process after a crash, gets the same answer instead of tripping
+        # reuse detection. It is in the store before the request leaves.
+        pending = snapshot.pending_refresh
+        if pending is None or pending.refresh_token != creds.refresh_token:
+            pending = PendingRefresh(creds.refresh_token, secrets.token_hex(16), now_wall)
+            self._hub.commit(pending_refresh=pending)
+            # A store that writes without waiting (memory) costs no task switch here.
+            await self._saver.flush()
+            if generation != self._generation:
+                return self._stale_refresh()
         body = {
             "username": creds.username,
             "refreshToken": creds.refresh_token,
-            "idempotencyKey": self._refresh_key[1],
+            "idempotencyKey": pending.idempotency_key,
         }
         try:
             reply = await self._transport.call("POST", "/refresh", body, deadline=deadline)
@@ -747,18 +768,25 @@ class Session:
             reply.body, wall=reply.sent_wall, monotonic=reply.sent_monotonic
         )
         if generation != self._generation:
-            # A logout or a new login overtook this refresh: its result is stale.
-            current = self._hub.snapshot.credentials
-            if current is None:
-                raise SessionLost(self._lost_reason)
-            return current
+            return self._stale_refresh()
+        # Installing the pair and forgetting the pending refresh are one commit, so
+        # the store never holds the new pair with a retry of the old one, or the
+        # reverse.
         self._hub.commit(
             self._hub.event(EventType.REFRESHED, new.username),
             credentials=new,
             status=SessionStatus.ACTIVE,
+            pending_refresh=None,
         )
         self._install(new)
         return new
+
+    def _stale_refresh(self) -> Credentials:
+        # A logout or a new login overtook this refresh: its result is stale.
+        current = self._hub.snapshot.credentials
+        if current is None:
+            raise SessionLost(self._lost_reason)
+        return current
 
     async def _try_relogin(self, reason: str) -> Credentials:
         if self._relogin is None or self._logging_out:
@@ -790,6 +818,7 @@ class Session:
             status=SessionStatus.NEEDS_LOGIN,
             credentials=None,
             mac_tokens={},
+            pending_refresh=None,
         )
 
     def __repr__(self) -> str:
