@@ -691,3 +691,30 @@ def test_the_state_codec_reads_documents_without_revision_or_pending_refresh() -
         attrs.evolve(current, pending_refresh=tokensdk.PendingRefresh("x", "k", 1))
     )
     assert decode_state(other, wall=1000.0, monotonic=5.0).pending_refresh is None
+
+
+async def test_sessions_close_in_any_order(clock: ManualClock) -> None:
+    """Long-running apps open and close sessions in any order, not only nested (LIFO).
+
+    The task group used to be entered by hand in ``__aenter__``, inside the caller's
+    task: leaving the first of two sessions opened in one task raised RuntimeError
+    (a cancel scope left out of order) and corrupted the second one's scope.
+    """
+    async with service(clock) as svc:
+        first = Session(svc.url, clock=clock)
+        second = Session(svc.url, clock=clock)
+        await first.__aenter__()
+        await second.__aenter__()
+        await first.login("alice", PASSWORDS["alice"])
+        await second.login("bob", PASSWORDS["bob"])
+
+        await first.__aexit__(None, None, None)  # the first one opened closes first
+
+        with pytest.raises(SessionClosed):
+            await first.login("alice", PASSWORDS["alice"])
+        assert await me(svc, await second.access_token()) == 200
+        await second.token_refresh()  # its background work still runs
+        assert await me(svc, await second.access_token()) == 200
+        await second.__aexit__(None, None, None)
+        with pytest.raises(SessionClosed):
+            await second.token_refresh()

@@ -21,7 +21,7 @@ import logging
 import math
 import random
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from anyio.abc import TaskGroup
 
 from tokensdk._assets import AccessTokens
 from tokensdk._clock import Clock, SystemClock
+from tokensdk._context import Lifecycle, SessionContext
 from tokensdk._errors import (
     AccountFrozen,
     InvalidCredentials,
@@ -78,6 +79,18 @@ Relogin = Callable[["Session"], Awaitable[tuple[str, str] | None]]
 
 # Answers that mean the activation itself is gone, not that a request failed.
 _LOST = (InvalidCredentials, AccountFrozen)
+# The session's own unauthenticated calls: middleware never touches them.
+_OWN_PATHS = frozenset(
+    {
+        "/v1/login",
+        "/v1/login/one-time-key",
+        "/v1/login/with-one-time-key",
+        "/v1/login/with-token",
+        "/v1/refresh",
+        "/v1/status",
+        "/v1/keys",
+    }
+)
 
 
 def one_time_key_answer(key: str, username: str, realm: str, password: str) -> str:
@@ -154,43 +167,71 @@ class Session:
         self._saver = CoalescingSaver(self._store, on_error=self._store_failed, encode=encode_state)
         self._hub.add_listener(self._persist)
         self._tg: TaskGroup | None = None
+        self._runner: asyncio.Future[None] | None = None
         self._closed = False
         self._flight: Flight[Credentials] | None = None
         # Set when a flight waits for the refresher task (see _refresher).
         self._flight_posted = asyncio.Event()
         self._refresh_timer: Timer | None = None
-        self._generation = 0
-        self._logging_out = False
         self._failures = 0
-        self._lost_reason = "not_logged_in"
         # The hot path reads these three attributes and the two clocks, nothing else.
         self._token: str | None = None
         self._fresh_mono = -math.inf
         self._fresh_wall = -math.inf
-        self.clock_offset = 0.0
         self.realm: str | None = None
-        self.access_tokens = AccessTokens(self)
-        self.token_store = MacTokenStore(self)
+        self._life = Lifecycle()
+        self._on_open: list[Callable[[], Awaitable[None]]] = []
+        self._context = SessionContext(
+            hub=self._hub,
+            clock=self._clock,
+            transport=self._transport,
+            scheduler=self._scheduler,
+            lifecycle=self._life,
+            spawn=self._spawn,
+            bearer=self.access_token,
+            refresh=self.token_refresh,
+            sync_clock=self.sync_clock,
+            on_open=self._on_open.append,
+            own_call=self._own_call,
+        )
+        self.access_tokens = AccessTokens(self._context)
+        self.token_store = MacTokenStore(self._context)
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def __aenter__(self) -> Session:
-        if self._tg is not None or self._closed:
+        if self._runner is not None or self._closed:
             raise SessionClosed("a Session can be entered once")
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The task group lives in a task of its own, started here and awaited by
+        # __aexit__: entered by hand in the caller's task, its cancel scope would
+        # have to be left in LIFO order with every other scope of that task, and
+        # sessions closed in any other order raised RuntimeError. asyncio, not
+        # anyio: aiohttp ties tokensdk to asyncio, and no anyio primitive starts a
+        # task outside a task group.
+        self._runner = asyncio.ensure_future(self._own_task_group(started))
         try:
-            tg.start_soon(self._scheduler.run)
-            tg.start_soon(self._hub.run)
-            tg.start_soon(self._saver.run)
-            tg.start_soon(self._refresher)
+            await started
             await self._load()
-            await self.access_tokens._start()
+            for opened in self._on_open:
+                await opened()
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
         return self
+
+    async def _own_task_group(self, started: asyncio.Future[None]) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._scheduler.run)
+                tg.start_soon(self._hub.run)
+                tg.start_soon(self._saver.run)
+                tg.start_soon(self._refresher)
+                started.set_result(None)
+        finally:
+            if not started.done():
+                started.set_exception(SessionClosed("the session could not start"))
 
     async def __aexit__(
         self,
@@ -199,12 +240,20 @@ class Session:
         tb: TracebackType | None,
     ) -> None:
         tg, self._tg = self._tg, None
+        runner = self._runner
         self._closed = True
         self._hub.freeze()
         try:
             if tg is not None:
                 tg.cancel_scope.cancel()
-                await tg.__aexit__(None, None, None)
+            if runner is not None:
+                # Shielded: a close that is itself cancelled still waits for the
+                # background work to end, as leaving a task group does.
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait([runner])
+                error = None if runner.cancelled() else runner.exception()
+                if error is not None:
+                    raise error
         finally:
             with anyio.CancelScope(shield=True):
                 if self._flight is not None:
@@ -218,11 +267,23 @@ class Session:
         if self._tg is None:
             raise SessionClosed("use the session inside 'async with'")
 
-    @property
-    def _task_group(self) -> TaskGroup:
+    def _spawn(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Start ``func(*args)`` in the session's task group (SessionClosed if not open)."""
         self._require_open()
         assert self._tg is not None
-        return self._tg
+        self._tg.start_soon(func, *args)
+
+    def _own_call(self, url: Any) -> bool:
+        return str(url).startswith(self._transport.base_url) and url.path in _OWN_PATHS
+
+    @property
+    def clock_offset(self) -> float:
+        """Seconds to add to local wall time to get the service's (see :meth:`sync_clock`)."""
+        return self._life.clock_offset
+
+    @clock_offset.setter
+    def clock_offset(self, value: float) -> None:
+        self._life.clock_offset = value
 
     # -- state -----------------------------------------------------------------------
 
@@ -274,7 +335,13 @@ class Session:
         """
         from tokensdk.aiohttp import TokenMiddleware
 
-        return TokenMiddleware(self, mac_token=mac_token, asset_id=asset_id)
+        return TokenMiddleware(
+            self._context,
+            self.access_tokens,
+            self.token_store,
+            mac_token=mac_token,
+            asset_id=asset_id,
+        )
 
     async def validate_access_token(self, token: str, *, remote: bool = False) -> AccessTokenInfo:
         """Validate an asset access token; an invalid one is removed from the array.
@@ -370,7 +437,7 @@ class Session:
                 mac_tokens={},
                 pending_refresh=None,
             )
-            self._lost_reason = "token_expired"
+            self._life.lost_reason = "token_expired"
             self._hub.commit(self._hub.event(EventType.SESSION_LOST, "token_expired"), **changes)
             return
         events = [self._hub.event(EventType.RESUMED, creds.username)] if creds else []
@@ -383,7 +450,7 @@ class Session:
                 # the service still recognises the retry (its window is short).
                 self._schedule_refresh(self._clock.monotonic())
         elif changes.get("status") is SessionStatus.NEEDS_LOGIN:
-            self._lost_reason = "stored_session_lost"
+            self._life.lost_reason = "stored_session_lost"
 
     # -- the hot path ----------------------------------------------------------------
 
@@ -408,7 +475,7 @@ class Session:
     async def _mandatory_refresh(self) -> Credentials:
         snapshot = self._hub.snapshot
         if snapshot.status is SessionStatus.NEEDS_LOGIN and self._relogin is None:
-            raise SessionLost(self._lost_reason)
+            raise SessionLost(self._life.lost_reason)
         if snapshot.status is SessionStatus.LOGGED_OUT:
             raise NotLoggedIn("log in first")
         return await self._refresh()
@@ -493,8 +560,8 @@ class Session:
         if creds is None:
             raise NotLoggedIn("there is no saved token pair to resume")
         self._require_open()
-        self._generation += 1
-        generation = self._generation
+        self._life.generation += 1
+        generation = self._life.generation
         if creds is not self._hub.snapshot.credentials:
             self._uninstall()
             self._hub.commit(status=SessionStatus.ACTIVE, credentials=creds, pending_refresh=None)
@@ -520,7 +587,7 @@ class Session:
         # A refresh that finished meanwhile (the call may have waited out a 429)
         # installed a newer pair: resuming the old one would bring back a spent
         # refresh token.
-        if generation == self._generation and self._hub.snapshot.credentials is creds:
+        if generation == self._life.generation and self._hub.snapshot.credentials is creds:
             self._hub.commit(
                 self._hub.event(EventType.RESUMED, creds.username),
                 status=SessionStatus.ACTIVE,
@@ -543,15 +610,15 @@ class Session:
         snapshot = self._hub.snapshot
         revoked = True
         if snapshot.credentials is not None and snapshot.status is SessionStatus.ACTIVE:
-            self._logging_out = True  # a refresh on the way must not call relogin
+            self._life.logging_out = True  # a refresh on the way must not call relogin
             try:
                 revoked = await self._revoke_family()
             finally:
-                self._logging_out = False
+                self._life.logging_out = False
         creds = self._hub.snapshot.credentials or snapshot.credentials
-        self._generation += 1
+        self._life.generation += 1
         self._uninstall()
-        self._lost_reason = "logged_out"
+        self._life.lost_reason = "logged_out"
         self._hub.commit(
             self._hub.event(EventType.LOGGED_OUT, creds.username if creds else None),
             status=SessionStatus.LOGGED_OUT,
@@ -611,7 +678,7 @@ class Session:
 
     async def _logged_in(self, body: Any, sent_wall: float, sent_mono: float) -> None:
         creds = Credentials.from_response(body, wall=sent_wall, monotonic=sent_mono)
-        self._generation += 1
+        self._life.generation += 1
         # A new login is a new token family: the MAC tokens of the previous one
         # belong to it (the service kills them with it), never to this one.
         self._hub.commit(
@@ -730,9 +797,9 @@ class Session:
     async def _do_refresh(self) -> Credentials:
         snapshot = self._hub.snapshot
         creds = snapshot.credentials
-        generation = self._generation
+        generation = self._life.generation
         if snapshot.status is SessionStatus.NEEDS_LOGIN or creds is None:
-            return await self._try_relogin(self._lost_reason)
+            return await self._try_relogin(self._life.lost_reason)
         now_mono, now_wall = self._clock.monotonic(), self._clock.time()
         if creds.refresh_left(now_wall, now_mono) <= 0:
             await self._lose("token_expired", generation)
@@ -751,7 +818,7 @@ class Session:
             self._hub.commit(pending_refresh=pending)
             # A store that writes without waiting (memory) costs no task switch here.
             await self._saver.flush()
-            if generation != self._generation:
+            if generation != self._life.generation:
                 return self._stale_refresh()
         body = {
             "username": creds.username,
@@ -767,7 +834,7 @@ class Session:
         new = Credentials.from_response(
             reply.body, wall=reply.sent_wall, monotonic=reply.sent_monotonic
         )
-        if generation != self._generation:
+        if generation != self._life.generation:
             return self._stale_refresh()
         # Installing the pair and forgetting the pending refresh are one commit, so
         # the store never holds the new pair with a retry of the old one, or the
@@ -785,11 +852,11 @@ class Session:
         # A logout or a new login overtook this refresh: its result is stale.
         current = self._hub.snapshot.credentials
         if current is None:
-            raise SessionLost(self._lost_reason)
+            raise SessionLost(self._life.lost_reason)
         return current
 
     async def _try_relogin(self, reason: str) -> Credentials:
-        if self._relogin is None or self._logging_out:
+        if self._relogin is None or self._life.logging_out:
             raise SessionLost(reason)
         try:
             answer = await self._relogin(self)
@@ -807,11 +874,11 @@ class Session:
 
     async def _lose(self, reason: str, generation: int | None = None) -> None:
         """The activation is gone: wipe what belonged to it and tell everyone."""
-        if generation is not None and generation != self._generation:
+        if generation is not None and generation != self._life.generation:
             return
-        self._generation += 1
+        self._life.generation += 1
         self._uninstall()
-        self._lost_reason = reason
+        self._life.lost_reason = reason
         log.warning("tokensdk: session lost (%s)", reason)
         self._hub.commit(
             self._hub.event(EventType.SESSION_LOST, reason),
