@@ -26,6 +26,7 @@ import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from tokensdk._backend import NATIVE_API_PATH
 from tokensdk._clock import Clock, SystemClock
 from tokensdk._errors import (
     BadSignature,
@@ -156,7 +157,7 @@ class TokenValidator:
         self._clock = clock or SystemClock()
         self._own_transport = transport is None and url is not None
         if transport is None and url is not None:
-            transport = Transport(url, self._clock, http=http)
+            transport = Transport(url.rstrip("/") + NATIVE_API_PATH, self._clock, http=http)
         self._transport = transport
         if keys is not None and not isinstance(keys, KeySet):
             keys = KeySet(PublicKey.from_paserk(k) for k in keys)

@@ -31,11 +31,10 @@ import attrs
 from anyio.abc import TaskGroup
 
 from tokensdk._assets import AccessTokens
+from tokensdk._backend import AccessExpired, AuthBackend, Call, Lost, NativeBackend
 from tokensdk._clock import Clock, SystemClock
 from tokensdk._context import Lifecycle, SessionContext
 from tokensdk._errors import (
-    AccountFrozen,
-    InvalidCredentials,
     InvalidInput,
     NotLoggedIn,
     ProtocolError,
@@ -56,7 +55,6 @@ from tokensdk._models import (
     SessionStatus,
     decode_state,
     encode_state,
-    lifespan_field,
 )
 from tokensdk._observable import ChangeCallback, EventStream, StateHub
 from tokensdk._paseto import AccessTokenInfo
@@ -64,7 +62,7 @@ from tokensdk._persist import CoalescingSaver
 from tokensdk._policy import RefreshPlan, RefreshPolicy, plan_refresh
 from tokensdk._scheduler import Scheduler, Timer
 from tokensdk._token_store import MacTokenStore
-from tokensdk._transport import RetryConfig, Transport
+from tokensdk._transport import Reply, RetryConfig, Transport
 from tokensdk.stores import MemoryStore, StateStore
 
 if TYPE_CHECKING:
@@ -76,21 +74,6 @@ log = logging.getLogger("tokensdk")
 
 OneTimeKeyAnswer = Callable[[str], Awaitable[str] | str]
 Relogin = Callable[["Session"], Awaitable[tuple[str, str] | None]]
-
-# Answers that mean the activation itself is gone, not that a request failed.
-_LOST = (InvalidCredentials, AccountFrozen)
-# The session's own unauthenticated calls: middleware never touches them.
-_OWN_PATHS = frozenset(
-    {
-        "/v1/login",
-        "/v1/login/one-time-key",
-        "/v1/login/with-one-time-key",
-        "/v1/login/with-token",
-        "/v1/refresh",
-        "/v1/status",
-        "/v1/keys",
-    }
-)
 
 
 def one_time_key_answer(key: str, username: str, realm: str, password: str) -> str:
@@ -118,7 +101,8 @@ class Session:
     :meth:`access_token` whenever a token is needed.
 
     Args:
-        base_url: The token service root, e.g. ``http://127.0.0.1:8080``.
+        backend: The token service: its root URL (``http://127.0.0.1:8080``, the
+            reference contract, i.e. ``NativeBackend(url)``) or an :class:`AuthBackend`.
         store: Where the state is persisted (default: memory only).
         on_change: Callback(s) receiving a :class:`SessionSnapshot` after changes,
             in order and never concurrently; sync or async.
@@ -137,7 +121,7 @@ class Session:
 
     def __init__(
         self,
-        base_url: str,
+        backend: str | AuthBackend,
         *,
         store: StateStore | None = None,
         on_change: ChangeCallback | Sequence[ChangeCallback] | None = None,
@@ -157,7 +141,16 @@ class Session:
         self._policy = policy
         self._rng = rng or random.Random()
         self._relogin = relogin
-        self._transport = Transport(base_url, self._clock, http=http, timeout=timeout, retry=retry)
+        self._backend: AuthBackend = NativeBackend(backend) if isinstance(backend, str) else backend
+        if not isinstance(self._backend, AuthBackend):
+            raise InvalidInput("backend must be a URL or an AuthBackend")
+        self._transport = Transport(
+            self._backend.base_url + self._backend.api_path,
+            self._clock,
+            http=http,
+            timeout=timeout,
+            retry=retry,
+        )
         self._hub = StateHub(self._clock)
         callbacks = [] if on_change is None else [on_change] if callable(on_change) else on_change
         for callback in callbacks:
@@ -192,7 +185,7 @@ class Session:
             refresh=self.token_refresh,
             sync_clock=self.sync_clock,
             on_open=self._on_open.append,
-            own_call=self._own_call,
+            own_call=self._backend.own_call,
         )
         self.access_tokens = AccessTokens(self._context)
         self.token_store = MacTokenStore(self._context)
@@ -273,8 +266,17 @@ class Session:
         assert self._tg is not None
         self._tg.start_soon(func, *args)
 
-    def _own_call(self, url: Any) -> bool:
-        return str(url).startswith(self._transport.base_url) and url.path in _OWN_PATHS
+    async def _send(
+        self, call: Call, *, bearer: str | None = None, deadline: float | None = None
+    ) -> Reply:
+        return await self._transport.call(
+            call.method, call.path, call.body, bearer=bearer, deadline=deadline, retry=call.retry
+        )
+
+    def _gone(self, error: TokenSDKError) -> Lost | AccessExpired | None:
+        """The backend's word on a failed call, when it means the activation is at stake."""
+        outcome = self._backend.classify(error)
+        return outcome if isinstance(outcome, Lost | AccessExpired) else None
 
     @property
     def clock_offset(self) -> float:
@@ -511,9 +513,7 @@ class Session:
         _check_text("username", username)
         _check_text("password", password)
         self._require_open()
-        reply = await self._transport.call(
-            "POST", "/login", {"username": username, "password": password}
-        )
+        reply = await self._send(self._backend.password_login(username, password))
         await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic)
 
     async def login_with_one_time_key(self, username: str, answer: OneTimeKeyAnswer) -> None:
@@ -530,17 +530,13 @@ class Session:
         """
         _check_text("username", username)
         self._require_open()
-        reply = await self._transport.call("POST", "/login/one-time-key", {"username": username})
-        key = reply.body.get("key")
-        if not isinstance(key, str) or not key:
-            raise ProtocolError("the one-time key response has no key")
+        reply = await self._send(self._backend.one_time_key(username))
+        key = self._backend.one_time_key_from(reply.body)
         result = answer(key)
         digest = await result if inspect.isawaitable(result) else result
         if not isinstance(digest, str):
             raise InvalidInput("the one-time key answer must be a string")
-        reply = await self._transport.call(
-            "POST", "/login/with-one-time-key", {"username": username, "hash": digest}, retry=False
-        )
+        reply = await self._send(self._backend.with_one_time_key(username, digest))
         await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic)
 
     async def login_with_token(self, credentials: Credentials | None = None) -> None:
@@ -566,19 +562,18 @@ class Session:
             self._uninstall()
             self._hub.commit(status=SessionStatus.ACTIVE, credentials=creds, pending_refresh=None)
         try:
-            reply = await self._transport.call(
-                "POST",
-                "/login/with-token",
-                {"username": creds.username, "accessToken": creds.access_token},
-            )
-        except _LOST as exc:
-            if exc.code != 701:
-                await self._lose(exc.error or "invalid_token", generation)
-                raise SessionLost(exc.error or "invalid_token") from None
+            reply = await self._send(self._backend.with_token(creds))
+        except TokenSDKError as exc:
+            gone = self._gone(exc)
+            if gone is None:
+                raise
+            if isinstance(gone, Lost):
+                await self._lose(gone.reason, generation)
+                raise SessionLost(gone.reason) from None
             await self._refresh()  # the access token expired: the refresh token may not have
             self._sync_clock_soon()
             return
-        ttl = lifespan_field(reply.body, "accessExpire")  # checked as in login answers
+        ttl = self._backend.resumed_lifetime(reply.body)
         resumed = attrs.evolve(
             creds,
             access_expires_at=reply.sent_wall + ttl,
@@ -632,17 +627,23 @@ class Session:
         try:
             # A valid bearer, refreshed first if the access token is about to die:
             # an expired one would be refused and leave the family alive.
+            revoke = self._backend.revoke()
             bearer = await self.access_token()
             try:
-                await self._transport.call("POST", "/logout", bearer=bearer, retry=False)
-            except InvalidCredentials:
+                await self._send(revoke, bearer=bearer)
+            except TokenSDKError as exc:
+                if self._gone(exc) is None:
+                    raise
                 # Refused: expired by the service's clock (not ours), or the family is
                 # gone. A refresh tells which (SessionLost: gone); then once more.
                 bearer = (await self.token_refresh()).access_token
-                await self._transport.call("POST", "/logout", bearer=bearer, retry=False)
-        except (SessionLost, InvalidCredentials):
+                await self._send(revoke, bearer=bearer)
+        except SessionLost:
             return True  # the family is dead already: nothing left to revoke
         except TokenSDKError as exc:
+            if self._gone(exc) is not None:
+                return True
+
             log.warning(
                 "tokensdk: logout could not reach the service (%s); cleared locally only",
                 type(exc).__name__,
@@ -659,7 +660,7 @@ class Session:
             The offset in seconds to add to local wall time.
         """
         before = self._clock.monotonic()
-        reply = await self._transport.call("GET", "/status")
+        reply = await self._send(self._backend.status())
         rtt = self._clock.monotonic() - before
         server_ms = reply.body.get("serverTime")
         # 0 < t < 2**53 also turns away NaN, infinities and 400-digit integers.
@@ -677,7 +678,7 @@ class Session:
         return self.clock_offset
 
     async def _logged_in(self, body: Any, sent_wall: float, sent_mono: float) -> None:
-        creds = Credentials.from_response(body, wall=sent_wall, monotonic=sent_mono)
+        creds = self._backend.grant(body, wall=sent_wall, monotonic=sent_mono)
         self._life.generation += 1
         # A new login is a new token family: the MAC tokens of the previous one
         # belong to it (the service kills them with it), never to this one.
@@ -820,20 +821,16 @@ class Session:
             await self._saver.flush()
             if generation != self._life.generation:
                 return self._stale_refresh()
-        body = {
-            "username": creds.username,
-            "refreshToken": creds.refresh_token,
-            "idempotencyKey": pending.idempotency_key,
-        }
+        call = self._backend.refresh(creds, pending.idempotency_key)
         try:
-            reply = await self._transport.call("POST", "/refresh", body, deadline=deadline)
-        except _LOST as exc:
-            reason = exc.error or "invalid_token"
-            await self._lose(reason, generation)
-            return await self._try_relogin(reason)
-        new = Credentials.from_response(
-            reply.body, wall=reply.sent_wall, monotonic=reply.sent_monotonic
-        )
+            reply = await self._send(call, deadline=deadline)
+        except TokenSDKError as exc:
+            gone = self._gone(exc)
+            if gone is None:
+                raise
+            await self._lose(gone.reason, generation)
+            return await self._try_relogin(gone.reason)
+        new = self._backend.grant(reply.body, wall=reply.sent_wall, monotonic=reply.sent_monotonic)
         if generation != self._life.generation:
             return self._stale_refresh()
         # Installing the pair and forgetting the pending refresh are one commit, so
@@ -891,7 +888,7 @@ class Session:
     def __repr__(self) -> str:
         snapshot = self._hub.snapshot
         return (
-            f"Session({self._transport.base_url!r}, status={snapshot.status.value},"
+            f"Session({self._backend.base_url!r}, status={snapshot.status.value},"
             f" username={snapshot.username!r})"
         )
 
