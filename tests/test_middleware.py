@@ -14,7 +14,6 @@ from aiohttp.test_utils import TestServer
 
 from tokensdk import Authentication, InvalidCredentials, ManualClock, Session
 from tokensdk._assets import Ed25519Signer
-from tokensdk.aiohttp import TokenMiddleware
 from tokensdk.server import RunningService
 from tokensdk.server._state import token_digest
 
@@ -248,5 +247,5 @@ async def test_asset_token(clock: ManualClock) -> None:
 async def test_one_mode_only(clock: ManualClock) -> None:
     async with service(clock) as svc, Session(svc.url, clock=clock) as session:
         with pytest.raises(ValueError, match="one of"):
-            TokenMiddleware(session, mac_token="a", asset_id="b")
+            session.middleware(mac_token="a", asset_id="b")
         assert repr(session.middleware()) == "TokenMiddleware(bearer)"

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import anyio
 import anyio.lowlevel
+import attrs
 import pytest
 from _proxy import FaultProxy
 from _service import PASSWORDS, service
@@ -595,3 +596,125 @@ async def test_closing_in_the_middle_of_a_refresh_is_clean(clock: ManualClock) -
             assert len(outcome) == 1
             assert isinstance(outcome[0], SessionClosed)
             assert proxy.seen["/v1/refresh"] == 1
+
+
+# -- crash-safe refresh: the pending refresh is persisted before it is sent ---------------
+
+
+async def test_a_refresh_whose_answer_was_lost_is_retried_by_the_next_session(
+    clock: ManualClock,
+) -> None:
+    """The service rotated the pair but the process died before it saw the answer.
+
+    The next session on the same store finds the pending refresh (refresh token and
+    idempotency key, saved before the request left) and retries it with the same key:
+    the service answers the retry instead of revoking the family for reuse. Without
+    the persisted key the retry presents a spent refresh token: refresh_token_reused.
+    """
+    store = MemoryStore()
+    async with service(clock) as svc:
+        proxy = FaultProxy(svc.url)
+        proxy.only_paths = {"/v1/refresh"}
+        rotated = anyio.Event()
+
+        async def answer_lost(request: Any) -> Any:
+            await proxy.forward(request)  # the service rotates the pair ...
+            rotated.set()
+            return await proxy.hang(request)  # ... and its answer never arrives
+
+        proxy.fail_next(1, answer_lost)
+        async with (
+            proxy.running(),
+            anyio.create_task_group() as tg,
+            session_for(proxy, clock, store=store) as a,
+        ):
+            await a.login("alice", PASSWORDS["alice"])
+            spent = a.snapshot.credentials
+            assert spent is not None
+            tg.start_soon(a.token_refresh)
+            await rotated.wait()
+            pending = a.snapshot.pending_refresh
+            assert pending is not None
+            assert pending.refresh_token == spent.refresh_token
+            assert spent.refresh_token not in repr(a.snapshot)
+            assert pending.idempotency_key not in repr(a.snapshot)
+            # the process dies here: what the store holds is what the next one gets
+            tg.cancel_scope.cancel()
+        document = store.document
+        assert document is not None
+        assert document["pendingRefresh"]["idempotencyKey"] == pending.idempotency_key
+
+        async with session_for(svc, clock, store=store) as b:
+            assert b.snapshot.pending_refresh == pending
+            new = await b.token_refresh()
+            assert new.refresh_token != spent.refresh_token
+            assert b.snapshot.pending_refresh is None
+            assert await me(svc, await b.access_token()) == 200
+        assert svc.stats.logins == 1
+    document = store.document
+    assert document is not None
+    assert document["pendingRefresh"] is None
+
+
+def test_the_state_codec_reads_documents_without_revision_or_pending_refresh() -> None:
+    from tokensdk._models import decode_state, encode_state
+
+    older = {
+        "version": 1,
+        "status": "active",
+        "credentials": {
+            "username": "alice",
+            "accessToken": "a",
+            "refreshToken": "r",
+            "accessExpiresAt": 1060.0,
+            "refreshExpiresAt": 2000.0,
+            "lifetime": 60.0,
+        },
+        "accessTokens": [],
+        "macTokens": {},
+    }
+    snapshot = decode_state(older, wall=1000.0, monotonic=5.0)
+    assert (snapshot.revision, snapshot.pending_refresh) == (0, None)
+
+    pending = tokensdk.PendingRefresh("r", "key", 1001.0)
+    current = tokensdk.SessionSnapshot(
+        status=SessionStatus.ACTIVE,
+        credentials=snapshot.credentials,
+        revision=7,
+        pending_refresh=pending,
+    )
+    again = decode_state(encode_state(current), wall=1000.0, monotonic=5.0)
+    assert (again.revision, again.pending_refresh) == (7, pending)
+
+    # A pending refresh of another refresh token belongs to a pair that is gone.
+    other = encode_state(
+        attrs.evolve(current, pending_refresh=tokensdk.PendingRefresh("x", "k", 1))
+    )
+    assert decode_state(other, wall=1000.0, monotonic=5.0).pending_refresh is None
+
+
+async def test_sessions_close_in_any_order(clock: ManualClock) -> None:
+    """Long-running apps open and close sessions in any order, not only nested (LIFO).
+
+    The task group used to be entered by hand in ``__aenter__``, inside the caller's
+    task: leaving the first of two sessions opened in one task raised RuntimeError
+    (a cancel scope left out of order) and corrupted the second one's scope.
+    """
+    async with service(clock) as svc:
+        first = Session(svc.url, clock=clock)
+        second = Session(svc.url, clock=clock)
+        await first.__aenter__()
+        await second.__aenter__()
+        await first.login("alice", PASSWORDS["alice"])
+        await second.login("bob", PASSWORDS["bob"])
+
+        await first.__aexit__(None, None, None)  # the first one opened closes first
+
+        with pytest.raises(SessionClosed):
+            await first.login("alice", PASSWORDS["alice"])
+        assert await me(svc, await second.access_token()) == 200
+        await second.token_refresh()  # its background work still runs
+        assert await me(svc, await second.access_token()) == 200
+        await second.__aexit__(None, None, None)
+        with pytest.raises(SessionClosed):
+            await second.token_refresh()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -15,6 +16,7 @@ import stat
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,6 +48,7 @@ DOCUMENT: dict[str, Any] = {
     "flag": True,
 }
 CRASH_WRITER = Path(__file__).with_name("_crash_writer.py")
+CRASH_REFRESHER = Path(__file__).with_name("_crash_refresher.py")
 IS_ROOT = os.geteuid() == 0
 
 
@@ -653,11 +656,13 @@ class _Round:
 class _CrashWriter:
     """Drives ``_crash_writer.py``: start a writer, let it save, SIGKILL it; repeat."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str], log: Path, script: Path = CRASH_WRITER
+    ) -> None:
         self._log = log
         with log.open("wb") as stderr:
             self._proc = subprocess.Popen(
-                [sys.executable, str(CRASH_WRITER), *argv],
+                [sys.executable, str(script), *argv],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -895,6 +900,133 @@ def test_keyring_store_after_sigkill_keeps_acknowledged_state_or_loses_it_typed(
     print(f"crash test: {kills} kills of a KeyringStore writer landed {dict(landed)}")
     if kills >= 100:
         assert sum(n for stage, n in landed.items() if stage.startswith("inside")), landed
+
+
+@contextlib.contextmanager
+def _service_in_thread() -> Iterator[str]:
+    """Run the reference service (in memory, real clock) in a thread; yield its URL."""
+    from _service import service
+
+    from tokensdk import SystemClock
+
+    found: list[Any] = []
+    ready = threading.Event()
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        async with service(SystemClock()) as svc:
+            found.extend([svc.url, asyncio.get_running_loop(), stop])
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(_CRASH_GUARD), "the service did not start"
+        yield found[0]
+    finally:
+        if found:
+            found[1].call_soon_threadsafe(found[2].set)
+        thread.join(_CRASH_GUARD)
+
+
+class _CrashRefresher(_CrashWriter):
+    """Drives ``_crash_refresher.py``: a bot refreshing a session, SIGKILLed at random."""
+
+    def refresh_round(self, event: str, count: int, delay: float) -> _RefreshRound:
+        """Start a bot; kill it ``delay`` s after its ``count``-th ``event`` report."""
+        found = _RefreshRound()
+        self._send("run")
+        words = self._line()
+        assert words[0] == "ready", words
+        found.status, found.pending = words[1], words[2] == "1"
+        seen = 0
+        while seen < count and not found.lost:
+            words = self._line()
+            found.take(words)
+            seen += words[0] == event
+        time.sleep(delay)  # the kill point itself
+        self._send("kill")
+        while (words := self._line())[0] != "killed":
+            found.take(words)
+        if words[1] != str(-signal.SIGKILL):
+            pytest.fail(f"crash refresher ended by itself ({words[1]}): {self._log.read_text()}")
+        return found
+
+
+@dataclasses.dataclass
+class _RefreshRound:
+    """What one bot reported between its start and its death."""
+
+    status: str = ""  # the status it loaded
+    pending: bool = False  # whether it loaded a refresh under way
+    lost: str | None = None  # the reason of a SessionLost, if any
+    begun: int = 0
+    acked: int = 0
+    errors: list[str] = dataclasses.field(default_factory=list)
+    durations: list[float] = dataclasses.field(default_factory=list)
+
+    def take(self, words: list[str]) -> None:
+        if words[0] == "begin":
+            self.begun = int(words[1])
+        elif words[0] == "ack":
+            self.acked = int(words[1])
+            self.durations.append(int(words[2]) / 1e9)
+        elif words[0] == "lost":
+            self.lost = words[1]
+        elif words[0] == "error":
+            self.errors.append(words[1])
+        else:
+            assert words[0] == "login", words
+
+
+@_crash_timeout
+def test_a_session_killed_mid_refresh_keeps_its_session(
+    tmp_path: Path, crash_rng: tuple[int, int, random.Random]
+) -> None:
+    """SIGKILL a bot refreshing in a loop at random points: no restart finds a lost session.
+
+    The pending refresh (refresh token + idempotency key) is in the file before the
+    request leaves, so a bot killed after the service rotated the pair but before the
+    answer was saved comes back with the key and retries the same refresh, instead of
+    presenting a spent refresh token (reuse detection: family revoked). Without it,
+    a fraction of the kills lands in that window and loses the session.
+    """
+    kills, seed, rng = crash_rng
+    path = tmp_path / "bot" / "state.json"
+    landed: collections.Counter[str] = collections.Counter()
+
+    def check(kill: int, found: _RefreshRound) -> None:
+        where = f"kill {kill} (TOKENSDK_SEED={seed}, landed so far: {dict(landed)})"
+        expected = "logged_out" if kill == 0 else "active"
+        assert (found.status, found.lost) == (expected, None), where
+        landed["restart with a pending refresh" if found.pending else "restart"] += 1
+        if found.begun > found.acked:
+            landed["killed inside token_refresh()"] += 1
+
+    with (
+        _service_in_thread() as url,
+        _CrashRefresher(
+            [url, str(path)], dict(os.environ), tmp_path / "log", CRASH_REFRESHER
+        ) as bot,
+    ):
+        first = bot.refresh_round("ack", 20, 0.0)
+        check(0, first)
+        refresh = statistics.median(first.durations)
+        for kill in range(1, kills):
+            # Kill a random part of a refresh after the start of the first or second
+            # one (the first may retry the refresh the previous bot left), or, one
+            # time in four, after one returned (the bot then idles about as long).
+            event = "ack" if rng.random() < 0.25 else "begin"
+            check(kill, bot.refresh_round(event, rng.randint(1, 2), rng.uniform(0.0, refresh)))
+        # The session the last bot left still works: the family was never revoked.
+        last = bot.refresh_round("ack", 1, 0.0)
+        check(kills, last)
+    print(f"crash test: {kills} kills of a refreshing bot landed {dict(landed)}")
+    if kills >= 100:
+        # Hundreds of kills over the refresh loop must leave pending refreshes behind,
+        # or this test would not test what it says.
+        assert landed["restart with a pending refresh"], landed
 
 
 def _keyring_file_for(path: Path, document: dict[str, Any]) -> bytes:

@@ -15,6 +15,7 @@ from tokensdk._assets import (
     TokenValidator,
     validate_access_token,
 )
+from tokensdk._backend import AuthBackend, NativeBackend
 from tokensdk._clock import Clock, ManualClock, SystemClock
 from tokensdk._errors import (
     AccountFrozen,
@@ -51,6 +52,7 @@ from tokensdk._models import (
     Event,
     EventType,
     MacToken,
+    PendingRefresh,
     SessionSnapshot,
     SessionStatus,
 )
@@ -68,6 +70,7 @@ __all__ = [
     "AccessTokens",
     "AccountFrozen",
     "AssetToken",
+    "AuthBackend",
     "Authentication",
     "BadSignature",
     "Clock",
@@ -88,8 +91,10 @@ __all__ = [
     "MacTokenError",
     "ManualClock",
     "MemoryStore",
+    "NativeBackend",
     "NotFound",
     "NotLoggedIn",
+    "PendingRefresh",
     "ProtocolError",
     "RateLimited",
     "RefreshPolicy",

@@ -26,6 +26,7 @@ import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from tokensdk._backend import NATIVE_API_PATH
 from tokensdk._clock import Clock, SystemClock
 from tokensdk._errors import (
     BadSignature,
@@ -55,7 +56,7 @@ from tokensdk._scheduler import Timer
 from tokensdk._transport import Transport
 
 if TYPE_CHECKING:
-    from tokensdk._session import Session
+    from tokensdk._context import SessionContext
 
 __all__ = [
     "AccessTokenInfo",
@@ -156,7 +157,7 @@ class TokenValidator:
         self._clock = clock or SystemClock()
         self._own_transport = transport is None and url is not None
         if transport is None and url is not None:
-            transport = Transport(url, self._clock, http=http)
+            transport = Transport(url.rstrip("/") + NATIVE_API_PATH, self._clock, http=http)
         self._transport = transport
         if keys is not None and not isinstance(keys, KeySet):
             keys = KeySet(PublicKey.from_paserk(k) for k in keys)
@@ -342,20 +343,21 @@ class AccessTokens(Sequence[AssetToken]):
     store see.
     """
 
-    def __init__(self, session: Session, *, renew_before: float = 60.0) -> None:
-        self._session = session
+    def __init__(self, context: SessionContext, *, renew_before: float = 60.0) -> None:
+        self._ctx = context
         self._timers: dict[str, Timer] = {}
         self._due: list[str] = []  # the token text of each expiry timer that fired
         self._sweep_pending = False
         self._signers: dict[str, Signer] = {}
         self._renew_before = renew_before
         self._validator: TokenValidator | None = None
+        context.on_open(self._start)
 
     # -- the sequence ----------------------------------------------------------------
 
     @property
     def _items(self) -> tuple[AssetToken, ...]:
-        return self._session._hub.snapshot.access_tokens
+        return self._ctx.hub.snapshot.access_tokens
 
     def __len__(self) -> int:
         return len(self._items)
@@ -397,8 +399,8 @@ class AccessTokens(Sequence[AssetToken]):
     def validator(self) -> TokenValidator:
         """The session's validator (keys fetched from the session's service)."""
         if self._validator is None:
-            session = self._session
-            self._validator = TokenValidator(transport=session._transport, clock=session._clock)
+            ctx = self._ctx
+            self._validator = TokenValidator(transport=ctx.transport, clock=ctx.clock)
         return self._validator
 
     async def validate(self, token: str, *, remote: bool = False) -> AccessTokenInfo:
@@ -471,7 +473,7 @@ class AccessTokens(Sequence[AssetToken]):
             else t
             for t in self._items
         ]
-        self._session._hub.commit(access_tokens=tuple(updated))
+        self._ctx.hub.commit(access_tokens=tuple(updated))
         for item in updated:
             if item.token in learned:
                 self._schedule(item)
@@ -498,7 +500,7 @@ class AccessTokens(Sequence[AssetToken]):
             raise InvalidInput("asset_id must be a non-empty string")
         if not isinstance(signer, Signer):
             raise InvalidInput("signer must implement Signer (async sign(message) -> bytes)")
-        transport = self._session._transport
+        transport = self._ctx.transport
         reply = await transport.call("POST", "/assets/challenge", {"assetId": asset_id})
         challenge = reply.body
         if challenge.get("assetId") != asset_id:
@@ -542,14 +544,14 @@ class AccessTokens(Sequence[AssetToken]):
             return False
         # InvalidCredentials: already invalid on the service; removing it locally is left.
         with contextlib.suppress(InvalidCredentials):
-            await self._session._transport.call("POST", "/assets/revoke", {"token": item.token})
+            await self._ctx.transport.call("POST", "/assets/revoke", {"token": item.token})
         self.remove(asset_id)
         return True
 
     # -- internals -------------------------------------------------------------------
 
     def _put(self, item: AssetToken) -> None:
-        hub = self._session._hub
+        hub = self._ctx.hub
         items = list(self._items)
         for index, old in enumerate(items):
             if old.asset_id == item.asset_id:
@@ -569,7 +571,7 @@ class AccessTokens(Sequence[AssetToken]):
         for item in self._items:
             (gone if doomed(item) else keep).append(item)
         if gone:
-            hub = self._session._hub
+            hub = self._ctx.hub
             for item in gone:
                 timer = self._timers.pop(item.asset_id, None)
                 if timer is not None:
@@ -588,14 +590,14 @@ class AccessTokens(Sequence[AssetToken]):
             old.cancel()
         if item.expires_at is None:
             return
-        clock = self._session._clock
+        clock = self._ctx.clock
         # The token's expiry on the monotonic clock, fixed now: a later step of
         # the wall clock does not move it (see _sweep).
         deadline = clock.monotonic() + (item.expires_at - clock.time())
         if item.asset_id in self._signers:
             asset_id, token = item.asset_id, item.token
             renew_at = max(deadline - self._renew_before, clock.monotonic())
-            self._timers[asset_id] = self._session._scheduler.call_at(
+            self._timers[asset_id] = self._ctx.scheduler.call_at(
                 renew_at, lambda: self._renew_due(asset_id, token, deadline)
             )
         else:
@@ -603,7 +605,7 @@ class AccessTokens(Sequence[AssetToken]):
 
     def _expire_at(self, item: AssetToken, deadline: float) -> None:
         asset_id, token = item.asset_id, item.token
-        self._timers[asset_id] = self._session._scheduler.call_at(
+        self._timers[asset_id] = self._ctx.scheduler.call_at(
             deadline, lambda: self._expire_due(asset_id, token)
         )
 
@@ -614,12 +616,12 @@ class AccessTokens(Sequence[AssetToken]):
         self._due.append(token)
         if not self._sweep_pending:
             self._sweep_pending = True
-            self._session._task_group.start_soon(self._sweep)
+            self._ctx.spawn(self._sweep)
 
     async def _sweep(self) -> None:
         self._sweep_pending = False
         due, self._due = set(self._due), []
-        now = self._session._clock.time()
+        now = self._ctx.clock.time()
         # A token goes as soon as either clock says it has expired, like every
         # deadline in tokensdk. A fired timer is the monotonic clock saying so; if
         # the wall clock still puts ``exp`` ahead, it was stepped back since the
@@ -637,7 +639,7 @@ class AccessTokens(Sequence[AssetToken]):
 
     def _renew_due(self, asset_id: str, token: str, deadline: float) -> None:
         self._timers.pop(asset_id, None)
-        self._session._task_group.start_soon(self._renew, asset_id, token, deadline)
+        self._ctx.spawn(self._renew, asset_id, token, deadline)
 
     async def _renew(self, asset_id: str, token: str, deadline: float) -> None:
         signer = self._signers.get(asset_id)
@@ -654,18 +656,18 @@ class AccessTokens(Sequence[AssetToken]):
             if item is not None and item.token == token and item.expires_at is not None:
                 # Fall back to expiry: the old token goes when it dies, by the
                 # earlier of the deadline set when it arrived and the wall clock.
-                clock = self._session._clock
+                clock = self._ctx.clock
                 wall_deadline = clock.monotonic() + max(item.expires_at - clock.time(), 0.0)
                 self._expire_at(item, min(deadline, wall_deadline))
 
     async def _start(self) -> None:
         """Drop restored tokens already expired, schedule the rest, revalidate in the background."""
-        now = self._session._clock.time()
+        now = self._ctx.clock.time()
         self._drop(lambda t: t.expires_at is not None and t.expires_at <= now, "expired")
         for item in self._items:
             self._schedule(item)
         if self._items:
-            self._session._task_group.start_soon(self._revalidate_quietly)
+            self._ctx.spawn(self._revalidate_quietly)
 
     async def _revalidate_quietly(self) -> None:
         try:

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any
 
+import aiohttp
 import anyio
 import attrs
 from anyio.abc import TaskStatus
@@ -75,6 +76,7 @@ class _View:
     """What the demo shows: the session, the MAC token, the event log."""
 
     session: Session
+    url: str
     started: float
     out: IO[str]
     live: bool
@@ -160,16 +162,23 @@ async def _revalidate(view: _View, every: float) -> None:
 
 async def _check_mac(view: _View, name: str) -> None:
     """Present the MAC token to ``GET /v1/me/token`` (a header computed locally)."""
-    session = view.session
+    # As an application would: through the session's middleware, which computes
+    # the header locally (and syncs the clock once on a time error).
+    middleware = view.session.middleware(mac_token=name)
     try:
-        header = session.token_store.generate_header_for_token(name)
-        reply = await session._transport.call(
-            "GET", "/me/token", headers=dict([header]), retry=False
-        )
-    except TokenSDKError as exc:
+        async with (
+            aiohttp.ClientSession(middlewares=(middleware,)) as http,
+            http.get(view.url + "/v1/me/token") as response,
+        ):
+            status = response.status
+            body = await response.json(content_type=None) if status == 200 else None
+    except (TokenSDKError, aiohttp.ClientError, ValueError) as exc:
         view.note(f"mac token {name}: refused ({type(exc).__name__})")
+        return
+    if status != 200 or not isinstance(body, dict):
+        view.note(f"mac token {name}: refused ({status})")
     else:
-        view.note(f"mac token {name}: header accepted for {reply.body.get('username')}")
+        view.note(f"mac token {name}: header accepted for {body.get('username')}")
 
 
 def _render(view: _View) -> Any:
@@ -280,7 +289,9 @@ async def _demo(options: DemoOptions, out: IO[str], shown: list[_View]) -> None:
     )
     async with running_service(config) as svc:
         session = Session(svc.url, store=FileStore(state))
-        view = _View(session=session, started=time.monotonic(), out=out, live=options.live)
+        view = _View(
+            session=session, url=svc.url, started=time.monotonic(), out=out, live=options.live
+        )
         shown.append(view)
         view.note(f"service listening on {svc.url} (access tokens live {options.access_ttl}s)")
         stream = session.events()

@@ -24,6 +24,7 @@ __all__ = [
     "Event",
     "EventType",
     "MacToken",
+    "PendingRefresh",
     "SessionSnapshot",
     "SessionStatus",
 ]
@@ -157,6 +158,33 @@ class MacToken:
         )
 
 
+@attrs.frozen
+class PendingRefresh:
+    """A refresh that may have reached the service but whose answer was not installed.
+
+    It is committed (and written to the store) before the refresh request leaves, and
+    cleared by the commit that installs the new pair. A session that finds one after
+    a crash retries the same refresh with the same idempotency key, so the service
+    recognises the retry instead of reporting reuse of a spent refresh token.
+
+    Attributes:
+        refresh_token: The refresh token the request presents (secret).
+        idempotency_key: The key sent with it (secret: with the token it is a retry).
+        started_at: Wall time when the first attempt was prepared.
+    """
+
+    refresh_token: str = attrs.field(repr=False)
+    idempotency_key: str = attrs.field(repr=False)
+    started_at: float
+
+    def __repr__(self) -> str:
+        return (
+            f"PendingRefresh(refresh_token={_redacted(self.refresh_token)},"
+            f" idempotency_key={_redacted(self.idempotency_key)},"
+            f" started_at={self.started_at!r})"
+        )
+
+
 class SessionStatus(enum.StrEnum):
     """Where a session stands."""
 
@@ -184,7 +212,10 @@ class SessionSnapshot:
         credentials: The current token pair, or None.
         access_tokens: The asset access-token array, in order.
         mac_tokens: The named MAC tokens by name.
-        revision: Increases by one with every change.
+        revision: Increases by one with every change (persisted: it keeps growing
+            across restarts).
+        pending_refresh: A refresh of ``credentials`` that was sent (or is about to
+            be) and whose answer is not installed yet.
     """
 
     status: SessionStatus = SessionStatus.LOGGED_OUT
@@ -192,6 +223,7 @@ class SessionSnapshot:
     access_tokens: tuple[AssetToken, ...] = ()
     mac_tokens: Mapping[str, MacToken] = attrs.field(factory=dict, converter=_read_only)
     revision: int = 0
+    pending_refresh: PendingRefresh | None = None
 
     @property
     def username(self) -> str | None:
@@ -239,10 +271,17 @@ class Event:
 
 
 def encode_state(snapshot: SessionSnapshot) -> dict[str, Any]:
-    """Encode a snapshot as the versioned JSON document stores persist."""
+    """Encode a snapshot as the versioned JSON document stores persist.
+
+    ``revision`` and ``pendingRefresh`` are optional members added within version 1:
+    a document without them (written by an earlier release) reads as revision 0 with
+    no refresh pending, and an earlier release ignores them.
+    """
     creds = snapshot.credentials
+    pending = snapshot.pending_refresh
     return {
         "version": STATE_VERSION,
+        "revision": snapshot.revision,
         "status": snapshot.status.value,
         "credentials": None
         if creds is None
@@ -265,6 +304,13 @@ def encode_state(snapshot: SessionSnapshot) -> dict[str, Any]:
                 "factors": list(m.factors),
             }
             for name, m in snapshot.mac_tokens.items()
+        },
+        "pendingRefresh": None
+        if pending is None
+        else {
+            "refreshToken": pending.refresh_token,
+            "idempotencyKey": pending.idempotency_key,
+            "startedAt": pending.started_at,
         },
     }
 
@@ -332,8 +378,26 @@ def _decode_state(document: Mapping[str, Any], *, wall: float, monotonic: float)
         )
     if status is SessionStatus.ACTIVE and creds is None:
         status = SessionStatus.LOGGED_OUT
+    revision = document.get("revision", 0)
+    if type(revision) is not int or not 0 <= revision < 2**63:
+        raise ValueError("bad revision")
+    pending = None
+    raw_pending = document.get("pendingRefresh")
+    if raw_pending is not None:
+        pending = PendingRefresh(
+            refresh_token=_field(raw_pending, "refreshToken", str),
+            idempotency_key=_field(raw_pending, "idempotencyKey", str),
+            started_at=_number(raw_pending, "startedAt"),
+        )
+        if creds is None or pending.refresh_token != creds.refresh_token:
+            pending = None  # it belonged to a pair that is gone: nothing to retry
     return SessionSnapshot(
-        status=status, credentials=creds, access_tokens=tuple(tokens), mac_tokens=macs
+        status=status,
+        credentials=creds,
+        access_tokens=tuple(tokens),
+        mac_tokens=macs,
+        revision=revision,
+        pending_refresh=pending,
     )
 
 

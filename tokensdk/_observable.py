@@ -137,7 +137,12 @@ class StateHub:
         """
         if self._frozen:
             raise SessionClosed("the session was closed")
-        snapshot = attrs.evolve(self._snapshot, revision=self._snapshot.revision + 1, **changes)
+        # ``revision`` among the changes is taken as is: a state loaded from a store
+        # keeps its number (loading it changes nothing). Otherwise one more.
+        revision = changes.pop("revision", None)
+        if revision is None:
+            revision = self._snapshot.revision + 1
+        snapshot = attrs.evolve(self._snapshot, revision=revision, **changes)
         self._snapshot = snapshot
         for listener in self._listeners:
             listener(snapshot)

@@ -21,7 +21,7 @@ import logging
 import math
 import random
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -31,10 +31,10 @@ import attrs
 from anyio.abc import TaskGroup
 
 from tokensdk._assets import AccessTokens
+from tokensdk._backend import AccessExpired, AuthBackend, Call, Lost, NativeBackend
 from tokensdk._clock import Clock, SystemClock
+from tokensdk._context import Lifecycle, SessionContext
 from tokensdk._errors import (
-    AccountFrozen,
-    InvalidCredentials,
     InvalidInput,
     NotLoggedIn,
     ProtocolError,
@@ -50,11 +50,11 @@ from tokensdk._models import (
     AssetToken,
     Credentials,
     EventType,
+    PendingRefresh,
     SessionSnapshot,
     SessionStatus,
     decode_state,
     encode_state,
-    lifespan_field,
 )
 from tokensdk._observable import ChangeCallback, EventStream, StateHub
 from tokensdk._paseto import AccessTokenInfo
@@ -62,7 +62,7 @@ from tokensdk._persist import CoalescingSaver
 from tokensdk._policy import RefreshPlan, RefreshPolicy, plan_refresh
 from tokensdk._scheduler import Scheduler, Timer
 from tokensdk._token_store import MacTokenStore
-from tokensdk._transport import RetryConfig, Transport
+from tokensdk._transport import Reply, RetryConfig, Transport
 from tokensdk.stores import MemoryStore, StateStore
 
 if TYPE_CHECKING:
@@ -74,9 +74,6 @@ log = logging.getLogger("tokensdk")
 
 OneTimeKeyAnswer = Callable[[str], Awaitable[str] | str]
 Relogin = Callable[["Session"], Awaitable[tuple[str, str] | None]]
-
-# Answers that mean the activation itself is gone, not that a request failed.
-_LOST = (InvalidCredentials, AccountFrozen)
 
 
 def one_time_key_answer(key: str, username: str, realm: str, password: str) -> str:
@@ -104,7 +101,8 @@ class Session:
     :meth:`access_token` whenever a token is needed.
 
     Args:
-        base_url: The token service root, e.g. ``http://127.0.0.1:8080``.
+        backend: The token service: its root URL (``http://127.0.0.1:8080``, the
+            reference contract, i.e. ``NativeBackend(url)``) or an :class:`AuthBackend`.
         store: Where the state is persisted (default: memory only).
         on_change: Callback(s) receiving a :class:`SessionSnapshot` after changes,
             in order and never concurrently; sync or async.
@@ -131,7 +129,7 @@ class Session:
 
     def __init__(
         self,
-        base_url: str,
+        backend: str | AuthBackend,
         *,
         store: StateStore | None = None,
         on_change: ChangeCallback | Sequence[ChangeCallback] | None = None,
@@ -151,7 +149,16 @@ class Session:
         self._policy = policy
         self._rng = rng or random.Random()
         self._relogin = relogin
-        self._transport = Transport(base_url, self._clock, http=http, timeout=timeout, retry=retry)
+        self._backend: AuthBackend = NativeBackend(backend) if isinstance(backend, str) else backend
+        if not isinstance(self._backend, AuthBackend):
+            raise InvalidInput("backend must be a URL or an AuthBackend")
+        self._transport = Transport(
+            self._backend.base_url + self._backend.api_path,
+            self._clock,
+            http=http,
+            timeout=timeout,
+            retry=retry,
+        )
         self._hub = StateHub(self._clock)
         callbacks = [] if on_change is None else [on_change] if callable(on_change) else on_change
         for callback in callbacks:
@@ -161,44 +168,71 @@ class Session:
         self._saver = CoalescingSaver(self._store, on_error=self._store_failed, encode=encode_state)
         self._hub.add_listener(self._persist)
         self._tg: TaskGroup | None = None
+        self._runner: asyncio.Future[None] | None = None
         self._closed = False
         self._flight: Flight[Credentials] | None = None
         # Set when a flight waits for the refresher task (see _refresher).
         self._flight_posted = asyncio.Event()
         self._refresh_timer: Timer | None = None
-        self._generation = 0
-        self._logging_out = False
-        self._refresh_key = ("", "")  # (refresh token, its idempotency key)
         self._failures = 0
-        self._lost_reason = "not_logged_in"
         # The hot path reads these three attributes and the two clocks, nothing else.
         self._token: str | None = None
         self._fresh_mono = -math.inf
         self._fresh_wall = -math.inf
-        self.clock_offset = 0.0
         self.realm: str | None = None
-        self.access_tokens = AccessTokens(self)
-        self.token_store = MacTokenStore(self)
+        self._life = Lifecycle()
+        self._on_open: list[Callable[[], Awaitable[None]]] = []
+        self._context = SessionContext(
+            hub=self._hub,
+            clock=self._clock,
+            transport=self._transport,
+            scheduler=self._scheduler,
+            lifecycle=self._life,
+            spawn=self._spawn,
+            bearer=self.access_token,
+            refresh=self.token_refresh,
+            sync_clock=self.sync_clock,
+            on_open=self._on_open.append,
+            own_call=self._backend.own_call,
+        )
+        self.access_tokens = AccessTokens(self._context)
+        self.token_store = MacTokenStore(self._context)
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def __aenter__(self) -> Session:
-        if self._tg is not None or self._closed:
+        if self._runner is not None or self._closed:
             raise SessionClosed("a Session can be entered once")
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The task group lives in a task of its own, started here and awaited by
+        # __aexit__: entered by hand in the caller's task, its cancel scope would
+        # have to be left in LIFO order with every other scope of that task, and
+        # sessions closed in any other order raised RuntimeError. asyncio, not
+        # anyio: aiohttp ties tokensdk to asyncio, and no anyio primitive starts a
+        # task outside a task group.
+        self._runner = asyncio.ensure_future(self._own_task_group(started))
         try:
-            tg.start_soon(self._scheduler.run)
-            tg.start_soon(self._hub.run)
-            tg.start_soon(self._saver.run)
-            tg.start_soon(self._refresher)
+            await started
             await self._load()
-            await self.access_tokens._start()
+            for opened in self._on_open:
+                await opened()
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
         return self
+
+    async def _own_task_group(self, started: asyncio.Future[None]) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._scheduler.run)
+                tg.start_soon(self._hub.run)
+                tg.start_soon(self._saver.run)
+                tg.start_soon(self._refresher)
+                started.set_result(None)
+        finally:
+            if not started.done():
+                started.set_exception(SessionClosed("the session could not start"))
 
     async def __aexit__(
         self,
@@ -207,12 +241,20 @@ class Session:
         tb: TracebackType | None,
     ) -> None:
         tg, self._tg = self._tg, None
+        runner = self._runner
         self._closed = True
         self._hub.freeze()
         try:
             if tg is not None:
                 tg.cancel_scope.cancel()
-                await tg.__aexit__(None, None, None)
+            if runner is not None:
+                # Shielded: a close that is itself cancelled still waits for the
+                # background work to end, as leaving a task group does.
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait([runner])
+                error = None if runner.cancelled() else runner.exception()
+                if error is not None:
+                    raise error
         finally:
             with anyio.CancelScope(shield=True):
                 if self._flight is not None:
@@ -226,11 +268,32 @@ class Session:
         if self._tg is None:
             raise SessionClosed("use the session inside 'async with'")
 
-    @property
-    def _task_group(self) -> TaskGroup:
+    def _spawn(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Start ``func(*args)`` in the session's task group (SessionClosed if not open)."""
         self._require_open()
         assert self._tg is not None
-        return self._tg
+        self._tg.start_soon(func, *args)
+
+    async def _send(
+        self, call: Call, *, bearer: str | None = None, deadline: float | None = None
+    ) -> Reply:
+        return await self._transport.call(
+            call.method, call.path, call.body, bearer=bearer, deadline=deadline, retry=call.retry
+        )
+
+    def _gone(self, error: TokenSDKError) -> Lost | AccessExpired | None:
+        """The backend's word on a failed call, when it means the activation is at stake."""
+        outcome = self._backend.classify(error)
+        return outcome if isinstance(outcome, Lost | AccessExpired) else None
+
+    @property
+    def clock_offset(self) -> float:
+        """Seconds to add to local wall time to get the service's (see :meth:`sync_clock`)."""
+        return self._life.clock_offset
+
+    @clock_offset.setter
+    def clock_offset(self, value: float) -> None:
+        self._life.clock_offset = value
 
     # -- state -----------------------------------------------------------------------
 
@@ -282,7 +345,13 @@ class Session:
         """
         from tokensdk.aiohttp import TokenMiddleware
 
-        return TokenMiddleware(self, mac_token=mac_token, asset_id=asset_id)
+        return TokenMiddleware(
+            self._context,
+            self.access_tokens,
+            self.token_store,
+            mac_token=mac_token,
+            asset_id=asset_id,
+        )
 
     async def validate_access_token(self, token: str, *, remote: bool = False) -> AccessTokenInfo:
         """Validate an asset access token; an invalid one is removed from the array.
@@ -359,6 +428,8 @@ class Session:
                 "credentials": snapshot.credentials,
                 "access_tokens": snapshot.access_tokens,
                 "mac_tokens": snapshot.mac_tokens,
+                "pending_refresh": snapshot.pending_refresh,
+                "revision": max(snapshot.revision, self._hub.snapshot.revision + 1),
             }
         if self._restore_tokens is not None:
             changes["access_tokens"] = self._restore_tokens
@@ -370,16 +441,26 @@ class Session:
             and creds.refresh_left(self._clock.time(), self._clock.monotonic()) <= 0
         ):
             # The activation expired while we were away: what belonged to it goes.
-            changes.update(status=SessionStatus.NEEDS_LOGIN, credentials=None, mac_tokens={})
-            self._lost_reason = "token_expired"
+            changes.update(
+                status=SessionStatus.NEEDS_LOGIN,
+                credentials=None,
+                mac_tokens={},
+                pending_refresh=None,
+            )
+            self._life.lost_reason = "token_expired"
             self._hub.commit(self._hub.event(EventType.SESSION_LOST, "token_expired"), **changes)
             return
         events = [self._hub.event(EventType.RESUMED, creds.username)] if creds else []
         self._hub.commit(*events, **changes)
         if creds is not None and changes.get("status") is SessionStatus.ACTIVE:
             self._install(creds)
+            if changes.get("pending_refresh") is not None:
+                # A refresh was under way when the last process stopped: the service
+                # may have rotated the pair already. Retry it now, with its key, while
+                # the service still recognises the retry (its window is short).
+                self._schedule_refresh(self._clock.monotonic())
         elif changes.get("status") is SessionStatus.NEEDS_LOGIN:
-            self._lost_reason = "stored_session_lost"
+            self._life.lost_reason = "stored_session_lost"
 
     # -- the hot path ----------------------------------------------------------------
 
@@ -404,7 +485,7 @@ class Session:
     async def _mandatory_refresh(self) -> Credentials:
         snapshot = self._hub.snapshot
         if snapshot.status is SessionStatus.NEEDS_LOGIN and self._relogin is None:
-            raise SessionLost(self._lost_reason)
+            raise SessionLost(self._life.lost_reason)
         if snapshot.status is SessionStatus.LOGGED_OUT:
             raise NotLoggedIn("log in first")
         return await self._refresh()
@@ -440,9 +521,7 @@ class Session:
         _check_text("username", username)
         _check_text("password", password)
         self._require_open()
-        reply = await self._transport.call(
-            "POST", "/login", {"username": username, "password": password}
-        )
+        reply = await self._send(self._backend.password_login(username, password))
         await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic)
 
     async def login_with_one_time_key(self, username: str, answer: OneTimeKeyAnswer) -> None:
@@ -459,17 +538,13 @@ class Session:
         """
         _check_text("username", username)
         self._require_open()
-        reply = await self._transport.call("POST", "/login/one-time-key", {"username": username})
-        key = reply.body.get("key")
-        if not isinstance(key, str) or not key:
-            raise ProtocolError("the one-time key response has no key")
+        reply = await self._send(self._backend.one_time_key(username))
+        key = self._backend.one_time_key_from(reply.body)
         result = answer(key)
         digest = await result if inspect.isawaitable(result) else result
         if not isinstance(digest, str):
             raise InvalidInput("the one-time key answer must be a string")
-        reply = await self._transport.call(
-            "POST", "/login/with-one-time-key", {"username": username, "hash": digest}, retry=False
-        )
+        reply = await self._send(self._backend.with_one_time_key(username, digest))
         await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic)
 
     async def login_with_token(self, credentials: Credentials | None = None) -> None:
@@ -489,25 +564,24 @@ class Session:
         if creds is None:
             raise NotLoggedIn("there is no saved token pair to resume")
         self._require_open()
-        self._generation += 1
-        generation = self._generation
+        self._life.generation += 1
+        generation = self._life.generation
         if creds is not self._hub.snapshot.credentials:
             self._uninstall()
-            self._hub.commit(status=SessionStatus.ACTIVE, credentials=creds)
+            self._hub.commit(status=SessionStatus.ACTIVE, credentials=creds, pending_refresh=None)
         try:
-            reply = await self._transport.call(
-                "POST",
-                "/login/with-token",
-                {"username": creds.username, "accessToken": creds.access_token},
-            )
-        except _LOST as exc:
-            if exc.code != 701:
-                await self._lose(exc.error or "invalid_token", generation)
-                raise SessionLost(exc.error or "invalid_token") from None
+            reply = await self._send(self._backend.with_token(creds))
+        except TokenSDKError as exc:
+            gone = self._gone(exc)
+            if gone is None:
+                raise
+            if isinstance(gone, Lost):
+                await self._lose(gone.reason, generation)
+                raise SessionLost(gone.reason) from None
             await self._refresh()  # the access token expired: the refresh token may not have
             self._sync_clock_soon()
             return
-        ttl = lifespan_field(reply.body, "accessExpire")  # checked as in login answers
+        ttl = self._backend.resumed_lifetime(reply.body)
         resumed = attrs.evolve(
             creds,
             access_expires_at=reply.sent_wall + ttl,
@@ -516,7 +590,7 @@ class Session:
         # A refresh that finished meanwhile (the call may have waited out a 429)
         # installed a newer pair: resuming the old one would bring back a spent
         # refresh token.
-        if generation == self._generation and self._hub.snapshot.credentials is creds:
+        if generation == self._life.generation and self._hub.snapshot.credentials is creds:
             self._hub.commit(
                 self._hub.event(EventType.RESUMED, creds.username),
                 status=SessionStatus.ACTIVE,
@@ -539,20 +613,21 @@ class Session:
         snapshot = self._hub.snapshot
         revoked = True
         if snapshot.credentials is not None and snapshot.status is SessionStatus.ACTIVE:
-            self._logging_out = True  # a refresh on the way must not call relogin
+            self._life.logging_out = True  # a refresh on the way must not call relogin
             try:
                 revoked = await self._revoke_family()
             finally:
-                self._logging_out = False
+                self._life.logging_out = False
         creds = self._hub.snapshot.credentials or snapshot.credentials
-        self._generation += 1
+        self._life.generation += 1
         self._uninstall()
-        self._lost_reason = "logged_out"
+        self._life.lost_reason = "logged_out"
         self._hub.commit(
             self._hub.event(EventType.LOGGED_OUT, creds.username if creds else None),
             status=SessionStatus.LOGGED_OUT,
             credentials=None,
             mac_tokens={},
+            pending_refresh=None,
         )
         return revoked
 
@@ -560,17 +635,23 @@ class Session:
         try:
             # A valid bearer, refreshed first if the access token is about to die:
             # an expired one would be refused and leave the family alive.
+            revoke = self._backend.revoke()
             bearer = await self.access_token()
             try:
-                await self._transport.call("POST", "/logout", bearer=bearer, retry=False)
-            except InvalidCredentials:
+                await self._send(revoke, bearer=bearer)
+            except TokenSDKError as exc:
+                if self._gone(exc) is None:
+                    raise
                 # Refused: expired by the service's clock (not ours), or the family is
                 # gone. A refresh tells which (SessionLost: gone); then once more.
                 bearer = (await self.token_refresh()).access_token
-                await self._transport.call("POST", "/logout", bearer=bearer, retry=False)
-        except (SessionLost, InvalidCredentials):
+                await self._send(revoke, bearer=bearer)
+        except SessionLost:
             return True  # the family is dead already: nothing left to revoke
         except TokenSDKError as exc:
+            if self._gone(exc) is not None:
+                return True
+
             log.warning(
                 "tokensdk: logout could not reach the service (%s); cleared locally only",
                 type(exc).__name__,
@@ -587,7 +668,7 @@ class Session:
             The offset in seconds to add to local wall time.
         """
         before = self._clock.monotonic()
-        reply = await self._transport.call("GET", "/status")
+        reply = await self._send(self._backend.status())
         rtt = self._clock.monotonic() - before
         server_ms = reply.body.get("serverTime")
         # 0 < t < 2**53 also turns away NaN, infinities and 400-digit integers.
@@ -605,8 +686,8 @@ class Session:
         return self.clock_offset
 
     async def _logged_in(self, body: Any, sent_wall: float, sent_mono: float) -> None:
-        creds = Credentials.from_response(body, wall=sent_wall, monotonic=sent_mono)
-        self._generation += 1
+        creds = self._backend.grant(body, wall=sent_wall, monotonic=sent_mono)
+        self._life.generation += 1
         # A new login is a new token family: the MAC tokens of the previous one
         # belong to it (the service kills them with it), never to this one.
         self._hub.commit(
@@ -614,6 +695,7 @@ class Session:
             status=SessionStatus.ACTIVE,
             credentials=creds,
             mac_tokens={},
+            pending_refresh=None,
         )
         self._install(creds)
         self._sync_clock_soon()
@@ -724,9 +806,9 @@ class Session:
     async def _do_refresh(self) -> Credentials:
         snapshot = self._hub.snapshot
         creds = snapshot.credentials
-        generation = self._generation
+        generation = self._life.generation
         if snapshot.status is SessionStatus.NEEDS_LOGIN or creds is None:
-            return await self._try_relogin(self._lost_reason)
+            return await self._try_relogin(self._life.lost_reason)
         now_mono, now_wall = self._clock.monotonic(), self._clock.time()
         if creds.refresh_left(now_wall, now_mono) <= 0:
             await self._lose("token_expired", generation)
@@ -736,40 +818,50 @@ class Session:
             now_mono + creds.access_left(now_wall, now_mono), now_mono + self._transport.timeout
         )
         # Extension (see PROTOCOL): one key per refresh token, kept until the new pair
-        # is installed, so any retry after a lost answer, by this call or a later
-        # one, gets the same pair instead of tripping reuse detection.
-        if self._refresh_key[0] != creds.refresh_token:
-            self._refresh_key = (creds.refresh_token, secrets.token_hex(16))
-        body = {
-            "username": creds.username,
-            "refreshToken": creds.refresh_token,
-            "idempotencyKey": self._refresh_key[1],
-        }
+        # is installed, so any retry after a lost answer, by this call, a later one or
+        # the next process after a crash, gets the same answer instead of tripping
+        # reuse detection. It is in the store before the request leaves.
+        pending = snapshot.pending_refresh
+        if pending is None or pending.refresh_token != creds.refresh_token:
+            pending = PendingRefresh(creds.refresh_token, secrets.token_hex(16), now_wall)
+            self._hub.commit(pending_refresh=pending)
+            # A store that writes without waiting (memory) costs no task switch here.
+            await self._saver.flush()
+            if generation != self._life.generation:
+                return self._stale_refresh()
+        call = self._backend.refresh(creds, pending.idempotency_key)
         try:
-            reply = await self._transport.call("POST", "/refresh", body, deadline=deadline)
-        except _LOST as exc:
-            reason = exc.error or "invalid_token"
-            await self._lose(reason, generation)
-            return await self._try_relogin(reason)
-        new = Credentials.from_response(
-            reply.body, wall=reply.sent_wall, monotonic=reply.sent_monotonic
-        )
-        if generation != self._generation:
-            # A logout or a new login overtook this refresh: its result is stale.
-            current = self._hub.snapshot.credentials
-            if current is None:
-                raise SessionLost(self._lost_reason)
-            return current
+            reply = await self._send(call, deadline=deadline)
+        except TokenSDKError as exc:
+            gone = self._gone(exc)
+            if gone is None:
+                raise
+            await self._lose(gone.reason, generation)
+            return await self._try_relogin(gone.reason)
+        new = self._backend.grant(reply.body, wall=reply.sent_wall, monotonic=reply.sent_monotonic)
+        if generation != self._life.generation:
+            return self._stale_refresh()
+        # Installing the pair and forgetting the pending refresh are one commit, so
+        # the store never holds the new pair with a retry of the old one, or the
+        # reverse.
         self._hub.commit(
             self._hub.event(EventType.REFRESHED, new.username),
             credentials=new,
             status=SessionStatus.ACTIVE,
+            pending_refresh=None,
         )
         self._install(new)
         return new
 
+    def _stale_refresh(self) -> Credentials:
+        # A logout or a new login overtook this refresh: its result is stale.
+        current = self._hub.snapshot.credentials
+        if current is None:
+            raise SessionLost(self._life.lost_reason)
+        return current
+
     async def _try_relogin(self, reason: str) -> Credentials:
-        if self._relogin is None or self._logging_out:
+        if self._relogin is None or self._life.logging_out:
             raise SessionLost(reason)
         try:
             answer = await self._relogin(self)
@@ -787,23 +879,24 @@ class Session:
 
     async def _lose(self, reason: str, generation: int | None = None) -> None:
         """The activation is gone: wipe what belonged to it and tell everyone."""
-        if generation is not None and generation != self._generation:
+        if generation is not None and generation != self._life.generation:
             return
-        self._generation += 1
+        self._life.generation += 1
         self._uninstall()
-        self._lost_reason = reason
+        self._life.lost_reason = reason
         log.warning("tokensdk: session lost (%s)", reason)
         self._hub.commit(
             self._hub.event(EventType.SESSION_LOST, reason),
             status=SessionStatus.NEEDS_LOGIN,
             credentials=None,
             mac_tokens={},
+            pending_refresh=None,
         )
 
     def __repr__(self) -> str:
         snapshot = self._hub.snapshot
         return (
-            f"Session({self._transport.base_url!r}, status={snapshot.status.value},"
+            f"Session({self._backend.base_url!r}, status={snapshot.status.value},"
             f" username={snapshot.username!r})"
         )
 

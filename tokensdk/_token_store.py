@@ -38,7 +38,7 @@ from tokensdk._models import EventType, MacToken, SessionSnapshot, SessionStatus
 from tokensdk.mac import HEADER_NAME, SECRET_LENGTH, build_header
 
 if TYPE_CHECKING:
-    from tokensdk._session import Session
+    from tokensdk._context import SessionContext
 
 __all__ = ["TIME_ERRORS", "Authentication", "MacTokenStore"]
 
@@ -99,15 +99,16 @@ class MacTokenStore:
     """The named MAC tokens of a session (``session.token_store``).
 
     Args:
-        session: The session the tokens belong to.
+        context: The context of the session the tokens belong to.
     """
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
-        self._hub = session._hub
-        self._clock = session._clock
+    def __init__(self, context: SessionContext) -> None:
+        self._ctx = context
+        self._life = context.lifecycle
+        self._hub = context.hub
+        self._clock = context.clock
         self._creations: dict[str, _Creation] = {}
-        self._generation = session._generation
+        self._generation = context.lifecycle.generation
         # The hot path reads this mapping (kept current by the listener) and nothing else.
         self._tokens = self._hub.snapshot.mac_tokens
         self._hub.add_listener(self._state_changed)
@@ -140,7 +141,7 @@ class MacTokenStore:
         token = self._tokens.get(name)
         if token is None:
             raise UnknownMacToken(f"no local MAC token named {name!r}")
-        now_ms = int((self._clock.time() + self._session.clock_offset) * 1000)
+        now_ms = int((self._clock.time() + self._life.clock_offset) * 1000)
         return HEADER_NAME, build_header(token.token_id, token.secret, now_ms)
 
     # -- creation --------------------------------------------------------------------
@@ -181,11 +182,9 @@ class MacTokenStore:
             return local
         creation = self._creations.get(name)
         if creation is None:
-            session = self._session
-            task_group = session._task_group  # raises SessionClosed when not open
-            creation = _Creation(factors, session._generation)
+            creation = _Creation(factors, self._life.generation)
+            self._ctx.spawn(self._create, name, creation, authentication)  # or SessionClosed
             self._creations[name] = creation
-            task_group.start_soon(self._create, name, creation, authentication)
         elif creation.factors != factors:
             raise FactorMismatch(
                 f"MAC token {name!r} is being created with factors {list(creation.factors)},"
@@ -200,11 +199,11 @@ class MacTokenStore:
             token = await self._call_create(name, auth)
             if creation.done.is_set():
                 return  # abandoned meanwhile (removed locally, session lost): not kept
-            session = self._session
+            life = self._life
             if (
-                session._generation != creation.generation
-                or session.status is not SessionStatus.ACTIVE
-                or session._logging_out
+                life.generation != creation.generation
+                or self._hub.snapshot.status is not SessionStatus.ACTIVE
+                or life.logging_out
             ):
                 # The session changed under us: this token belongs to a dead (or
                 # another) activation and must not be kept.
@@ -226,16 +225,15 @@ class MacTokenStore:
                 del self._creations[name]
 
     async def _call_create(self, name: str, auth: Authentication) -> MacToken:
-        session = self._session
         body: dict[str, Any] = {"factors": list(auth.factors)}
         if auth.password is not None:
             body["password"] = auth.password
         # A retried knowledge creation would spend another password attempt.
-        reply = await session._transport.call(
+        reply = await self._ctx.transport.call(
             "POST",
             "/tokens/create",
             body,
-            bearer=session.access_token,  # asked again for every attempt
+            bearer=self._ctx.bearer,  # asked again for every attempt
             retry=auth.password is None,
         )
         return _decode_token(name, auth.factors, reply.body)
@@ -245,7 +243,7 @@ class MacTokenStore:
         # creations under way were started for is gone: fail them now, so nobody
         # waits for (or stores) a token of a dead session.
         self._tokens = snapshot.mac_tokens
-        generation = self._session._generation
+        generation = self._life.generation
         if generation == self._generation:
             return
         self._generation = generation
@@ -255,12 +253,13 @@ class MacTokenStore:
                 creation.finish(error=SessionLost(self._lost_reason()))
 
     def _lost_reason(self) -> str:
-        session = self._session
-        if session._logging_out:
+        life = self._life
+        if life.logging_out:
             return "logged_out"
         # A new login while a creation was under way is not a loss, but its token
         # still belongs to the previous activation.
-        return "session_changed" if session.status is SessionStatus.ACTIVE else session._lost_reason
+        active = self._hub.snapshot.status is SessionStatus.ACTIVE
+        return "session_changed" if active else life.lost_reason
 
     # -- removal ---------------------------------------------------------------------
 
@@ -281,13 +280,12 @@ class MacTokenStore:
         token = self._hub.snapshot.mac_tokens.get(name)
         if token is None:
             raise UnknownMacToken(f"no local MAC token named {name!r}")
-        session = self._session
         try:
-            await session._transport.call(
+            await self._ctx.transport.call(
                 "POST",
                 "/tokens/remove",
                 {"tokenId": token.token_id},
-                bearer=session.access_token,  # asked again for every attempt
+                bearer=self._ctx.bearer,  # asked again for every attempt
             )
         except NotFound as exc:
             if exc.error != "unknown_token":
@@ -346,7 +344,7 @@ class MacTokenStore:
         Returns:
             The offset in seconds added to local wall time in headers.
         """
-        return await self._session.sync_clock()
+        return await self._ctx.sync_clock()
 
     async def header_after_time_error(self, name: str) -> tuple[str, str]:
         """Sync the clock, then compute a fresh header.

@@ -92,10 +92,11 @@ _ERRORS: dict[int, type[ServiceError]] = {
 
 
 class Transport:
-    """JSON calls to the service under ``{base_url}/v1``.
+    """JSON calls to the service under its API root.
 
     Args:
-        base_url: The service root, e.g. ``http://127.0.0.1:8080``.
+        base_url: The API root the backend names, e.g. ``http://127.0.0.1:8080/v1``;
+            call paths are appended to it.
         clock: The clock backoff sleeps on.
         http: An aiohttp session to use; one is created (and closed) otherwise.
         timeout: Seconds one attempt may take.
@@ -116,7 +117,7 @@ class Transport:
         if not base_url.startswith(("http://", "https://")):
             raise InvalidInput("base_url must be an http:// or https:// URL")
         self.base_url = base_url.rstrip("/")
-        self._prefix = self.base_url + "/v1"
+        self._prefix = self.base_url
         self._clock = clock
         self._http = http
         self._own_http = http is None
@@ -161,7 +162,7 @@ class Transport:
         deadline: float | None = None,
         retry: bool = True,
     ) -> Reply:
-        """Call ``/v1{path}`` and decode the JSON answer, retrying transient failures.
+        """Call ``{base_url}{path}`` and decode the JSON answer, retrying transient failures.
 
         A ``bearer`` given as an async callable is asked again for every attempt, so
         a retry after a long wait (a 429's Retry-After) never sends a token that
@@ -169,7 +170,7 @@ class Transport:
 
         Args:
             method: The HTTP method.
-            path: The path below ``/v1``.
+            path: The path below the API root.
             body: The JSON body, if any.
             bearer: An access token for ``Authorization: Bearer``, or an async
                 callable returning a valid one.

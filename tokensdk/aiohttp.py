@@ -39,7 +39,9 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, payload
 from tokensdk._errors import InvalidCredentials
 
 if TYPE_CHECKING:
-    from tokensdk._session import Session
+    from tokensdk._assets import AccessTokens
+    from tokensdk._context import SessionContext
+    from tokensdk._token_store import MacTokenStore
 
 __all__ = ["TokenMiddleware"]
 
@@ -47,18 +49,6 @@ log = logging.getLogger("tokensdk")
 
 _MAC_HEADER = "X-PowerAuth-Token"
 _TIME_ERRORS = frozenset({"timestamp_too_old", "timestamp_in_future"})
-# The session's own unauthenticated calls: never touched, so a refresh cannot wait on itself.
-_OWN_PATHS = frozenset(
-    {
-        "/v1/login",
-        "/v1/login/one-time-key",
-        "/v1/login/with-one-time-key",
-        "/v1/login/with-token",
-        "/v1/refresh",
-        "/v1/status",
-        "/v1/keys",
-    }
-)
 
 
 class TokenMiddleware:
@@ -68,7 +58,9 @@ class TokenMiddleware:
     ``asset_id`` may be given (neither: the session's bearer access token).
 
     Args:
-        session: The session whose tokens are used.
+        context: The context of the session whose tokens are used.
+        access_tokens: That session's asset access tokens.
+        token_store: That session's named MAC tokens.
         mac_token: Sign requests with this named MAC token (``X-PowerAuth-Token``).
         asset_id: Present this asset's access token as the bearer.
 
@@ -76,17 +68,24 @@ class TokenMiddleware:
         ValueError: Both ``mac_token`` and ``asset_id`` were given.
     """
 
-    __slots__ = ("_asset_id", "_mac_token", "_own_prefix", "_session")
+    __slots__ = ("_access_tokens", "_asset_id", "_ctx", "_mac_token", "_token_store")
 
     def __init__(
-        self, session: Session, *, mac_token: str | None = None, asset_id: str | None = None
+        self,
+        context: SessionContext,
+        access_tokens: AccessTokens,
+        token_store: MacTokenStore,
+        *,
+        mac_token: str | None = None,
+        asset_id: str | None = None,
     ) -> None:
         if mac_token is not None and asset_id is not None:
             raise ValueError("choose one of mac_token and asset_id")
-        self._session = session
+        self._ctx = context
+        self._access_tokens = access_tokens
+        self._token_store = token_store
         self._mac_token = mac_token
         self._asset_id = asset_id
-        self._own_prefix = session._transport.base_url.rstrip("/")
 
     def __repr__(self) -> str:
         mode = (
@@ -115,28 +114,29 @@ class TokenMiddleware:
         if "Authorization" in request.headers:
             return await handler(request)
         if self._asset_id is not None:
-            request.headers.update(self._session.access_tokens.headers_for(self._asset_id))
+            request.headers.update(self._access_tokens.headers_for(self._asset_id))
             return await handler(request)
         return await self._with_bearer(request, handler)
 
     def _is_own_call(self, request: ClientRequest) -> bool:
-        url = str(request.url)
-        return url.startswith(self._own_prefix) and request.url.path in _OWN_PATHS
+        # The session's own unauthenticated calls are never touched, so a refresh
+        # cannot wait on itself.
+        return self._ctx.own_call(request.url)
 
     async def _with_bearer(
         self, request: ClientRequest, handler: ClientHandlerType
     ) -> ClientResponse:
-        session = self._session
-        sent = await session.access_token()
+        ctx = self._ctx
+        sent = await ctx.bearer()
         request.headers["Authorization"] = f"Bearer {sent}"
         response = await handler(request)
         if response.status != 401 or not _invalid_token(response):
             return response
         response.release()
-        credentials = session.credentials
+        credentials = ctx.hub.snapshot.credentials
         if credentials is None or credentials.access_token == sent:
             # Joins a refresh already under way; one refresh for every stale request.
-            await session.token_refresh()
+            await ctx.refresh()
         if not _replayable(request):
             raise InvalidCredentials(
                 f"{request.method} {request.url.path}: the access token was refused and the"
@@ -146,7 +146,7 @@ class TokenMiddleware:
                 error="invalid_token",
                 code=401,
             )
-        request.headers["Authorization"] = f"Bearer {await session.access_token()}"
+        request.headers["Authorization"] = f"Bearer {await ctx.bearer()}"
         return await handler(request)
 
     async def _with_mac(
@@ -154,7 +154,7 @@ class TokenMiddleware:
     ) -> ClientResponse:
         if _MAC_HEADER in request.headers:
             return await handler(request)
-        store = self._session.token_store
+        store = self._token_store
         header, value = store.generate_header_for_token(name)
         request.headers[header] = value
         response = await handler(request)

@@ -1,0 +1,108 @@
+"""NativeBackend: request building and answer classification, pure (no network)."""
+
+from __future__ import annotations
+
+import pytest
+from yarl import URL
+
+import tokensdk
+from tokensdk import (
+    AccountFrozen,
+    Conflict,
+    Credentials,
+    InvalidCredentials,
+    InvalidInput,
+    NativeBackend,
+    ProtocolError,
+    RateLimited,
+    ServiceUnavailable,
+)
+from tokensdk._backend import AccessExpired, AuthBackend, Call, CallerError, Lost, Transient
+
+BACKEND = NativeBackend("http://127.0.0.1:8080/")
+CREDS = Credentials(
+    username="alice",
+    access_token="A",
+    refresh_token="R",
+    access_expires_at=160.0,
+    refresh_expires_at=1100.0,
+    access_deadline=60.0,
+    refresh_deadline=1000.0,
+    lifetime=60.0,
+)
+
+
+def test_native_backend_is_an_auth_backend_with_the_contract_root() -> None:
+    assert isinstance(BACKEND, AuthBackend)
+    assert (BACKEND.base_url, BACKEND.api_path) == ("http://127.0.0.1:8080", "/v1")
+    with pytest.raises(InvalidInput):
+        NativeBackend("ftp://example.com")
+
+
+def test_requests_for_each_intent() -> None:
+    assert BACKEND.password_login("alice", "pw") == Call(
+        "POST", "/login", {"username": "alice", "password": "pw"}
+    )
+    assert "pw" not in repr(BACKEND.password_login("alice", "pw"))
+    assert BACKEND.refresh(CREDS, "K") == Call(
+        "POST", "/refresh", {"username": "alice", "refreshToken": "R", "idempotencyKey": "K"}
+    )
+    assert BACKEND.with_token(CREDS) == Call(
+        "POST", "/login/with-token", {"username": "alice", "accessToken": "A"}
+    )
+    # A one-time key answer and a logout are never retried by the transport.
+    assert BACKEND.with_one_time_key("alice", "h").retry is False
+    assert BACKEND.revoke() == Call("POST", "/logout", retry=False, bearer=True)
+    assert BACKEND.status() == Call("GET", "/status")
+    assert BACKEND.one_time_key_from({"key": "k"}) == "k"
+    with pytest.raises(ProtocolError):
+        BACKEND.one_time_key_from({"key": ""})
+
+
+def test_grant_reads_login_tokens() -> None:
+    body = {
+        "username": "alice",
+        "accessToken": "A1",
+        "refreshToken": "R1",
+        "accessExpire": 60,
+        "refreshExpire": 600,
+    }
+    creds = BACKEND.grant(body, wall=100.0, monotonic=5.0)
+    assert (creds.access_expires_at, creds.refresh_deadline) == (160.0, 605.0)
+    with pytest.raises(ProtocolError):
+        BACKEND.grant({**body, "accessExpire": "60"}, wall=100.0, monotonic=5.0)
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        (
+            InvalidCredentials("x", error="refresh_token_reused", code=401),
+            Lost("refresh_token_reused"),
+        ),
+        (InvalidCredentials("x", error="", code=401), Lost("invalid_token")),
+        (AccountFrozen("x", error="account_frozen", code=403), Lost("account_frozen")),
+        (InvalidCredentials("x", error="token_expired", code=701), AccessExpired("token_expired")),
+        (RateLimited("x", retry_after=3.0), Transient(3.0)),
+        (ServiceUnavailable("x"), Transient()),
+        (ProtocolError("x"), Transient()),
+        (Conflict("x", error="conflict", code=409), CallerError("conflict")),
+    ],
+)
+def test_classification(error: tokensdk.TokenSDKError, outcome: object) -> None:
+    assert BACKEND.classify(error) == outcome
+
+
+def test_own_calls_are_the_unauthenticated_contract_paths() -> None:
+    assert BACKEND.own_call(URL("http://127.0.0.1:8080/v1/refresh"))
+    assert BACKEND.own_call(URL("http://127.0.0.1:8080/v1/keys"))
+    assert not BACKEND.own_call(URL("http://127.0.0.1:8080/v1/me"))
+    assert not BACKEND.own_call(URL("http://127.0.0.1:9999/v1/refresh"))
+
+
+def test_a_session_accepts_a_backend_or_a_url() -> None:
+    for given in (BACKEND, "http://127.0.0.1:8080"):
+        session = tokensdk.Session(given)
+        assert repr(session).startswith("Session('http://127.0.0.1:8080'")
+    with pytest.raises(InvalidInput):
+        tokensdk.Session(42)  # type: ignore[arg-type]

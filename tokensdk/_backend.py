@@ -1,0 +1,296 @@
+"""The wire protocol as a value: an :class:`AuthBackend` turns intents into calls and
+classifies every answer. Pure: no I/O, no clock; the session does the I/O around it.
+
+An intent (log in with a password, refresh with an idempotency key, revoke, read the
+service's clock) becomes a :class:`Call`: method, path below the API root, JSON
+body, whether a transient failure may be retried. A successful answer becomes
+:class:`~tokensdk.Credentials` (:meth:`AuthBackend.grant`); a failed one an
+:data:`Outcome`:
+
+- :class:`Lost`: the activation is gone (refresh token expired, reused, revoked;
+  account frozen): never retried, the session moves to ``needs_login``;
+- :class:`AccessExpired`: the access token presented has expired, the refresh
+  token may not have (a resume then falls back to a refresh);
+- :class:`Transient`: worth retrying later (``retry_after`` when the service said);
+- :class:`CallerError`: the request itself is wrong: retrying cannot help.
+
+:class:`NativeBackend` speaks the reference contract (``/v1``); an OAuth 2.0 backend
+is one more module behind the same protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+from yarl import URL
+
+from tokensdk._errors import (
+    AccountFrozen,
+    InvalidCredentials,
+    InvalidInput,
+    ProtocolError,
+    RateLimited,
+    ServiceUnavailable,
+    TokenSDKError,
+)
+from tokensdk._models import Credentials, lifespan_field
+
+__all__ = [
+    "NATIVE_API_PATH",
+    "AccessExpired",
+    "AuthBackend",
+    "Call",
+    "CallerError",
+    "Lost",
+    "NativeBackend",
+    "Outcome",
+    "Transient",
+]
+
+#: Where the native contract's endpoints live below the service root.
+NATIVE_API_PATH = "/v1"
+
+
+@attrs.frozen
+class Call:
+    """One request to make: what the session sends through its transport.
+
+    Attributes:
+        method: The HTTP method.
+        path: The path below the backend's API root.
+        body: The JSON body, if any (may hold secrets: never logged).
+        retry: Whether transient failures may be retried (False where a retry could
+            spend something twice: a one-time key answer, a logout).
+        bearer: Send the session's access token.
+    """
+
+    method: str
+    path: str
+    body: Mapping[str, Any] | None = attrs.field(default=None, repr=False)
+    retry: bool = True
+    bearer: bool = False
+
+
+@attrs.frozen
+class Lost:
+    """The activation is gone; ``reason`` is the service's error name."""
+
+    reason: str
+
+
+@attrs.frozen
+class AccessExpired:
+    """The access token presented has expired (the refresh token may still work)."""
+
+    reason: str = "token_expired"
+
+
+@attrs.frozen
+class Transient:
+    """Worth retrying later; ``retry_after`` is what the service asked, if anything."""
+
+    retry_after: float | None = None
+
+
+@attrs.frozen
+class CallerError:
+    """The request is wrong (input, state, configuration): retrying cannot help."""
+
+    error: str
+
+
+Outcome = Lost | AccessExpired | Transient | CallerError
+
+
+@runtime_checkable
+class AuthBackend(Protocol):
+    """A wire protocol: builds the calls for each intent and classifies the answers.
+
+    Implementations are pure values (no I/O); the session drives the transport.
+    """
+
+    @property
+    def base_url(self) -> str:
+        """The service root, as the application gave it (no trailing slash)."""
+        ...
+
+    @property
+    def api_path(self) -> str:
+        """The path of the API root below :attr:`base_url` (``/v1``); calls go below it."""
+        ...
+
+    def password_login(self, username: str, password: str) -> Call:
+        """The call that logs in with a username and password."""
+        ...
+
+    def one_time_key(self, username: str) -> Call:
+        """The call that asks for a one-time login key."""
+        ...
+
+    def one_time_key_from(self, body: Mapping[str, Any]) -> str:
+        """The key in the answer to :meth:`one_time_key`."""
+        ...
+
+    def with_one_time_key(self, username: str, answer: str) -> Call:
+        """The call that logs in with the answer to a one-time key."""
+        ...
+
+    def with_token(self, credentials: Credentials) -> Call:
+        """The call that checks a saved pair with the service (a resume)."""
+        ...
+
+    def resumed_lifetime(self, body: Mapping[str, Any]) -> int:
+        """Seconds the access token has left, from the answer to :meth:`with_token`."""
+        ...
+
+    def refresh(self, credentials: Credentials, idempotency_key: str) -> Call:
+        """The call that rotates the pair; a retry with the same key is recognised."""
+        ...
+
+    def revoke(self) -> Call:
+        """The call (with the bearer) that revokes the token family: logout."""
+        ...
+
+    def status(self) -> Call:
+        """The call that reads the service's clock (and realm)."""
+        ...
+
+    def grant(self, body: Mapping[str, Any], *, wall: float, monotonic: float) -> Credentials:
+        """Credentials from a login or refresh answer (sent at ``wall``/``monotonic``).
+
+        Raises:
+            ProtocolError: The answer does not have the protocol's shape.
+        """
+        ...
+
+    def classify(self, error: TokenSDKError) -> Outcome:
+        """What a failed call means for the session."""
+        ...
+
+    def own_call(self, url: URL) -> bool:
+        """Whether ``url`` is one of the calls the session makes unauthenticated."""
+        ...
+
+
+# The calls a session makes without a bearer: middleware must leave them alone.
+_OWN_PATHS = frozenset(
+    {
+        "/login",
+        "/login/one-time-key",
+        "/login/with-one-time-key",
+        "/login/with-token",
+        "/refresh",
+        "/status",
+        "/keys",
+    }
+)
+
+
+def _strip_slash(url: str) -> str:
+    return url.rstrip("/") if isinstance(url, str) else url
+
+
+@attrs.frozen
+class NativeBackend:
+    """The reference token service's contract v1 (with its documented extensions).
+
+    Args:
+        base_url: The service root, e.g. ``http://127.0.0.1:8080``.
+
+    Raises:
+        InvalidInput: ``base_url`` is not an http(s) URL.
+    """
+
+    base_url: str = attrs.field(converter=_strip_slash)
+    api_path: str = attrs.field(default=NATIVE_API_PATH, init=False)
+
+    @base_url.validator
+    def _check_url(self, attribute: object, value: object) -> None:
+        if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+            raise InvalidInput("base_url must be an http:// or https:// URL")
+
+    def password_login(self, username: str, password: str) -> Call:
+        """``POST /v1/login``."""
+        return Call("POST", "/login", {"username": username, "password": password})
+
+    def one_time_key(self, username: str) -> Call:
+        """``POST /v1/login/one-time-key``."""
+        return Call("POST", "/login/one-time-key", {"username": username})
+
+    def one_time_key_from(self, body: Mapping[str, Any]) -> str:
+        """The ``key`` member.
+
+        Raises:
+            ProtocolError: It is missing or empty.
+        """
+        key = body.get("key")
+        if not isinstance(key, str) or not key:
+            raise ProtocolError("the one-time key response has no key")
+        return key
+
+    def with_one_time_key(self, username: str, answer: str) -> Call:
+        """``POST /v1/login/with-one-time-key``, never retried: the key is single-use."""
+        return Call(
+            "POST", "/login/with-one-time-key", {"username": username, "hash": answer}, retry=False
+        )
+
+    def with_token(self, credentials: Credentials) -> Call:
+        """``POST /v1/login/with-token``."""
+        return Call(
+            "POST",
+            "/login/with-token",
+            {"username": credentials.username, "accessToken": credentials.access_token},
+        )
+
+    def resumed_lifetime(self, body: Mapping[str, Any]) -> int:
+        """``accessExpire``, checked as in login answers."""
+        return lifespan_field(body, "accessExpire")
+
+    def refresh(self, credentials: Credentials, idempotency_key: str) -> Call:
+        """``POST /v1/refresh`` with the ``idempotencyKey`` extension."""
+        return Call(
+            "POST",
+            "/refresh",
+            {
+                "username": credentials.username,
+                "refreshToken": credentials.refresh_token,
+                "idempotencyKey": idempotency_key,
+            },
+        )
+
+    def revoke(self) -> Call:
+        """``POST /v1/logout`` with the bearer, never retried (the caller decides)."""
+        return Call("POST", "/logout", retry=False, bearer=True)
+
+    def status(self) -> Call:
+        """``GET /v1/status``."""
+        return Call("GET", "/status")
+
+    def grant(self, body: Mapping[str, Any], *, wall: float, monotonic: float) -> Credentials:
+        """A LoginTokens answer (camelCase members, lifespans in seconds)."""
+        return Credentials.from_response(body, wall=wall, monotonic=monotonic)
+
+    def classify(self, error: TokenSDKError) -> Outcome:
+        """401 code 701 is an expired token; other 401 and 403 lose the activation."""
+        if isinstance(error, InvalidCredentials | AccountFrozen):
+            reason = error.error or "invalid_token"
+            if error.code == 701:
+                return AccessExpired(reason)
+            return Lost(reason)
+        if isinstance(error, RateLimited):
+            return Transient(error.retry_after)
+        if isinstance(error, ServiceUnavailable | ProtocolError):
+            return Transient()
+        return CallerError(getattr(error, "error", "") or type(error).__name__)
+
+    def own_call(self, url: URL) -> bool:
+        """A URL below this service's API root whose path the session calls unauthenticated."""
+        root = self.base_url + self.api_path
+        path = url.path
+        return (
+            str(url).startswith(root)
+            and path.startswith(URL(root).path)
+            and path[len(URL(root).path) :] in _OWN_PATHS
+        )
