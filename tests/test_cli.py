@@ -35,6 +35,7 @@ from tokensdk import (
 )
 from tokensdk._assets import Ed25519Signer
 from tokensdk._models import encode_state
+from tokensdk.stores import read_state_file
 
 TIMEOUT = 60
 PASSWORD = "wonderland"
@@ -464,13 +465,13 @@ def test_logout_keeps_the_session_when_the_service_cannot_be_reached(
 ) -> None:
     state = tmp_path / "s.json"
     assert login(served, state).returncode == 0
-    saved = state.read_bytes()
+    saved = read_state_file(state)
 
     down = tokensdk("logout", "--url", dead_url, "--state", str(state))
     one_error_line(down, "cannot reach the token service", "nothing was revoked", str(state))
     wrong = tokensdk("logout", "--url", served + "/not-here", "--state", str(state))
     one_error_line(wrong, "is the URL right?", "nothing was revoked")
-    assert state.read_bytes() == saved
+    assert read_state_file(state) == saved
 
     # What was kept still revokes the session once the service answers.
     logout = tokensdk("logout", "--url", served, "--state", str(state))

@@ -56,6 +56,11 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def _names_without_locks(directory: Path) -> list[str]:
+    # FileStore's side files: <name>.lock orders writes of several processes.
+    return [n for n in _names(directory) if not n.endswith(".lock")]
+
+
 def _temps(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f".{path.name}.tmp-*"))
 
@@ -236,8 +241,10 @@ async def test_file_store_layout_and_modes(tmp_path: Path) -> None:
         "format": "tokensdk.state",
         "version": 1,
         "state": DOCUMENT,
+        "serial": 1,  # writes by several processes are numbered
     }
     assert _mode(path) == 0o600
+    assert _mode(path.with_name("state.json.lock")) == 0o600
     assert _mode(path.parent) == 0o700
     assert _mode(path.parent.parent) == 0o700
     assert _temps(path) == []
@@ -306,7 +313,7 @@ async def test_file_store_crash_during_first_save_leaves_nothing_stored(
     store = FileStore(state_path)
     assert await store.load() is None
     await store.save({"seq": 2})
-    assert _names(state_path.parent) == [state_path.name]
+    assert _names_without_locks(state_path.parent) == [state_path.name]
 
 
 async def test_file_store_keeps_temp_files_of_live_writers(state_path: Path) -> None:
@@ -327,7 +334,9 @@ async def test_file_store_clear_removes_abandoned_temps(state_path: Path) -> Non
     await store.save({"seq": 1})
     _write(state_path.with_name(f".{state_path.name}.tmp-1111"), SECRET.encode())
     await store.clear()
-    assert list(state_path.parent.iterdir()) == []
+    # The lock side file stays: removing a file another process may hold an flock on
+    # would let a third process lock a new file of the same name beside it.
+    assert _names_without_locks(state_path.parent) == []
 
 
 CORRUPT = {
@@ -811,9 +820,12 @@ def _file_kill_point(found: _Round, seq: int, new_temps: list[Path]) -> str:
         return "save started, no temp file yet"
     (temp,) = new_temps
     written, data = temp.read_bytes(), encode_state(_complete(found.in_flight))
-    # The temp file holds a prefix of the save in flight, nothing else.
-    assert data.startswith(written), found
-    return "temp file written" if written == data else "temp file empty or partly written"
+    # The temp file holds a prefix of the save in flight, nothing else (the envelope
+    # ends with the write's serial, which the writer learns under the file's lock).
+    body = data[:-2]  # without the closing "}\n"
+    assert written[: len(body)] == body[: len(written)], found
+    complete = written.startswith(body + b',"serial":') and written.endswith(b"}\n")
+    return "temp file written" if complete else "temp file empty or partly written"
 
 
 @_crash_timeout

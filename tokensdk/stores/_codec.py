@@ -1,7 +1,9 @@
 """How a state document is encoded for storage: pure functions, no I/O.
 
 The stored form is the JSON envelope ``{"format": "tokensdk.state", "version": 1,
-"state": <document>}`` in UTF-8. Decoding tells apart a document it cannot read
+"state": <document>}`` in UTF-8, with an optional ``"serial"``: a number that grows
+with every write of a store shared by several processes (a compare-and-set version;
+readers that do not know it ignore it). Decoding tells apart a document it cannot read
 (:class:`CorruptState`) from one written by a newer tokensdk (:class:`NewerFormat`),
 which must be left alone. Exceptions never carry any of the content.
 """
@@ -15,7 +17,16 @@ from typing import Any
 
 from tokensdk._errors import InvalidInput
 
-__all__ = ["FORMAT", "VERSION", "CorruptState", "NewerFormat", "decode_state", "encode_state"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "CorruptState",
+    "NewerFormat",
+    "decode_envelope",
+    "decode_state",
+    "encode_state",
+    "with_serial",
+]
 
 FORMAT = "tokensdk.state"
 VERSION = 1
@@ -68,12 +79,28 @@ _ENCODER = json.JSONEncoder(
 )
 
 
-def encode_state(document: Mapping[str, Any]) -> bytes:
+def with_serial(encoded: bytes, serial: int) -> bytes:
+    """Return an envelope from :func:`encode_state` with its ``serial`` set.
+
+    The envelope is encoded once, before a shared store learns the serial under its
+    lock; this appends the field without encoding the document again.
+
+    Args:
+        encoded: What :func:`encode_state` returned (without a serial).
+        serial: The write's serial number (a natural number).
+    """
+    if type(serial) is not int or serial < 0 or not encoded.endswith(b"}\n"):
+        raise InvalidInput("with_serial takes encode_state's output and a natural number")
+    return encoded[:-2] + b',"serial":%d}\n' % serial
+
+
+def encode_state(document: Mapping[str, Any], serial: int | None = None) -> bytes:
     """Encode a state document into its stored envelope.
 
     Args:
         document: A JSON-able mapping (nested mappings, lists, str, int, finite float,
             bool, None).
+        serial: The write's serial number, for stores shared by several processes.
 
     Returns:
         The UTF-8 JSON envelope, newline-terminated.
@@ -83,7 +110,9 @@ def encode_state(document: Mapping[str, Any]) -> bytes:
     """
     if not isinstance(document, Mapping):
         raise InvalidInput(f"a state document must be a mapping, not {type(document).__name__}")
-    envelope = {"format": FORMAT, "version": VERSION, "state": document}
+    envelope: dict[str, Any] = {"format": FORMAT, "version": VERSION, "state": document}
+    if serial is not None:
+        envelope["serial"] = serial
     try:
         return (_ENCODER.encode(envelope) + "\n").encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
@@ -93,6 +122,8 @@ def encode_state(document: Mapping[str, Any]) -> bytes:
 
 def decode_state(data: bytes | str) -> dict[str, Any]:
     """Decode a stored envelope back into the state document.
+
+    The same as ``decode_envelope(data)[0]``.
 
     Args:
         data: The stored bytes (UTF-8) or text.
@@ -104,6 +135,16 @@ def decode_state(data: bytes | str) -> dict[str, Any]:
         CorruptState: The data is empty, not UTF-8, not JSON, or not a version-1
             tokensdk state envelope whose ``state`` is an object.
         NewerFormat: The envelope's version is newer than this tokensdk understands.
+    """
+    return decode_envelope(data)[0]
+
+
+def decode_envelope(data: bytes | str) -> tuple[dict[str, Any], int]:
+    """Decode a stored envelope into the state document and its serial (0 if none).
+
+    Raises:
+        CorruptState: As :func:`decode_state`, or a serial that is not a natural number.
+        NewerFormat: As :func:`decode_state`.
     """
     if isinstance(data, bytes):
         if not data.strip():
@@ -130,4 +171,7 @@ def decode_state(data: bytes | str) -> dict[str, Any]:
     state = envelope.get("state")
     if not isinstance(state, dict):
         raise CorruptState("the state is not a JSON object")
-    return state
+    serial = envelope.get("serial", 0)
+    if type(serial) is not int or serial < 0:
+        raise CorruptState("invalid serial")
+    return state, serial

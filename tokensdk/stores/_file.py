@@ -18,17 +18,26 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
+import attrs
 
 from tokensdk._errors import StoreCorrupt, StoreError
-from tokensdk.stores._codec import CorruptState, NewerFormat, decode_state, encode_state
+from tokensdk.stores._codec import (
+    CorruptState,
+    NewerFormat,
+    decode_envelope,
+    decode_state,
+    encode_state,
+    with_serial,
+)
 
-__all__ = ["FileStore", "read_state_file"]
+__all__ = ["FileLease", "FileStore", "read_state_file"]
 
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
@@ -156,6 +165,39 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+#: How soon to look at a refresh lock again that another process holds.
+_LOCK_POLL = 0.05
+
+
+class _Any:
+    """Marks an unconditional save (any serial)."""
+
+
+_ANY = _Any()
+
+
+@attrs.define
+class FileLease:
+    """The refresh lock of a shared state file, held until :meth:`release`.
+
+    Attributes:
+        lease: The lease asked for (the kernel frees the lock when the process exits).
+    """
+
+    lease: float
+    _fd: int | None = attrs.field(repr=False)
+
+    async def release(self) -> None:
+        """Release the lock (idempotent)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    async def still_held(self) -> bool:
+        """Whether this lease has not been released (an flock cannot be taken over)."""
+        return self._fd is not None
+
+
 class FileStore:
     """Keep the state document in a JSON file (mode 0600), saved atomically.
 
@@ -213,7 +255,7 @@ class FileStore:
         """
         data = encode_state(document)
         async with self._lock:
-            await anyio.to_thread.run_sync(self._save_sync, data)
+            await anyio.to_thread.run_sync(self._save_if_sync, data, _ANY)
 
     async def clear(self) -> None:
         """Remove the state file and abandoned temporary files (a missing file is fine).
@@ -239,7 +281,143 @@ class FileStore:
         async with self._lock:
             return await anyio.to_thread.run_sync(self._quarantine_sync)
 
+    # -- coordination: several processes sharing this file ---------------------------
+
+    async def load_versioned(self) -> tuple[dict[str, Any] | None, int]:
+        """Read the document and its serial (``(None, 0)`` when there is no file).
+
+        Raises:
+            StoreCorrupt: As :meth:`load`.
+            StoreError: As :meth:`load`.
+        """
+        async with self._lock:
+            loaded = await anyio.to_thread.run_sync(self._load_envelope_sync)
+        return (None, 0) if loaded is None else loaded
+
+    async def save_if(self, document: Mapping[str, Any], version: int | None) -> int | None:
+        """Write ``document`` only if the file's serial is still ``version``.
+
+        Processes on one host serialise these writes with an ``flock`` on the side
+        file ``<path>.lock``; the write itself is atomic and durable as :meth:`save`.
+
+        Args:
+            document: The new state.
+            version: The serial it was derived from; None: only if there is no file.
+
+        Returns:
+            The new serial, or None when another writer came first.
+
+        Raises:
+            InvalidInput: The document is not JSON-serialisable.
+            StoreError: The file could not be read or written (nothing was written).
+        """
+        data = encode_state(document)
+        async with self._lock:
+            return await anyio.to_thread.run_sync(self._save_if_sync, data, version)
+
+    async def try_lock(self, lease: float) -> FileLease | None:
+        """Take the refresh lock on ``<path>.refresh-lock`` if no process holds it.
+
+        The lock is an ``flock``: the kernel frees it when its holder exits, killed or
+        not, so ``lease`` needs no timer here (a holder that hangs keeps it).
+
+        Args:
+            lease: Kept for the interface shared with :class:`RedisStore`.
+
+        Returns:
+            The lease, or None when another holder (process or session) has it.
+        """
+        return await anyio.to_thread.run_sync(self._try_lock_sync, lease)
+
+    async def lock_remaining(self) -> float | None:
+        """None when the refresh lock is free; else a short time to look again (s)."""
+        lease = await self.try_lock(0.0)
+        if lease is None:
+            return _LOCK_POLL
+        await lease.release()
+        return None
+
+    @asynccontextmanager
+    async def changes(self, interval: float = 0.2) -> AsyncIterator[AsyncIterator[int]]:
+        """Watch the file for writes by other processes (``async with``, then iterate).
+
+        Yields the serial of each new file seen. A write replaces the file (a new
+        inode), so a cheap ``stat`` every ``interval`` seconds tells; the file is read
+        only when it changed.
+
+        Args:
+            interval: Seconds between two looks.
+        """
+
+        # Taken now, not at the first iteration: a write between entering the block
+        # and iterating counts as a change.
+        seen = await anyio.to_thread.run_sync(self._identity)
+
+        async def serials() -> AsyncIterator[int]:
+            nonlocal seen
+            while True:
+                await anyio.sleep(interval)
+                now = await anyio.to_thread.run_sync(self._identity)
+                if now == seen:
+                    continue
+                seen = now
+                try:
+                    _, serial = await self.load_versioned()
+                except StoreError:
+                    continue  # a half-seen write or a corrupt file: the next look tells
+                yield serial
+
+        yield serials()
+
     # -- blocking parts, run in a worker thread ------------------------------------
+
+    def _identity(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _side_file(self, suffix: str) -> int:
+        _make_private_dirs(self._path.parent)
+        return os.open(f"{self._path}{suffix}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+
+    def _save_if_sync(self, data: bytes, version: int | _Any | None) -> int | None:
+        try:
+            fd = self._side_file(".lock")
+        except OSError as exc:
+            raise StoreError(f"cannot write state file {self._path}: {_describe(exc)}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # short: one read and one write of a small file
+            try:
+                loaded = self._load_envelope_sync()
+            except StoreCorrupt:
+                loaded = None  # moved aside: a fresh file starts the serials again
+            current = 0 if loaded is None else loaded[1]  # as load_versioned says
+            if version is None and loaded is not None:
+                return None
+            if isinstance(version, int) and version != current:
+                return None
+            serial = current + 1
+            self._save_sync(with_serial(data, serial))
+            return serial
+        finally:
+            os.close(fd)  # releases the flock
+
+    def _try_lock_sync(self, lease: float) -> FileLease | None:
+        try:
+            fd = self._side_file(".refresh-lock")
+        except OSError as exc:
+            raise StoreError(f"cannot lock state file {self._path}: {_describe(exc)}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError as exc:
+            os.close(fd)
+            raise StoreError(f"cannot lock state file {self._path}: {_describe(exc)}") from exc
+        return FileLease(lease, fd)
 
     def _quarantine_sync(self) -> str | None:
         if not os.path.lexists(self._path):
@@ -250,6 +428,10 @@ class FileStore:
         return moved_to
 
     def _load_sync(self) -> dict[str, Any] | None:
+        loaded = self._load_envelope_sync()
+        return None if loaded is None else loaded[0]
+
+    def _load_envelope_sync(self) -> tuple[dict[str, Any], int] | None:
         # A concurrent writer in another process may replace the file between our
         # read and our moving it aside; re-read rather than move a good file away.
         for _ in range(5):
@@ -262,7 +444,7 @@ class FileStore:
                 return None
             st, data = result
             try:
-                return decode_state(data)
+                return decode_envelope(data)
             except NewerFormat as exc:
                 raise StoreError(
                     f"{_newer(self._path, exc)}. The file was left untouched"
