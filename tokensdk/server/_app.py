@@ -13,8 +13,9 @@ import binascii
 import collections
 import json
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from http import HTTPStatus
 from importlib import metadata
 from typing import Any
@@ -529,22 +530,34 @@ async def _errors_middleware(
     service.stats.requests_by_path[
         resource.canonical if resource is not None else "<unmatched>"
     ] += 1
+    response: web.StreamResponse
     try:
-        return await handler(request)
+        response = await handler(request)
     except ApiError as exc:
-        return _error_response(exc.status, exc.error, exc.message, exc.code, exc.headers, exc.extra)
+        response = _error_response(
+            exc.status, exc.error, exc.message, exc.code, exc.headers, exc.extra
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return _error_response(
+        response = _error_response(
             exc.status, _HTTP_ERRORS.get(exc.status, "http_error"), exc.reason, headers=headers
         )
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("internal error on %s %s", request.method, resource)
-        return _error_response(500, "internal", "internal server error")
+        response = _error_response(500, "internal", "internal server error")
+    # Errors change state too (a reused refresh token revokes its family): every
+    # answer waits until what it reflects is on disk, off the event loop.
+    try:
+        await service.state.db.commit()
+    except sqlite3.Error:  # PersistenceFailed; the writer logged why
+        return _error_response(
+            503, "service_unavailable", "the service cannot store its state; try again later"
+        )
+    return response
 
 
 async def _startup(app: web.Application) -> AsyncIterator[None]:
@@ -574,8 +587,16 @@ async def _startup(app: web.Application) -> AsyncIterator[None]:
     if config.rotate_key:
         service.state.rotate_signing_key(now)
     service.state.ensure_signing_key(now)
+    await service.state.db.commit()
     yield
-    service.state.db.close()
+    db = service.state.db
+    try:
+        await db.commit()
+    except sqlite3.Error:
+        pass  # logged by the writer; the file keeps its last consistent state
+    finally:
+        with suppress(sqlite3.Error):
+            db.close()
 
 
 _ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
