@@ -74,6 +74,10 @@ def test_all_options(tmp_path: Path) -> None:
         "--max-body=4096",
         "--mac-window-past=30",
         "--mac-window-future=0.5",
+        "--user-rate-limit=70",
+        "--hash-concurrency=3",
+        "--hash-queue=5",
+        "--header-timeout=2.5",
     )
     config = config_from_args(args)
     assert (args.host, args.port) == ("0.0.0.0", 8080)
@@ -93,6 +97,8 @@ def test_all_options(tmp_path: Path) -> None:
     assert (config.login_rate_limit, config.ip_rate_limit, config.login_rate_window) == (3, 7, 2.5)
     assert config.max_body == 4096
     assert (config.mac_window_past, config.mac_window_future) == (30.0, 0.5)
+    assert (config.user_rate_limit, config.hash_concurrency, config.hash_queue) == (70, 3, 5)
+    assert config.header_timeout == 2.5
     assert "se:cret" not in repr(config)
 
 
@@ -126,6 +132,10 @@ def test_every_config_field_has_an_option() -> None:
         ("--max-body", "0"),
         ("--mac-window-past", "-1"),
         ("--mac-window-future", "inf"),
+        ("--user-rate-limit", "0"),
+        ("--hash-concurrency", "0"),
+        ("--hash-queue", "-1"),
+        ("--header-timeout", "0"),
     ],
 )
 def test_bad_options(argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:

@@ -83,6 +83,21 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="scrypt cost for password hashes, a power of two (%(default)s)",
     )
+    users.add_argument(
+        "--hash-concurrency",
+        type=positive_int,
+        default=defaults.hash_concurrency,
+        metavar="COUNT",
+        help="password checks run at once (default: the number of CPUs)",
+    )
+    users.add_argument(
+        "--hash-queue",
+        type=positive_int,
+        default=defaults.hash_queue,
+        metavar="COUNT",
+        help="password checks that may wait for a turn; more get 503 service_busy"
+        " (default: four times --hash-concurrency)",
+    )
 
     lifetimes = parser.add_argument_group("lifetimes (seconds)")
     lifetimes.add_argument(
@@ -127,15 +142,25 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=defaults.login_rate_limit,
         metavar="COUNT",
-        help="failed logins allowed per username within the window (%(default)s)",
+        help="login attempts per username from one client IP within the window, and"
+        " one-time-key requests per username (%(default)s)",
     )
     limits.add_argument(
         "--ip-rate-limit",
         type=positive_int,
         default=defaults.ip_rate_limit,
         metavar="COUNT",
-        help="failed logins allowed per client IP within the window"
+        help="login attempts (a success gives its attempt back), one-time-key requests and"
+        " challenge requests per client IP within the window, each counted apart"
         " (default: five times --login-rate-limit)",
+    )
+    limits.add_argument(
+        "--user-rate-limit",
+        type=positive_int,
+        default=defaults.user_rate_limit,
+        metavar="COUNT",
+        help="login attempts per username from all clients together, and challenge"
+        " requests per asset, within the window (default: ten times --login-rate-limit)",
     )
     limits.add_argument(
         "--login-rate-window",
@@ -150,6 +175,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.max_body,
         metavar="BYTES",
         help="largest request body accepted; larger ones get 413 (%(default)s)",
+    )
+    limits.add_argument(
+        "--header-timeout",
+        type=positive_float,
+        default=defaults.header_timeout,
+        metavar="SECONDS",
+        help="close connections whose request head takes longer (%(default)s)",
     )
     limits.add_argument(
         "--mac-window-past",
@@ -224,6 +256,10 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         login_rate_limit=args.login_rate_limit,
         login_rate_window=args.login_rate_window,
         ip_rate_limit=args.ip_rate_limit,
+        user_rate_limit=args.user_rate_limit,
+        hash_concurrency=args.hash_concurrency,
+        hash_queue=args.hash_queue,
+        header_timeout=args.header_timeout,
         max_body=args.max_body,
         mac_window_past=args.mac_window_past,
         mac_window_future=args.mac_window_future,

@@ -634,8 +634,9 @@ class ServiceState:
     def new_one_time_key(self, username: str, now: float) -> str:
         """Issue a one-time key for ``username``, replacing any pending one.
 
-        An unknown username gets a key too (answerable by nobody), so the answer
-        does not reveal which usernames exist.
+        An unknown username gets a key too, drawn the same way, so the answer
+        does not reveal which usernames exist; nothing is stored for it (made-up
+        names cannot fill the database), so nobody can answer it.
 
         Args:
             username: The account name.
@@ -646,7 +647,9 @@ class ServiceState:
         """
         key = secrets.token_urlsafe(24)
         user = self.users.get(username)
-        ha1 = user.ha1 if user is not None else secrets.token_hex(32)
+        if user is None:
+            return key
+        ha1 = user.ha1
         self.one_time_keys.put(
             username,
             OneTimeKeyRecord(
