@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the reference token service",
-        description="Run the reference token service until Ctrl-C.",
+        description="Run the reference token service until Ctrl-C or SIGTERM.",
     )
     add_serve_arguments(serve)
     serve.set_defaults(func=_cmd_serve)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import sqlite3
 import sys
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import anyio.abc
 
 from tokensdk._argtypes import port_number, positive_float, positive_int, power_of_two
 from tokensdk.server._app import running_service
@@ -300,7 +302,13 @@ async def serve_forever(
     *,
     on_ready: Callable[[str], object] | None = None,
 ) -> None:
-    """Run the service until cancelled; print ``listening on http://HOST:PORT`` once bound.
+    """Run the service until SIGINT or SIGTERM; print ``listening on http://HOST:PORT``.
+
+    The first SIGINT or SIGTERM (also one that arrives while the service starts)
+    shuts it down gracefully and this returns: it stops accepting connections,
+    lets requests in flight finish for up to 5 seconds (then cancels them),
+    writes what is queued to the database and closes it. A second signal during
+    that cancels the rest at once. Cancelling the caller stops the service too.
 
     Args:
         config: The service configuration.
@@ -314,16 +322,42 @@ async def serve_forever(
             that is not Ed25519, for example).
     """
     started = False
-    try:
-        async with running_service(config, host, port) as svc:
-            started = True
-            print(f"listening on {svc.url}", file=sys.stdout, flush=True)
-            if on_ready is not None:
-                on_ready(svc.url)
-            await anyio.sleep_forever()
-    except (OSError, OverflowError, ValueError, sqlite3.Error) as exc:
-        # Only start-up failures are the user's to fix; one while serving is a bug
-        # whose traceback is worth more than a summary.
-        if started:
-            raise
-        raise StartError(_start_failure(exc, config, host, port)) from exc
+    stop = anyio.Event()
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        # Taken before the service starts: a signal during start-up (hashing the
+        # configured passwords takes a while) ends it as soon as it is up.
+        await tg.start(_until_signals, stop, tg.cancel_scope)
+        try:
+            async with running_service(config, host, port) as svc:
+                started = True
+                print(f"listening on {svc.url}", file=sys.stdout, flush=True)
+                if on_ready is not None:
+                    on_ready(svc.url)
+                await stop.wait()
+        except Exception as exc:
+            failure = exc  # raised below, bare rather than in the task group's group
+        tg.cancel_scope.cancel()  # the signal watcher
+    if failure is None:
+        return
+    # Only start-up failures are the user's to fix; one while serving is a bug
+    # whose traceback is worth more than a summary.
+    if started or not isinstance(failure, OSError | OverflowError | ValueError | sqlite3.Error):
+        raise failure
+    raise StartError(_start_failure(failure, config, host, port)) from failure
+
+
+async def _until_signals(
+    stop: anyio.Event,
+    scope: anyio.CancelScope,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Set ``stop`` on the first SIGINT or SIGTERM; cancel ``scope`` on the second."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for _ in signals:
+            if stop.is_set():
+                scope.cancel()  # asked twice: stop waiting for requests in flight
+                return
+            stop.set()
