@@ -411,6 +411,7 @@ async def test_oversized_headers_are_refused_with_json(clock: ManualClock) -> No
 def test_default_limits() -> None:
     config = ServiceConfig()
     assert config.header_timeout == 5.0
+    assert config.scrypt_n == 2**17
     assert (config.hash_concurrency, config.hash_queue, config.user_rate_limit) == (
         None,
         None,

@@ -46,7 +46,8 @@ class ServiceConfig:
         assets: Asset id -> the holder's Ed25519 public key (lowercase hex).
         db: SQLite file path for persistent state; ``None`` keeps state in memory.
         clock: Where every time read in the service comes from.
-        scrypt_n: The scrypt cost parameter (lower it for tests and benchmarks).
+        scrypt_n: The scrypt cost parameter for new password hashes (r=8, p=1);
+            2**17 as OWASP recommends. Lower it for tests and benchmarks only.
         rotate_key: Generate a new signing key at start (old keys keep verifying).
         drop_keys: Key ids (``k4.pid...``) to remove from the key set at start.
     """
@@ -72,6 +73,6 @@ class ServiceConfig:
     assets: dict[str, str] = attrs.field(factory=dict)
     db: str | None = None
     clock: Clock = attrs.field(factory=SystemClock)
-    scrypt_n: int = 2**14
+    scrypt_n: int = 2**17
     rotate_key: bool = False
     drop_keys: tuple[str, ...] = ()
