@@ -53,9 +53,11 @@ USER, PASSWORD = "alice", "pw"
 
 
 def _config(**options: Any) -> ServiceConfig:
-    # A fleet logs in from one address at once: lift the login rate limits.
+    # A fleet logs in from one address at once: lift the login rate limits and let
+    # every password check wait for its turn.
     options.setdefault("users", {USER: PASSWORD})
-    return ServiceConfig(scrypt_n=2**10, login_rate_limit=10**9, ip_rate_limit=10**9, **options)
+    limits = {"login_rate_limit": 10**9, "ip_rate_limit": 10**9, "user_rate_limit": 10**9}
+    return ServiceConfig(scrypt_n=2**10, hash_queue=10**6, **limits, **options)
 
 
 @contextlib.asynccontextmanager

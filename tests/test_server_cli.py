@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import select
+import signal
 import socket
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +23,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from tokensdk import ManualClock
 from tokensdk.server import ServiceConfig
 from tokensdk.server._cli import StartError, add_serve_arguments, config_from_args, serve_forever
+from tokensdk.server._db import SqlitePersistence
+from tokensdk.server._state import ServiceState, token_digest
 
 PUB = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
 
@@ -77,6 +85,10 @@ def test_all_options(tmp_path: Path) -> None:
         "--idempotency-window=12.5",
         "--key-file",
         str(tmp_path / "service.key"),
+        "--user-rate-limit=70",
+        "--hash-concurrency=3",
+        "--hash-queue=5",
+        "--header-timeout=2.5",
     )
     config = config_from_args(args)
     assert (args.host, args.port) == ("0.0.0.0", 8080)
@@ -98,6 +110,8 @@ def test_all_options(tmp_path: Path) -> None:
     assert (config.mac_window_past, config.mac_window_future) == (30.0, 0.5)
     assert config.idempotency_window == 12.5
     assert config.key_file == str(tmp_path / "service.key")
+    assert (config.user_rate_limit, config.hash_concurrency, config.hash_queue) == (70, 3, 5)
+    assert config.header_timeout == 2.5
     assert "se:cret" not in repr(config)
 
 
@@ -134,6 +148,10 @@ def test_every_config_field_has_an_option() -> None:
         ("--idempotency-window", "0"),
         ("--idempotency-window", "30.5"),
         ("--idempotency-window", "nan"),
+        ("--user-rate-limit", "0"),
+        ("--hash-concurrency", "0"),
+        ("--hash-queue", "-1"),
+        ("--header-timeout", "0"),
     ],
 )
 def test_bad_options(argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
@@ -224,3 +242,102 @@ async def test_failures_while_serving_are_not_start_failures(
     with pytest.raises(ValueError, match="a bug in the caller"):
         await serve_forever(ServiceConfig(), on_ready=on_ready)
     assert capsys.readouterr().out.startswith("listening on ")
+
+
+# -- graceful shutdown of a real `serve` process -----------------------------------------
+
+# A guard only: the service prints its address within a second or two.
+_START_GUARD = 60.0
+# The bound the issue asks for: stop accepting, finish requests in flight for up to
+# 5 s, close the database, exit; with room for a busy machine.
+_EXIT_BOUND = 15.0
+
+
+def _spawn(*argv: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tokensdk", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def _first_line(proc: subprocess.Popen[bytes]) -> str:
+    assert proc.stdout is not None
+    readable, _, _ = select.select([proc.stdout], [], [], _START_GUARD)
+    if not readable:
+        raise TimeoutError("the service did not start")
+    return proc.stdout.readline().decode()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+async def test_serve_shuts_down_gracefully_under_load(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    db = tmp_path / "service.db"
+    proc = _spawn(
+        "serve",
+        "--user=alice:wonderland",
+        "--scrypt-n=32768",  # a few hundred ms per login: the CPU is busy hashing
+        "--login-rate-limit=1000000",
+        "--ip-rate-limit=1000000",
+        "--user-rate-limit=1000000",
+        f"--db={db}",
+    )
+    answered: list[str] = []  # access tokens of logins answered 200
+    enough = anyio.Event()
+    signalled = False
+    try:
+        line = await anyio.to_thread.run_sync(_first_line, proc)
+        assert line.startswith("listening on http://127.0.0.1:"), line
+        url = line.split()[-1]
+
+        async def load(http: aiohttp.ClientSession) -> None:
+            body = {"username": "alice", "password": "wonderland"}
+            while True:
+                try:
+                    async with http.post(url + "/v1/login", json=body) as response:
+                        if response.status == 200:
+                            answered.append((await response.json())["accessToken"])
+                        else:
+                            assert response.status == 503, await response.text()  # busy
+                            await response.read()
+                except aiohttp.ClientError:
+                    if signalled:
+                        return  # shutting down: refused, or cut after the grace period
+                    raise
+                if len(answered) >= 4:
+                    enough.set()
+
+        async with aiohttp.ClientSession() as http, anyio.create_task_group() as tg:
+            for _ in range(12):
+                tg.start_soon(load, http)
+            with anyio.fail_after(_START_GUARD):
+                await enough.wait()
+            signalled = True
+            proc.send_signal(signum)
+            started = time.monotonic()
+            returncode = await anyio.to_thread.run_sync(proc.wait, _START_GUARD)
+            took = time.monotonic() - started
+            tg.cancel_scope.cancel()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+    assert returncode == 0, err
+    print(f"exited {took:.2f} s after {signum.name}, {len(answered)} logins answered")
+    assert took < _EXIT_BOUND
+    assert "Traceback" not in err
+    # The database was closed cleanly (SQLite folds its log back in and removes it)
+    # and holds every session whose login was answered.
+    assert not (tmp_path / "service.db-wal").exists()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    state = ServiceState(db=SqlitePersistence(str(db)))
+    try:
+        assert {token_digest(t) for t in answered} <= set(state.access)
+    finally:
+        state.db.close()

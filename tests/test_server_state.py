@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 
+from tokensdk.server._db import MemoryPersistence
 from tokensdk.server._ratelimit import SlidingWindowLimiter
 from tokensdk.server._state import (
     ApiError,
@@ -16,6 +17,7 @@ from tokensdk.server._state import (
     ha1_digest,
     make_user_record,
     one_time_key_answer,
+    token_digest,
     verify_password,
 )
 
@@ -120,6 +122,63 @@ def test_expired_records_answer_expired_until_retention_then_go() -> None:
     with pytest.raises(ApiError) as caught:
         state.login_with_token("alice", pair.access_token, T0 + 5000)
     assert caught.value.error == "invalid_token"
+
+
+class _CountingPersistence(MemoryPersistence):
+    """Counts the deletions each purge pass hands to the writer."""
+
+    def __init__(self) -> None:
+        self.deletes = 0
+
+    def delete(self, kind: str, key: str) -> None:
+        self.deletes += 1
+
+
+def test_purge_deletes_in_bounded_batches() -> None:
+    # A service restarted after a quiet day: 13,000 families expired at once, each
+    # with its tokens and a MAC token. No pass may delete more than PURGE_BATCH
+    # records (their deletions are that operation's transaction), and operations
+    # keep purging until the backlog is gone, without waiting a minute between.
+    db = _CountingPersistence()
+    state = ServiceState(access_ttl=10, refresh_ttl=100, db=db)
+    for _ in range(13_000):
+        pair = state.login("alice", T0)
+        state.create_mac_token(state.access[token_digest(pair.access_token)].family, "alice", ())
+    records = sum(
+        len(t) for t in (state.access, state.refresh_tokens, state.families, state.mac_tokens)
+    )
+    assert records == 52_000
+    late = T0 + 100 + state.retention + 1
+    passes = 0
+    while len(state.families):
+        before = db.deletes
+        state.maybe_purge(late)
+        assert db.deletes - before <= ServiceState.PURGE_BATCH
+        passes += 1
+        assert passes <= records // ServiceState.PURGE_BATCH + 1
+    assert db.deletes == records
+    assert len(state.access) == len(state.refresh_tokens) == len(state.mac_tokens) == 0
+    # Once the backlog is gone, passes are once a minute again.
+    before = db.deletes
+    state.login("alice", late)
+    state.maybe_purge(late + 59)
+    assert db.deletes == before
+
+
+def test_purge_takes_mac_tokens_before_their_family() -> None:
+    state = _state()
+    for _ in range(3):
+        pair = state.login("alice", T0)
+        family = state.access[token_digest(pair.access_token)].family
+        for _ in range(2):
+            state.create_mac_token(family, "alice", ("possession",))
+    late = T0 + 100 + 1
+    # 3 access and 3 refresh tokens go first, then MAC tokens, then the families.
+    assert not state.purge(late, limit=7)
+    assert len(state.families) == 3
+    assert len(state.mac_tokens) == 5
+    assert state.purge(late, limit=100)
+    assert len(state.families) == len(state.mac_tokens) == 0
 
 
 def test_one_time_keys() -> None:

@@ -29,7 +29,7 @@ def add_serve(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
     serve = add_parser(
         "serve",
         help="run the reference token service",
-        description="Run the reference token service until Ctrl-C.",
+        description="Run the reference token service until Ctrl-C or SIGTERM.",
     )
     add_serve_arguments(serve)
     serve.set_defaults(func=_cmd_serve)

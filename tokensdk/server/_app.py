@@ -11,15 +11,17 @@ import asyncio
 import collections
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
 from http import HTTPStatus
 from importlib import metadata
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import attrs
-from aiohttp import web, web_protocol
+from aiohttp import streams, web, web_protocol
 
 from tokensdk._errors import HeaderInvalid, InvalidInput
 from tokensdk._paseto import PublicKey
@@ -50,6 +52,8 @@ __all__ = [
 
 log = logging.getLogger("tokensdk.server")
 
+_T = TypeVar("_T")
+
 try:
     _VERSION = metadata.version("tokensdk")
 except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
@@ -69,6 +73,8 @@ class ServiceStats:
         rejected_bearers: Bearer tokens refused (invalid, expired or revoked).
         expired_bearers: The subset of rejected bearers that were presented after expiry.
         failed_logins: Login attempts refused for bad credentials.
+        password_hashes: Password checks (scrypt runs) started for requests.
+        busy: Requests answered 503 ``service_busy`` (too many password checks waiting).
         rate_limited: Requests answered 429.
         refresh_reuses: Refresh tokens presented a second time (families revoked).
         mac_tokens_created: MAC tokens created.
@@ -83,6 +89,8 @@ class ServiceStats:
     rejected_bearers: int = 0
     expired_bearers: int = 0
     failed_logins: int = 0
+    password_hashes: int = 0
+    busy: int = 0
     rate_limited: int = 0
     refresh_reuses: int = 0
     mac_tokens_created: int = 0
@@ -93,15 +101,64 @@ class ServiceStats:
 
 
 @attrs.define
+class _PasswordChecks:
+    """Password checks (scrypt, in threads): ``slots`` run at once, ``queue`` more wait.
+
+    Each check holds ``128 * r * N`` bytes and a core while it runs, so the slots
+    bound both the memory and the CPU that unauthenticated requests can take;
+    :attr:`full` tells a caller to refuse rather than join an unbounded queue.
+    Admission is counted synchronously, before the first await, so a burst cannot
+    slip past the bound.
+    """
+
+    slots: int
+    queue: int
+    _limiter: anyio.CapacityLimiter = attrs.field(init=False)
+    _admitted: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._limiter = anyio.CapacityLimiter(self.slots)
+
+    @property
+    def full(self) -> bool:
+        """Whether every slot and every waiting place is taken."""
+        return self._admitted >= self.slots + self.queue
+
+    async def run(self, func: Callable[..., _T], *args: Any) -> _T:
+        """Run ``func(*args)`` in a worker thread when a slot is free."""
+        self._admitted += 1
+        try:
+            return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
+        finally:
+            self._admitted -= 1
+
+
+@attrs.define
 class _Service:
-    """Everything the handlers share: config, state, limiters, stats."""
+    """Everything the handlers share: config, state, limiters, stats.
+
+    Rate limits (sliding windows of ``login_rate_window`` seconds):
+
+    - ``login_limiter``: login attempts per (username, client IP), tight;
+    - ``user_limiter``: login attempts per username from everywhere, a high ceiling;
+    - ``ip_limiter``: login attempts per client IP;
+    - ``key_limiter``: one-time-key requests per username;
+    - ``request_limiter``: one-time-key and challenge requests per client IP;
+    - ``asset_limiter``: challenge requests per asset, a high ceiling.
+
+    ``hashing`` bounds the password checks running at once and waiting.
+    """
 
     config: ServiceConfig
     state: ServiceState
     stats: ServiceStats
     login_limiter: SlidingWindowLimiter
+    user_limiter: SlidingWindowLimiter
     ip_limiter: SlidingWindowLimiter
     key_limiter: SlidingWindowLimiter
+    request_limiter: SlidingWindowLimiter
+    asset_limiter: SlidingWindowLimiter
+    hashing: _PasswordChecks
     mac_window: TimestampWindow
     replay_guard: ReplayGuard
 
@@ -117,6 +174,13 @@ STATS_KEY = web.AppKey("tokensdk_stats", ServiceStats)
 
 
 # -- request helpers --------------------------------------------------------------------
+
+#: The longest value accepted in these string fields, in characters (longer: 400).
+MAX_LENGTHS: Mapping[str, int] = {"username": 256, "assetId": 256, "token": 4096}
+#: The longest value of every other string field (passwords, access and refresh
+#: tokens, one-time-key hashes, signatures, keys, ids), in characters. Asset tokens
+#: (``token``) get more: an asset id of 256 characters, JSON-escaped, fits.
+MAX_STRING = 1024
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -136,6 +200,10 @@ def _string(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
     if not isinstance(value, str):
         raise ApiError(400, "invalid_request", f"field {name!r} must be a string")
+    limit = MAX_LENGTHS.get(name, MAX_STRING)
+    if len(value) > limit:
+        # Before anything is counted, hashed or stored for it.
+        raise ApiError(400, "invalid_request", f"field {name!r} is longer than {limit} characters")
     if not value.isascii():
         try:
             value.encode("utf-8")
@@ -210,38 +278,72 @@ def _check_rate(service: _Service, keys: list[tuple[SlidingWindowLimiter, str]])
 def _login_keys(
     service: _Service, request: web.Request, username: str
 ) -> list[tuple[SlidingWindowLimiter, str]]:
+    ip = _client_ip(request)
     return [
-        (service.login_limiter, f"user:{username}"),
-        (service.ip_limiter, f"ip:{_client_ip(request)}"),
+        (service.login_limiter, f"{ip}|{username}"),
+        (service.user_limiter, username),
+        (service.ip_limiter, ip),
     ]
 
 
-def _reserve_attempt(service: _Service, request: web.Request, username: str) -> None:
-    """Check the login limits and count this attempt against the username up front.
+def _reserve_attempt(
+    service: _Service, request: web.Request, username: str, *, hashing: bool
+) -> None:
+    """Check the login limits and the hashing capacity; count this attempt up front.
 
     Counting before the (slow, threaded) password check means a concurrent burst
-    cannot slip past the limit; a successful login resets the username's count.
+    cannot slip past a limit: the per-IP one included, however many usernames the
+    burst sprays. A success gives its attempt back (:func:`_attempt_succeeded`).
+    An attempt refused as busy counts against the client IP (which sent it) but
+    not against the username (nothing was guessed).
+
+    Raises:
+        ApiError: 429 ``rate_limited``; 503 ``service_busy`` when ``hashing`` and
+            every password-check slot and waiting place is taken.
     """
-    _check_rate(service, _login_keys(service, request, username))
-    service.login_limiter.record(f"user:{username}", service.mono())
+    keys = _login_keys(service, request, username)
+    _check_rate(service, keys)
+    now = service.mono()
+    *per_user, (ip_limiter, ip) = keys
+    ip_limiter.record(ip, now)
+    if hashing and service.hashing.full:
+        service.stats.busy += 1
+        raise ApiError(
+            503,
+            "service_busy",
+            "too many password checks at once; retry in 1 s",
+            headers={"Retry-After": "1"},
+        )
+    for limiter, key in per_user:
+        limiter.record(key, now)
 
 
-def _login_failed(service: _Service, request: web.Request) -> ApiError:
+def _attempt_succeeded(service: _Service, request: web.Request, username: str) -> None:
+    """Clear the (username, IP) count and give the attempt back to the wider limits."""
+    pair, user, ip = _login_keys(service, request, username)
+    pair[0].reset(pair[1])
+    for limiter, key in (user, ip):
+        limiter.release(key)
+
+
+def _login_failed(service: _Service) -> ApiError:
     service.stats.failed_logins += 1
-    service.ip_limiter.record(f"ip:{_client_ip(request)}", service.mono())
     return ApiError(401, "invalid_credentials", "invalid username or credentials")
 
 
 async def _check_password(service: _Service, username: str, password: str) -> UserRecord | None:
     record = service.state.users.get(username)
-    ok = await anyio.to_thread.run_sync(verify_password, record, password, service.config.scrypt_n)
+    service.stats.password_hashes += 1
+    ok = await service.hashing.run(verify_password, record, password, service.config.scrypt_n)
     return record if ok else None
 
 
-def _start_session(service: _Service, username: str, record: UserRecord) -> LoginTokens:
+def _start_session(
+    service: _Service, request: web.Request, username: str, record: UserRecord
+) -> LoginTokens:
     if record.frozen:
         raise ApiError(403, "account_frozen", "the account is frozen")
-    service.login_limiter.reset(f"user:{username}")
+    _attempt_succeeded(service, request, username)
     service.stats.logins += 1
     return service.state.login(username, service.now())
 
@@ -266,11 +368,11 @@ async def login(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     body = await _json_body(request)
     username, password = _string(body, "username"), _string(body, "password")
-    _reserve_attempt(service, request, username)
+    _reserve_attempt(service, request, username, hashing=True)
     record = await _check_password(service, username, password)
     if record is None:
-        raise _login_failed(service, request)
-    return _json(_start_session(service, username, record).to_json())
+        raise _login_failed(service)
+    return _json(_start_session(service, request, username, record).to_json())
 
 
 async def one_time_key(request: web.Request) -> web.Response:
@@ -278,9 +380,14 @@ async def one_time_key(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     body = await _json_body(request)
     username = _string(body, "username")
-    key_name = f"otk:{username}"
-    _check_rate(service, [(service.key_limiter, key_name)])
-    service.key_limiter.record(key_name, service.mono())
+    keys = [
+        (service.key_limiter, username),
+        (service.request_limiter, f"otk|{_client_ip(request)}"),
+    ]
+    _check_rate(service, keys)
+    now = service.mono()
+    for limiter, key in keys:
+        limiter.record(key, now)
     return _json({"key": service.state.new_one_time_key(username, service.now())})
 
 
@@ -289,11 +396,11 @@ async def login_with_one_time_key(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     body = await _json_body(request)
     username, answer = _string(body, "username"), _string(body, "hash")
-    _reserve_attempt(service, request, username)
+    _reserve_attempt(service, request, username, hashing=False)
     record = service.state.users.get(username)
     if record is None or not service.state.use_one_time_key(username, answer, service.now()):
-        raise _login_failed(service, request)
-    return _json(_start_session(service, username, record).to_json())
+        raise _login_failed(service)
+    return _json(_start_session(service, request, username, record).to_json())
 
 
 async def login_with_token(request: web.Request) -> web.Response:
@@ -355,10 +462,10 @@ async def create_mac_token(request: web.Request) -> web.Response:
         )
     if "knowledge" in factors:
         password = _string(body, "password")
-        _reserve_attempt(service, request, record.username)
+        _reserve_attempt(service, request, record.username, hashing=True)
         if await _check_password(service, record.username, password) is None:
-            raise _login_failed(service, request)
-        service.login_limiter.reset(f"user:{record.username}")
+            raise _login_failed(service)
+        _attempt_succeeded(service, request, record.username)
         # The session may have been revoked while the password was being hashed.
         record = _authenticate(request)
     token_id, secret = service.state.create_mac_token(
@@ -449,7 +556,14 @@ async def asset_challenge(request: web.Request) -> web.Response:
     """``POST /v1/assets/challenge``: issue a 300 s single-use challenge."""
     service = request.app[SERVICE_KEY]
     asset_id = _string(await _json_body(request), "assetId")
-    return _json(service.state.new_challenge(asset_id, service.now()))
+    ip_key = f"challenge|{_client_ip(request)}"
+    _check_rate(service, [(service.request_limiter, ip_key), (service.asset_limiter, asset_id)])
+    service.request_limiter.record(ip_key, service.mono())
+    challenge = service.state.new_challenge(asset_id, service.now())
+    # Only known assets get a count of their own (an unknown one is a 404 and stores
+    # nothing); the per-IP count bounds how many names one client can try.
+    service.asset_limiter.record(asset_id, service.mono())
+    return _json(challenge)
 
 
 async def asset_token(request: web.Request) -> web.Response:
@@ -522,22 +636,34 @@ async def _errors_middleware(
     service.stats.requests_by_path[
         resource.canonical if resource is not None else "<unmatched>"
     ] += 1
+    response: web.StreamResponse
     try:
-        return await handler(request)
+        response = await handler(request)
     except ApiError as exc:
-        return _error_response(exc.status, exc.error, exc.message, exc.code, exc.headers, exc.extra)
+        response = _error_response(
+            exc.status, exc.error, exc.message, exc.code, exc.headers, exc.extra
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return _error_response(
+        response = _error_response(
             exc.status, _HTTP_ERRORS.get(exc.status, "http_error"), exc.reason, headers=headers
         )
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("internal error on %s %s", request.method, resource)
-        return _error_response(500, "internal", "internal server error")
+        response = _error_response(500, "internal", "internal server error")
+    # Errors change state too (a reused refresh token revokes its family): every
+    # answer waits until what it reflects is on disk, off the event loop.
+    try:
+        await service.state.db.commit()
+    except sqlite3.Error:  # PersistenceFailed; the writer logged why
+        return _error_response(
+            503, "service_unavailable", "the service cannot store its state; try again later"
+        )
+    return response
 
 
 async def _startup(app: web.Application) -> AsyncIterator[None]:
@@ -566,8 +692,16 @@ async def _startup(app: web.Application) -> AsyncIterator[None]:
     if config.rotate_key:
         service.state.rotate_signing_key(now)
     service.state.ensure_signing_key(now)
+    await service.state.db.commit()
     yield
-    service.state.db.close()
+    db = service.state.db
+    try:
+        await db.commit()
+    except sqlite3.Error:
+        pass  # logged by the writer; the file keeps its last consistent state
+    finally:
+        with suppress(sqlite3.Error):
+            db.close()
 
 
 _ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
@@ -604,10 +738,19 @@ def create_app(config: ServiceConfig) -> web.Application:
         The application; ``app[STATS_KEY]`` holds its counters.
     """
     for asset_id, public_key in config.assets.items():
+        if len(asset_id) > MAX_LENGTHS["assetId"]:
+            raise ValueError(f"asset id longer than {MAX_LENGTHS['assetId']} characters")
         try:
             _public_key_hex(public_key)
         except ApiError:
             raise ValueError(f"asset {asset_id!r}: not an Ed25519 public key in hex") from None
+    for name, password in config.users.items():
+        # Such a user could never log in: the request would be refused as too long.
+        if len(name) > MAX_LENGTHS["username"] or len(password) > MAX_STRING:
+            raise ValueError(
+                f"usernames are limited to {MAX_LENGTHS['username']} characters and"
+                f" passwords to {MAX_STRING}"
+            )
     db = open_persistence(config.db)
     try:
         state = ServiceState(
@@ -629,24 +772,33 @@ def create_app(config: ServiceConfig) -> web.Application:
     ip_limit = config.ip_rate_limit
     if ip_limit is None:
         ip_limit = 5 * config.login_rate_limit
+    user_limit = config.user_rate_limit
+    if user_limit is None:
+        user_limit = 10 * config.login_rate_limit
+    hash_slots = config.hash_concurrency or os.cpu_count() or 1
+    hash_queue = config.hash_queue
+    if hash_queue is None:
+        hash_queue = 4 * hash_slots
+    window_s = config.login_rate_window
     service = _Service(
         config=config,
         state=state,
         stats=ServiceStats(),
-        login_limiter=SlidingWindowLimiter(config.login_rate_limit, config.login_rate_window),
-        ip_limiter=SlidingWindowLimiter(ip_limit, config.login_rate_window),
-        key_limiter=SlidingWindowLimiter(config.login_rate_limit, config.login_rate_window),
+        login_limiter=SlidingWindowLimiter(config.login_rate_limit, window_s),
+        user_limiter=SlidingWindowLimiter(user_limit, window_s),
+        ip_limiter=SlidingWindowLimiter(ip_limit, window_s),
+        key_limiter=SlidingWindowLimiter(config.login_rate_limit, window_s),
+        request_limiter=SlidingWindowLimiter(ip_limit, window_s),
+        asset_limiter=SlidingWindowLimiter(user_limit, window_s),
+        hashing=_PasswordChecks(hash_slots, hash_queue),
         mac_window=window,
         replay_guard=ReplayGuard(window),
     )
-    # Header lines up to max_body reach the handlers (and get contract errors there);
-    # aiohttp's defaults (8 KiB) would answer a long X-PowerAuth-Token in plain text.
-    limit = max(config.max_body, 8190)
-    app = web.Application(
-        middlewares=[_errors_middleware],
-        client_max_size=config.max_body,
-        handler_args={"max_field_size": limit, "max_line_size": limit},
-    )
+    # aiohttp's own header limits (8190 bytes per line, 128 headers): a longer
+    # header, an X-PowerAuth-Token included, is refused before any handler runs,
+    # with a JSON 400 (see _JsonErrorRequestHandler), and one request head holds
+    # at most about 1 MiB of memory.
+    app = web.Application(middlewares=[_errors_middleware], client_max_size=config.max_body)
     app[SERVICE_KEY] = service
     app[STATS_KEY] = service.stats
     for method, path, handler in _ROUTES:
@@ -700,9 +852,77 @@ class RunningService:
 
 
 class _JsonErrorRequestHandler(web_protocol.RequestHandler):
-    """Answers HTTP-level parse errors (bad request line, bad headers) with JSON too."""
+    """Answers HTTP-level parse errors with JSON too, and drops slow request heads.
 
-    __slots__ = ()
+    A request head (request line and headers) must arrive within
+    ``header_timeout`` seconds, counted from the connection's start and, on a
+    kept-alive connection, from the first byte after the previous request's
+    body; otherwise the connection is closed (a connection that trickles its
+    headers holds memory as long as it is open). An idle kept-alive connection is
+    left to aiohttp's ``keepalive_timeout``. aiohttp has no such option itself.
+
+    Args:
+        manager: The server.
+        loop: The event loop.
+        header_timeout: Seconds a request head may take.
+        **kwargs: aiohttp's RequestHandler options.
+    """
+
+    __slots__ = ("_head_payload", "_head_timeout", "_head_timer")
+
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        header_timeout: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(manager, loop=loop, **kwargs)
+        self._head_timeout = header_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        # The body of the newest request parsed: bytes before its end are body bytes.
+        self._head_payload: streams.StreamReader | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # Every byte before this chunk belongs to complete requests: the chunk
+        # starts a new head (body bytes of a request never start the timer).
+        between = self._head_payload is None or self._head_payload.is_eof()
+        count = self._request_count
+        super().data_received(data)
+        if self._request_count != count:
+            self._disarm_head_timer()
+            if self._messages:
+                self._head_payload = self._messages[-1][1]
+        elif data and between and self._head_timer is None:
+            self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self._loop.call_later(self._head_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._force_close or self._close:
+            return
+        if self._request_in_progress or self._messages:
+            # A pipelined head behind a request still being handled: its turn comes.
+            self._arm_head_timer()
+            return
+        log.debug("no request head within %s s from %s; closing", self._head_timeout, self.peername)
+        self.force_close()
 
     def handle_error(
         self,
@@ -758,7 +978,10 @@ async def running_service(
         The running service; its ``url`` carries the real port.
     """
     app = create_app(config)
-    runner = _Runner(app, access_log=None, shutdown_timeout=5.0)
+    # shutdown_timeout: how long requests in flight may take to finish on exit.
+    runner = _Runner(
+        app, access_log=None, shutdown_timeout=5.0, header_timeout=config.header_timeout
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

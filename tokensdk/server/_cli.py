@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import sqlite3
 import sys
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import anyio.abc
 
 from tokensdk._argtypes import port_number, positive_float, positive_int, power_of_two
 from tokensdk.server._app import running_service
@@ -100,7 +102,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=power_of_two,
         default=defaults.scrypt_n,
         metavar="N",
-        help="scrypt cost for password hashes, a power of two (%(default)s)",
+        help="scrypt cost for new password hashes, a power of two (%(default)s: about"
+        " 128 MiB and 0.7 s of one core per login; both scale with N)",
+    )
+    users.add_argument(
+        "--hash-concurrency",
+        type=positive_int,
+        default=defaults.hash_concurrency,
+        metavar="COUNT",
+        help="password checks run at once (default: the number of CPUs)",
+    )
+    users.add_argument(
+        "--hash-queue",
+        type=positive_int,
+        default=defaults.hash_queue,
+        metavar="COUNT",
+        help="password checks that may wait for a turn; more get 503 service_busy"
+        " (default: four times --hash-concurrency)",
     )
 
     lifetimes = parser.add_argument_group("lifetimes (seconds)")
@@ -154,15 +172,25 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=defaults.login_rate_limit,
         metavar="COUNT",
-        help="failed logins allowed per username within the window (%(default)s)",
+        help="login attempts per username from one client IP within the window, and"
+        " one-time-key requests per username (%(default)s)",
     )
     limits.add_argument(
         "--ip-rate-limit",
         type=positive_int,
         default=defaults.ip_rate_limit,
         metavar="COUNT",
-        help="failed logins allowed per client IP within the window"
+        help="login attempts (a success gives its attempt back), one-time-key requests and"
+        " challenge requests per client IP within the window, each counted apart"
         " (default: five times --login-rate-limit)",
+    )
+    limits.add_argument(
+        "--user-rate-limit",
+        type=positive_int,
+        default=defaults.user_rate_limit,
+        metavar="COUNT",
+        help="login attempts per username from all clients together, and challenge"
+        " requests per asset, within the window (default: ten times --login-rate-limit)",
     )
     limits.add_argument(
         "--login-rate-window",
@@ -177,6 +205,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.max_body,
         metavar="BYTES",
         help="largest request body accepted; larger ones get 413 (%(default)s)",
+    )
+    limits.add_argument(
+        "--header-timeout",
+        type=positive_float,
+        default=defaults.header_timeout,
+        metavar="SECONDS",
+        help="close connections whose request head takes longer (%(default)s)",
     )
     limits.add_argument(
         "--mac-window-past",
@@ -257,6 +292,10 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         login_rate_limit=args.login_rate_limit,
         login_rate_window=args.login_rate_window,
         ip_rate_limit=args.ip_rate_limit,
+        user_rate_limit=args.user_rate_limit,
+        hash_concurrency=args.hash_concurrency,
+        hash_queue=args.hash_queue,
+        header_timeout=args.header_timeout,
         max_body=args.max_body,
         mac_window_past=args.mac_window_past,
         mac_window_future=args.mac_window_future,
@@ -299,7 +338,13 @@ async def serve_forever(
     *,
     on_ready: Callable[[str], object] | None = None,
 ) -> None:
-    """Run the service until cancelled; print ``listening on http://HOST:PORT`` once bound.
+    """Run the service until SIGINT or SIGTERM; print ``listening on http://HOST:PORT``.
+
+    The first SIGINT or SIGTERM (also one that arrives while the service starts)
+    shuts it down gracefully and this returns: it stops accepting connections,
+    lets requests in flight finish for up to 5 seconds (then cancels them),
+    writes what is queued to the database and closes it. A second signal during
+    that cancels the rest at once. Cancelling the caller stops the service too.
 
     Args:
         config: The service configuration.
@@ -313,16 +358,42 @@ async def serve_forever(
             that is not Ed25519, for example).
     """
     started = False
-    try:
-        async with running_service(config, host, port) as svc:
-            started = True
-            print(f"listening on {svc.url}", file=sys.stdout, flush=True)
-            if on_ready is not None:
-                on_ready(svc.url)
-            await anyio.sleep_forever()
-    except (OSError, OverflowError, ValueError, sqlite3.Error) as exc:
-        # Only start-up failures are the user's to fix; one while serving is a bug
-        # whose traceback is worth more than a summary.
-        if started:
-            raise
-        raise StartError(_start_failure(exc, config, host, port)) from exc
+    stop = anyio.Event()
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        # Taken before the service starts: a signal during start-up (hashing the
+        # configured passwords takes a while) ends it as soon as it is up.
+        await tg.start(_until_signals, stop, tg.cancel_scope)
+        try:
+            async with running_service(config, host, port) as svc:
+                started = True
+                print(f"listening on {svc.url}", file=sys.stdout, flush=True)
+                if on_ready is not None:
+                    on_ready(svc.url)
+                await stop.wait()
+        except Exception as exc:
+            failure = exc  # raised below, bare rather than in the task group's group
+        tg.cancel_scope.cancel()  # the signal watcher
+    if failure is None:
+        return
+    # Only start-up failures are the user's to fix; one while serving is a bug
+    # whose traceback is worth more than a summary.
+    if started or not isinstance(failure, OSError | OverflowError | ValueError | sqlite3.Error):
+        raise failure
+    raise StartError(_start_failure(failure, config, host, port)) from failure
+
+
+async def _until_signals(
+    stop: anyio.Event,
+    scope: anyio.CancelScope,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Set ``stop`` on the first SIGINT or SIGTERM; cancel ``scope`` on the second."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for _ in signals:
+            if stop.is_set():
+                scope.cancel()  # asked twice: stop waiting for requests in flight
+                return
+            stop.set()

@@ -21,10 +21,24 @@ class ServiceConfig:
         access_ttl: Access token lifetime in seconds.
         refresh_ttl: Refresh token lifetime in seconds.
         one_time_key_ttl: One-time key lifetime in seconds.
-        login_rate_limit: Failed logins allowed per username within the window.
+        login_rate_limit: Login attempts allowed per (username, client IP) within the
+            window, and one-time-key requests per username. An attempt counts
+            from before the password check; a success clears the pair's count.
         login_rate_window: The rate-limit window in seconds.
-        ip_rate_limit: Failed logins allowed per client IP within the window
-            (``None``: five times ``login_rate_limit``).
+        ip_rate_limit: Per client IP within the window: login attempts (a success
+            gives its attempt back), and apart from them one-time-key requests
+            and challenge requests (``None``: five times ``login_rate_limit``).
+        user_rate_limit: Login attempts allowed per username from all clients
+            together, and challenge requests per asset, within the window: a high
+            ceiling, so that guessing from many addresses stays slow while one
+            address cannot lock the owner out (``None``: ten times
+            ``login_rate_limit``).
+        hash_concurrency: Password checks (scrypt) run at once (``None``: the
+            number of CPUs); each holds ``128 * 8 * scrypt_n`` bytes while it runs.
+        hash_queue: Password checks allowed to wait for a free slot (``None``:
+            four times ``hash_concurrency``); beyond that: 503 ``service_busy``.
+        header_timeout: Seconds a connection may take to deliver a request head
+            (request line and headers); slower connections are closed.
         max_body: The largest request body accepted, in bytes (larger: 413).
         mac_window_past: How old a MAC header timestamp may be, in seconds.
         mac_window_future: How far in the future a MAC header timestamp may be, in seconds.
@@ -39,7 +53,8 @@ class ServiceConfig:
             ``idempotencyKey`` after its first success, in seconds (more than 0, at
             most 30, the default).
         clock: Where every time read in the service comes from.
-        scrypt_n: The scrypt cost parameter (lower it for tests and benchmarks).
+        scrypt_n: The scrypt cost parameter for new password hashes (r=8, p=1);
+            2**17 as OWASP recommends. Lower it for tests and benchmarks only.
         rotate_key: Generate a new signing key at start (old keys keep verifying).
         drop_keys: Key ids (``k4.pid...``) to remove from the key set at start.
     """
@@ -53,6 +68,10 @@ class ServiceConfig:
     login_rate_limit: int = 10
     login_rate_window: float = 60.0
     ip_rate_limit: int | None = None
+    user_rate_limit: int | None = None
+    hash_concurrency: int | None = None
+    hash_queue: int | None = None
+    header_timeout: float = 5.0
     max_body: int = 64 * 1024
     mac_window_past: float = 600.0
     mac_window_future: float = 120.0
@@ -63,6 +82,6 @@ class ServiceConfig:
     key_file: str | None = None
     idempotency_window: float = 30.0
     clock: Clock = attrs.field(factory=SystemClock)
-    scrypt_n: int = 2**14
+    scrypt_n: int = 2**17
     rotate_key: bool = False
     drop_keys: tuple[str, ...] = ()

@@ -1,4 +1,4 @@
-"""A sliding-window counter of failed attempts per key: pure, time passed in."""
+"""A sliding-window counter of attempts per key: pure, time passed in."""
 
 from __future__ import annotations
 
@@ -66,6 +66,14 @@ class SlidingWindowLimiter:
     def reset(self, key: str) -> None:
         """Forget every event of ``key`` (e.g. after a successful login)."""
         self._events.pop(key, None)
+
+    def release(self, key: str) -> None:
+        """Take back the newest event of ``key`` (an attempt counted up front that succeeded)."""
+        events = self._events.get(key)
+        if events:
+            events.pop()
+        if events is not None and not events:
+            del self._events[key]
 
     def purge(self, now: float) -> None:
         """Drop every key whose events all left the window."""

@@ -31,6 +31,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import itertools
 import json
 import math
 import secrets
@@ -894,8 +895,9 @@ class ServiceState:
     def new_one_time_key(self, username: str, now: float) -> str:
         """Issue a one-time key for ``username``, replacing any pending one.
 
-        An unknown username gets a key too (answerable by nobody), so the answer
-        does not reveal which usernames exist.
+        An unknown username gets a key too, drawn the same way, so the answer
+        does not reveal which usernames exist; nothing is stored for it (made-up
+        names cannot fill the database), so nobody can answer it.
 
         Args:
             username: The account name.
@@ -906,7 +908,9 @@ class ServiceState:
         """
         key = secrets.token_urlsafe(24)
         user = self.users.get(username)
-        ha1 = self._user_ha1(username, user) if user is not None else secrets.token_hex(32)
+        if user is None:
+            return key  # looks like a real key, answerable by nobody; nothing stored
+        ha1 = self._user_ha1(username, user)
         self.one_time_keys.put(
             username,
             OneTimeKeyRecord(
@@ -1199,30 +1203,65 @@ class ServiceState:
 
     # -- housekeeping -----------------------------------------------------------------
 
+    #: The most records one purge pass deletes. A pass runs inside an operation on
+    #: the event loop, and its deletions go into that operation's transaction; a
+    #: backlog (a service restarted after a day) is worked off by later passes.
+    PURGE_BATCH = 500
+
     def maybe_purge(self, now: float, every: float = 60.0) -> None:
-        """Run :meth:`purge` at most once per ``every`` seconds of wall time."""
+        """Run :meth:`purge` at most once per ``every`` seconds of wall time.
+
+        A pass that leaves expired records behind (more than :attr:`PURGE_BATCH`)
+        lets the next call run another pass, until the backlog is gone.
+        """
         if now >= self._next_purge:
             self._next_purge = now + every
-            self.purge(now - self.retention)
+            if not self.purge(now - self.retention):
+                self._next_purge = now
 
-    def purge(self, now: float) -> None:
-        """Drop records expired at ``now``: tokens, keys, challenges, dead families.
+    def purge(self, now: float, limit: int | None = None) -> bool:
+        """Drop up to ``limit`` records expired at ``now``: tokens, keys, challenges, families.
+
+        Only in-memory scans and at most ``limit`` deletions happen here; the
+        deletions are written by the next commit, off the event loop.
 
         Args:
             now: Records that expired at or before this wall time go.
+            limit: The most records to delete (default :attr:`PURGE_BATCH`).
+
+        Returns:
+            True when no expired record is left, False when the limit stopped the pass.
         """
-        for key in [k for k, r in self.access.items() if r.expires <= now]:
-            self.access.delete(key)
-        for key in [k for k, r in self.refresh_tokens.items() if r.expires <= now]:
-            self.refresh_tokens.delete(key)
-        for key in [k for k, r in self.one_time_keys.items() if r.expires <= now]:
-            self.one_time_keys.delete(key)
-        for key in [k for k, r in self.challenges.items() if r.expires <= now]:
-            self.challenges.delete(key)
-        for key in [k for k, r in self.revoked.items() if r.expires <= now]:
-            self.revoked.delete(key)
-        dead = {k for k, r in self.families.items() if r.expires <= now}
-        for key in [k for k, r in self.mac_tokens.items() if r.family in dead]:
-            self.mac_tokens.delete(key)
-        for key in dead:
-            self.families.delete(key)
+        budget = self.PURGE_BATCH if limit is None else limit
+        tables: tuple[_Table[Any], ...] = (
+            self.access,
+            self.refresh_tokens,
+            self.one_time_keys,
+            self.challenges,
+            self.revoked,
+        )
+        for table in tables:
+            budget -= _delete_some(table, (k for k, r in table.items() if r.expires <= now), budget)
+            if budget <= 0:
+                return False
+        dead = set(
+            itertools.islice((k for k, r in self.families.items() if r.expires <= now), budget)
+        )
+        if not dead:
+            return True
+        # A family goes after its MAC tokens, so that no pass leaves a token whose
+        # family record is gone (and whose deletion would then be forgotten).
+        macs = [k for k, r in self.mac_tokens.items() if r.family in dead]
+        budget -= _delete_some(self.mac_tokens, iter(macs), budget)
+        if budget <= 0:
+            return False
+        budget -= _delete_some(self.families, iter(dead), budget)
+        return budget > 0
+
+
+def _delete_some(table: _Table[Any], keys: Iterator[str], limit: int) -> int:
+    """Delete at most ``limit`` of ``keys`` from ``table``; return how many went."""
+    chosen = list(itertools.islice(keys, max(limit, 0)))
+    for key in chosen:
+        table.delete(key)
+    return len(chosen)
