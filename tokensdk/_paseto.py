@@ -34,17 +34,14 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import pyseto
-import pyseto.utils
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from pyseto import Key, KeyInterface
 
 from tokensdk._errors import (
     BadSignature,
@@ -54,6 +51,11 @@ from tokensdk._errors import (
     TokenNotYetValid,
     UnknownKey,
 )
+
+# pyseto is imported where it is used: with argon2, pycryptodomex and cffi it takes
+# ~50 ms, and `import tokensdk` loads this module whether or not asset tokens are used.
+if TYPE_CHECKING:
+    from pyseto import KeyInterface
 
 __all__ = [
     "DEFAULT_LIFETIME",
@@ -168,6 +170,8 @@ class PublicKey:
 
     @cached_property
     def _key(self) -> KeyInterface:
+        from pyseto import Key
+
         # pyseto reads the key from its canonical PASERK: the one spelling the gate admits.
         return Key.from_paserk(_PASERK_PUBLIC + b64url_encode(self.raw))
 
@@ -241,6 +245,8 @@ class PublicKey:
 
 def _v4_secret(key: KeyInterface | Ed25519PrivateKey) -> KeyInterface:
     # SigningKey's converter: a pyseto v4.public secret key, or a cryptography key.
+    from pyseto import Key, KeyInterface
+
     if isinstance(key, Ed25519PrivateKey):
         return Key.from_asymmetric_key_params(4, d=key.private_bytes_raw())
     if not isinstance(key, KeyInterface) or key.header != b"v4.public." or not key.is_secret:
@@ -275,6 +281,8 @@ class SigningKey:
         Returns:
             The key.
         """
+        from pyseto import Key
+
         # An Ed25519 private key is 32 random bytes (RFC 8032, 5.1.5).
         return cls(Key.from_asymmetric_key_params(4, d=secrets.token_bytes(32)))
 
@@ -294,6 +302,8 @@ class SigningKey:
         """
         if not isinstance(secret, bytes) or len(secret) not in (32, 64):
             raise InvalidInput("an Ed25519 secret key is a 32-byte seed or 64 bytes")
+        from pyseto import Key
+
         if len(secret) == 64:
             return cls.from_paserk(_PASERK_SECRET + b64url_encode(secret))
         return cls(Key.from_asymmetric_key_params(4, d=secret))
@@ -316,6 +326,8 @@ class SigningKey:
             raise InvalidInput("not a k4.secret PASERK")
         if len(b64url_decode(paserk[len(_PASERK_SECRET) :])) != 64:
             raise InvalidInput("a k4.secret key is 64 bytes")
+        from pyseto import Key
+
         key = cls(Key.from_paserk(paserk))
         # pyseto keeps the seed and drops the public half it was given; serialising the
         # key again shows whether that half was the seed's own.
@@ -362,7 +374,9 @@ def pre_auth_encode(*pieces: bytes) -> bytes:
     Returns:
         ``le64(len(pieces))`` followed by ``le64(len(p)) || p`` for every piece.
     """
-    return pyseto.utils.pae(list(pieces))
+    from pyseto.utils import pae
+
+    return pae(list(pieces))
 
 
 def encode_v4_public(
@@ -382,6 +396,8 @@ def encode_v4_public(
     Raises:
         InvalidInput: An empty message (pyseto could not verify the token).
     """
+    import pyseto
+
     if not message:
         raise InvalidInput("a v4.public token needs a message")
     token = pyseto.encode(key._key, message, footer, implicit_assertion=implicit)
@@ -422,8 +438,13 @@ def _open(body_b64: str, footer: bytes, key: PublicKey, implicit: bytes) -> byte
     # and without a deserializer (whose claim checks would read the wall clock).
     try:
         return key._key.verify(body, footer, implicit)
-    except pyseto.VerifyError:
-        raise BadSignature() from None
+    except Exception as exc:
+        # Imported on failure only: an import statement costs ~1 µs on the hot path.
+        from pyseto import VerifyError
+
+        if isinstance(exc, VerifyError):
+            raise BadSignature() from None
+        raise
 
 
 def decode_v4_public(
