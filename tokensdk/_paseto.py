@@ -302,10 +302,10 @@ class SigningKey:
         """
         if not isinstance(secret, bytes) or len(secret) not in (32, 64):
             raise InvalidInput("an Ed25519 secret key is a 32-byte seed or 64 bytes")
-        from pyseto import Key
-
         if len(secret) == 64:
             return cls.from_paserk(_PASERK_SECRET + b64url_encode(secret))
+        from pyseto import Key
+
         return cls(Key.from_asymmetric_key_params(4, d=secret))
 
     @classmethod
