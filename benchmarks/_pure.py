@@ -24,8 +24,8 @@ from tokensdk._paseto import (
     KeySet,
     SigningKey,
     ValidationCache,
-    _pae_v4_public,
     b64url_decode,
+    pre_auth_encode,
     sign_asset_token,
     verify_access_token,
 )
@@ -141,7 +141,7 @@ def paseto_rows(quick: bool) -> list[Row]:
     body_b64, footer_b64 = token[len("v4.public.") :].split(".")
     body, footer = b64url_decode(body_b64), b64url_decode(footer_b64)
     message, signature = body[:-64], body[-64:]
-    pae = _pae_v4_public(message, footer, b"")
+    pae = pre_auth_encode(b"v4.public.", message, footer, b"")
     raw.verify(signature, pae)
     pyseto.decode(pkey, token)
     verify_access_token(token, keys, now)

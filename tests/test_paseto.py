@@ -5,10 +5,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import pyseto
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -1107,3 +1111,130 @@ def test_timestamp_parser_raises_only_token_malformed(value: Any) -> None:
     except TokenMalformed:
         return
     assert isinstance(seconds, float)
+
+
+# ---------------------------------------------------------------- the gate in front of pyseto
+#
+# pyseto does the cryptography. Each case below is a spelling pyseto accepts on its own
+# (so a pyseto-only validator would accept it too) and the strict gate refuses.
+
+
+def _pyseto_public() -> Any:
+    return pyseto.Key.from_paserk(KEY.public_key.paserk)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(TOKEN.replace(".eyJr", "=.eyJr"), id="padded-body"),
+        pytest.param(TOKEN + "=", id="padded-footer"),
+        pytest.param(_noncanonical_last(TOKEN), id="trailing-bits-body"),
+        pytest.param(
+            TOKEN[:-1] + _ALPHABET[_ALPHABET.index(TOKEN[-1]) + 1], id="trailing-bits-footer"
+        ),
+    ],
+)
+def test_gate_refuses_token_spellings_pyseto_accepts(token: str) -> None:
+    assert token != TOKEN
+    # pyseto reads the same message and footer out of the second spelling...
+    decoded = pyseto.decode(_pyseto_public(), token)
+    assert (decoded.payload, decoded.footer) == decode_v4_public(TOKEN, KEY.public_key)
+    # ... the gate does not, so a cache or revocation list keyed by the string stays sound.
+    with pytest.raises(TokenMalformed, match="canonical"):
+        decode_v4_public(token, KEY.public_key)
+    with pytest.raises(TokenMalformed, match="canonical"):
+        verify_access_token(token, KEYS, IAT)
+
+
+def test_gate_refuses_oversized_tokens_pyseto_accepts() -> None:
+    big = sign_asset_token(KEY, "a" * 20_000, IAT)
+    assert pyseto.decode(_pyseto_public(), big).payload
+    with pytest.raises(TokenMalformed, match="size"):
+        verify_access_token(big, KEYS, IAT)
+    with pytest.raises(TokenMalformed, match="size"):
+        decode_v4_public(big, KEY.public_key)
+
+
+def test_gate_refuses_v4_local_tokens_pyseto_decrypts() -> None:
+    # Given a mixed key list, pyseto opens a v4.local token made with a shared secret.
+    local = pyseto.Key.new(version=4, purpose="local", key=bytes(32))
+    footer = json.dumps({"kid": KEY.public_key.pid}).encode()
+    token = pyseto.encode(local, _claims(), footer=footer).decode()
+    assert pyseto.decode([local, _pyseto_public()], token).payload == _claims()
+    with pytest.raises(TokenMalformed, match="wrong purpose"):
+        verify_access_token(token, KEYS, IAT)
+
+
+@pytest.mark.parametrize(
+    "paserk",
+    [
+        pytest.param(GOOD_PUBLIC + "=", id="padded"),
+        pytest.param(GOOD_PUBLIC[:-1] + "9", id="trailing-bits"),
+    ],
+)
+def test_gate_refuses_public_paserk_spellings_pyseto_accepts(paserk: str) -> None:
+    assert pyseto.Key.from_paserk(paserk).to_paserk() == GOOD_PUBLIC
+    with pytest.raises(InvalidInput):
+        PublicKey.from_paserk(paserk)
+
+
+def test_gate_refuses_a_secret_paserk_whose_public_half_pyseto_ignores() -> None:
+    mismatched = "k4.secret." + b64url_encode(KEY.seed + OTHER.public_key.raw)
+    # pyseto keeps the seed and silently drops the public half it was given.
+    loaded = pyseto.Key.from_paserk(mismatched)
+    assert loaded.to_paserk() == KEY.paserk_secret != mismatched
+    with pytest.raises(InvalidInput, match="public half"):
+        SigningKey.from_paserk(mismatched)
+    with pytest.raises(InvalidInput, match="public half"):
+        SigningKey.from_bytes(KEY.seed + OTHER.public_key.raw)
+
+
+def test_claims_are_checked_with_the_given_clock_not_the_wall_clock() -> None:
+    # Signed and checked in 2022: pyseto with its deserializer reads the wall clock and
+    # calls the token expired; the SDK checks exp against the now it is given.
+    token = sign_asset_token(KEY, "a", IAT)
+    with pytest.raises(pyseto.VerifyError, match="expired"):
+        pyseto.decode(_pyseto_public(), token, deserializer=json)
+    assert verify_access_token(token, KEYS, IAT + 1).asset_ids == ("a",)
+
+
+def test_tokens_interoperate_with_plain_pyseto() -> None:
+    # What the SDK signs, pyseto verifies; what pyseto signs, the SDK verifies.
+    assert (
+        pyseto.decode(_pyseto_public(), TOKEN).payload == decode_v4_public(TOKEN, KEY.public_key)[0]
+    )
+    secret = pyseto.Key.from_paserk(KEY.paserk_secret)
+    footer = json.dumps({"kid": KEY.public_key.pid}).encode()
+    token = pyseto.encode(secret, _claims(), footer=footer).decode()
+    assert verify_access_token(token, KEYS, IAT).asset_ids == ("a",)
+
+
+def test_empty_message_is_refused_both_ways() -> None:
+    # pyseto cannot verify a token without a message, so none is signed either.
+    with pytest.raises(InvalidInput, match="message"):
+        encode_v4_public(KEY, b"", b"f")
+    signature = KEY.sign(pre_auth_encode(b"v4.public.", b"", b"", b""))
+    with pytest.raises(TokenMalformed, match="no message"):
+        decode_v4_public("v4.public." + b64url_encode(signature), KEY.public_key)
+
+
+def test_signing_key_wraps_a_pyseto_or_cryptography_key() -> None:
+    from_pyseto = SigningKey(pyseto.Key.from_paserk(KEY.paserk_secret))
+    from_cryptography = SigningKey(Ed25519PrivateKey.from_private_bytes(KEY.seed))
+    assert from_pyseto.public_key == from_cryptography.public_key == KEY.public_key
+    for wrong in (
+        pyseto.Key.from_paserk(KEY.public_key.paserk),  # no private half
+        pyseto.Key.new(version=4, purpose="local", key=bytes(32)),
+        pyseto.Key.from_asymmetric_key_params(2, d=KEY.seed),  # v2, not v4
+        KEY.seed,
+    ):
+        with pytest.raises(InvalidInput):
+            SigningKey(wrong)
+
+
+def test_import_tokensdk_does_not_import_pyseto() -> None:
+    # pyseto (argon2, pycryptodomex, cffi) is loaded on first use of a key: an app that
+    # never sees an asset token does not pay ~50 ms at start-up (benchmark row 10).
+    code = "import sys, tokensdk; print('pyseto' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)
+    assert out.stdout.strip() == "False"

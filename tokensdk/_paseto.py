@@ -1,14 +1,19 @@
-"""Asset access tokens: strict PASETO v4.public and PASERK k4 keys, pure.
+"""Asset access tokens: PASETO v4.public and PASERK k4 keys, pyseto behind a strict gate.
 
-The token format is ``v4.public.<b64url(message || signature)>[.<b64url(footer)>]``;
-the signature is Ed25519 over the pre-authentication encoding (PAE) of
-``"v4.public."``, the message, the footer and the implicit assertion.
+pyseto does the cryptography: it loads and serialises keys (PASERK ``k4.public``,
+``k4.secret``, ``k4.pid``), signs tokens and verifies them (PAE and Ed25519). This
+module puts two things around it that pyseto does not do:
 
-Decoding is strict so that every token has exactly one accepted spelling:
-unpadded URL-safe Base64 only, with zero trailing bits (non-canonical encodings
-are refused), no empty footer segment, a size limit, and Ed25519 signatures
-with canonical ``S`` (OpenSSL's check). That is what makes a cache or a
-revocation list keyed by the token string sound.
+- **A strict gate** in front of every parser, so that every token and key has exactly
+  one accepted spelling (what makes a cache or a revocation list keyed by the token
+  string sound). pyseto alone accepts padded and non-canonical base64url and a
+  ``k4.secret`` whose public half belongs to another seed; the gate refuses those,
+  tokens over a size limit, and every purpose and version but ``v4.public``. (A
+  second spelling of the signature, ``S + L``, fails Ed25519 verification itself:
+  pyseto verifies with OpenSSL, which requires a canonical ``S``.)
+- **The contract's claims**, parsed and checked here with an injected ``now``:
+  pyseto's own ``exp``/``nbf`` checks read the wall clock, so tokens are decoded
+  without its deserializer and only the verified payload bytes are taken from it.
 
 Claims of an asset access token (see the wire contract)::
 
@@ -22,25 +27,20 @@ Nothing here reads a clock: ``now`` is an argument.
 from __future__ import annotations
 
 import binascii
-import hashlib
 import json
 import re
+import secrets
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
-)
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
 )
 
 from tokensdk._errors import (
@@ -51,6 +51,11 @@ from tokensdk._errors import (
     TokenNotYetValid,
     UnknownKey,
 )
+
+# pyseto is imported where it is used: with argon2, pycryptodomex and cffi it takes
+# ~50 ms, and `import tokensdk` loads this module whether or not asset tokens are used.
+if TYPE_CHECKING:
+    from pyseto import KeyInterface
 
 __all__ = [
     "DEFAULT_LIFETIME",
@@ -85,27 +90,17 @@ _KEY_LEN = 32
 
 _PASERK_PUBLIC = "k4.public."
 _PASERK_SECRET = "k4.secret."  # noqa: S105 (a type prefix, not a secret)
-_PASERK_PID = "k4.pid."
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}\Z")
 _URL_TO_STD = bytes.maketrans(b"-_", b"+/")
 _STD_TO_URL = bytes.maketrans(b"+/", b"-_")
-# Unpadded Base64 of n bytes ends in a character whose unused low bits must be zero:
-# 2 chars left over carry 8 bits of 12 (last char % 16 == 0), 3 carry 16 of 18 (% 4).
-_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-_CANONICAL_LAST = {
-    0: None,
-    2: frozenset(c for i, c in enumerate(_ALPHABET) if i % 16 == 0),
-    3: frozenset(c for i, c in enumerate(_ALPHABET) if i % 4 == 0),
-}
-_PAD = (b"", b"", b"==", b"=")
-
 _a2b = binascii.a2b_base64
 _b2a = binascii.b2a_base64
 _json_loads = json.loads
 _fromisoformat = datetime.fromisoformat
-_le64_4 = (4).to_bytes(8, "little")
-_PAE_PREFIX = _le64_4 + len(_HEADER).to_bytes(8, "little") + _HEADER.encode()
+
+
+# -- base64url: the one accepted spelling ------------------------------------------------
 
 
 def b64url_encode(data: bytes) -> str:
@@ -122,20 +117,16 @@ def b64url_encode(data: bytes) -> str:
 
 def _b64url_decode(text: str) -> bytes | None:
     # None on anything but canonical unpadded URL-safe Base64; callers pick the error.
-    # a2b_base64 in strict mode refuses every character outside the standard alphabet
-    # (and any misplaced padding); the three ``in`` scans refuse the standard-only
-    # characters that the URL-to-standard translation would let through. bytes.translate
-    # is used because str.translate is several times slower on a hot path.
-    rem = len(text) % 4
-    if rem == 1 or "+" in text or "/" in text or "=" in text:
-        return None
-    last = _CANONICAL_LAST[rem]
-    if last is not None and text[-1] not in last:
-        return None
+    # Canonical means the text is what encoding its bytes gives back: that one comparison
+    # refuses padding, the standard alphabet's + and /, characters the lenient decoder
+    # skips (spaces, newlines, ...), and non-zero trailing bits (a second spelling).
+    # binascii and bytes.translate directly: this runs twice for every token verified.
     try:
-        return _a2b(text.encode("ascii").translate(_URL_TO_STD) + _PAD[rem], strict_mode=True)
-    except (binascii.Error, ValueError):  # UnicodeEncodeError is a ValueError
+        data = text.encode("ascii")
+        raw = _a2b(data.translate(_URL_TO_STD) + b"=" * (-len(data) % 4))
+    except ValueError:  # binascii.Error, and non-ASCII text
         return None
+    return raw if _b2a(raw, newline=False).translate(_STD_TO_URL).rstrip(b"=") == data else None
 
 
 def b64url_decode(text: str) -> bytes:
@@ -159,54 +150,12 @@ def b64url_decode(text: str) -> bytes:
     return raw
 
 
-def pre_auth_encode(*pieces: bytes) -> bytes:
-    """Pre-authentication encoding (PAE) of the PASETO spec.
-
-    Args:
-        *pieces: The byte strings to bind together.
-
-    Returns:
-        ``le64(len(pieces))`` followed by ``le64(len(p)) || p`` for every piece.
-    """
-    out = [len(pieces).to_bytes(8, "little")]
-    for piece in pieces:
-        out.append(len(piece).to_bytes(8, "little"))
-        out.append(piece)
-    return b"".join(out)
-
-
-def _pae_v4_public(message: bytes, footer: bytes, implicit: bytes) -> bytes:
-    # PAE(h, m, f, i) with h and the piece count precomputed.
-    return b"".join(
-        (
-            _PAE_PREFIX,
-            len(message).to_bytes(8, "little"),
-            message,
-            len(footer).to_bytes(8, "little"),
-            footer,
-            len(implicit).to_bytes(8, "little"),
-            implicit,
-        )
-    )
-
-
-def _pid_of(paserk: str) -> str:
-    digest = hashlib.blake2b(_PASERK_PID.encode() + paserk.encode(), digest_size=33).digest()
-    return _PASERK_PID + b64url_encode(digest)
+# -- keys: pyseto keys, loaded through the gate ------------------------------------------
 
 
 def _check_raw_public(instance: object, attribute: attrs.Attribute[bytes], value: bytes) -> None:
     if not isinstance(value, bytes) or len(value) != _KEY_LEN:
         raise InvalidInput(f"an Ed25519 public key is {_KEY_LEN} raw bytes")
-
-
-def _load_public(key: PublicKey) -> Ed25519PublicKey:
-    # attrs runs this factory before the validators, so check the length here too.
-    _check_raw_public(key, None, key.raw)  # type: ignore[arg-type]
-    try:
-        return Ed25519PublicKey.from_public_bytes(key.raw)
-    except ValueError:  # pragma: no cover - OpenSSL takes any 32 bytes as a key
-        raise InvalidInput("not a valid Ed25519 public key") from None
 
 
 @attrs.frozen
@@ -218,39 +167,23 @@ class PublicKey:
     """
 
     raw: bytes = attrs.field(validator=_check_raw_public)
-    _verifier: Ed25519PublicKey = attrs.field(
-        init=False,
-        repr=False,
-        eq=False,
-        hash=False,
-        default=attrs.Factory(_load_public, takes_self=True),
-    )
-    _paserk: str = attrs.field(
-        init=False,
-        repr=False,
-        eq=False,
-        hash=False,
-        default=attrs.Factory(
-            lambda self: _PASERK_PUBLIC + b64url_encode(self.raw), takes_self=True
-        ),
-    )
-    _pid: str = attrs.field(
-        init=False,
-        repr=False,
-        eq=False,
-        hash=False,
-        default=attrs.Factory(lambda self: _pid_of(self._paserk), takes_self=True),
-    )
 
-    @property
+    @cached_property
+    def _key(self) -> KeyInterface:
+        from pyseto import Key
+
+        # pyseto reads the key from its canonical PASERK: the one spelling the gate admits.
+        return Key.from_paserk(_PASERK_PUBLIC + b64url_encode(self.raw))
+
+    @cached_property
     def paserk(self) -> str:
         """The key as PASERK ``k4.public.<b64url>``."""
-        return self._paserk
+        return self._key.to_paserk()
 
-    @property
+    @cached_property
     def pid(self) -> str:
         """The key's PASERK ``k4.pid`` identifier (the ``kid`` in token footers)."""
-        return self._pid
+        return self._key.to_paserk_id()
 
     @property
     def hex(self) -> str:
@@ -292,7 +225,9 @@ class PublicKey:
         return cls(bytes.fromhex(text))
 
     def verify(self, signature: bytes, data: bytes) -> bool:
-        """Check an Ed25519 signature made by this key's private half.
+        """Check a plain Ed25519 signature (not a token) made by this key's private half.
+
+        pyseto verifies only tokens, so this one uses ``cryptography`` directly.
 
         Args:
             signature: The 64-byte signature.
@@ -302,28 +237,42 @@ class PublicKey:
             True if the signature is valid.
         """
         try:
-            self._verifier.verify(signature, data)
+            Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, data)
         except InvalidSignature:
             return False
         return True
 
 
-def _public_of(private: Ed25519PrivateKey) -> PublicKey:
-    return PublicKey(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+def _v4_secret(key: KeyInterface | Ed25519PrivateKey) -> KeyInterface:
+    # SigningKey's converter: a pyseto v4.public secret key, or a cryptography key.
+    from pyseto import Key, KeyInterface
+
+    if isinstance(key, Ed25519PrivateKey):
+        return Key.from_asymmetric_key_params(4, d=key.private_bytes_raw())
+    if not isinstance(key, KeyInterface) or key.header != b"v4.public." or not key.is_secret:
+        raise InvalidInput("a SigningKey holds a v4.public secret key")
+    return key
 
 
-@attrs.define(eq=False, repr=False)
+def _secret_bytes(key: KeyInterface) -> bytes:
+    # seed || public, read back from pyseto's own k4.secret serialisation.
+    return b64url_decode(key.to_paserk()[len(_PASERK_SECRET) :])
+
+
+@attrs.frozen(eq=False, repr=False)
 class SigningKey:
     """An Ed25519 private key that signs v4.public tokens; its repr shows only the kid.
 
-    Attributes:
-        public_key: The matching public key.
+    Args:
+        private: A pyseto v4.public secret key, or a ``cryptography`` Ed25519 key.
     """
 
-    _private: Ed25519PrivateKey = attrs.field(repr=False, alias="private")
-    public_key: PublicKey = attrs.field(
-        init=False, default=attrs.Factory(lambda self: _public_of(self._private), takes_self=True)
-    )
+    _key: KeyInterface = attrs.field(alias="private", converter=_v4_secret)
+
+    @cached_property
+    def public_key(self) -> PublicKey:
+        """The matching public key."""
+        return PublicKey(_secret_bytes(self._key)[32:])
 
     @classmethod
     def generate(cls) -> SigningKey:
@@ -332,7 +281,10 @@ class SigningKey:
         Returns:
             The key.
         """
-        return cls(Ed25519PrivateKey.generate())
+        from pyseto import Key
+
+        # An Ed25519 private key is 32 random bytes (RFC 8032, 5.1.5).
+        return cls(Key.from_asymmetric_key_params(4, d=secrets.token_bytes(32)))
 
     @classmethod
     def from_bytes(cls, secret: bytes) -> SigningKey:
@@ -350,10 +302,11 @@ class SigningKey:
         """
         if not isinstance(secret, bytes) or len(secret) not in (32, 64):
             raise InvalidInput("an Ed25519 secret key is a 32-byte seed or 64 bytes")
-        key = cls(Ed25519PrivateKey.from_private_bytes(secret[:32]))
-        if len(secret) == 64 and key.public_key.raw != secret[32:]:
-            raise InvalidInput("the public half does not match the seed")
-        return key
+        if len(secret) == 64:
+            return cls.from_paserk(_PASERK_SECRET + b64url_encode(secret))
+        from pyseto import Key
+
+        return cls(Key.from_asymmetric_key_params(4, d=secret))
 
     @classmethod
     def from_paserk(cls, paserk: str) -> SigningKey:
@@ -371,23 +324,31 @@ class SigningKey:
         """
         if not isinstance(paserk, str) or not paserk.startswith(_PASERK_SECRET):
             raise InvalidInput("not a k4.secret PASERK")
-        raw = b64url_decode(paserk[len(_PASERK_SECRET) :])
-        if len(raw) != 64:
+        if len(b64url_decode(paserk[len(_PASERK_SECRET) :])) != 64:
             raise InvalidInput("a k4.secret key is 64 bytes")
-        return cls.from_bytes(raw)
+        from pyseto import Key
+
+        key = cls(Key.from_paserk(paserk))
+        # pyseto keeps the seed and drops the public half it was given; serialising the
+        # key again shows whether that half was the seed's own.
+        if key.paserk_secret != paserk:
+            raise InvalidInput("the public half does not match the seed")
+        return key
 
     @property
     def seed(self) -> bytes:
         """The 32-byte private seed (secret: never log it)."""
-        return self._private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        return _secret_bytes(self._key)[:32]
 
     @property
     def paserk_secret(self) -> str:
         """The key as PASERK ``k4.secret`` (secret: never log it)."""
-        return _PASERK_SECRET + b64url_encode(self.seed + self.public_key.raw)
+        return self._key.to_paserk()
 
     def sign(self, data: bytes) -> bytes:
-        """Sign bytes with Ed25519.
+        """Sign bytes with plain Ed25519 (not a token).
+
+        pyseto signs only tokens, so this one uses ``cryptography`` directly.
 
         Args:
             data: The bytes to sign.
@@ -395,10 +356,137 @@ class SigningKey:
         Returns:
             The 64-byte signature.
         """
-        return self._private.sign(data)
+        return Ed25519PrivateKey.from_private_bytes(self.seed).sign(data)
 
     def __repr__(self) -> str:
         return f"SigningKey(kid={self.public_key.pid!r})"
+
+
+# -- v4.public tokens: the gate, then pyseto ---------------------------------------------
+
+
+def pre_auth_encode(*pieces: bytes) -> bytes:
+    """Pre-authentication encoding (PAE) of the PASETO spec (pyseto's).
+
+    Args:
+        *pieces: The byte strings to bind together.
+
+    Returns:
+        ``le64(len(pieces))`` followed by ``le64(len(p)) || p`` for every piece.
+    """
+    from pyseto.utils import pae
+
+    return pae(list(pieces))
+
+
+def encode_v4_public(
+    key: SigningKey, message: bytes, footer: bytes = b"", implicit: bytes = b""
+) -> str:
+    """Sign and encode a v4.public token (with pyseto).
+
+    Args:
+        key: The signing key.
+        message: The payload bytes, not empty.
+        footer: The footer bytes (omitted from the token when empty).
+        implicit: The implicit assertion (bound by the signature, not sent).
+
+    Returns:
+        The token text.
+
+    Raises:
+        InvalidInput: An empty message (pyseto could not verify the token).
+    """
+    import pyseto
+
+    if not message:
+        raise InvalidInput("a v4.public token needs a message")
+    token = pyseto.encode(key._key, message, footer, implicit_assertion=implicit)
+    return token.decode("ascii")
+
+
+def _split(token: object, max_size: int) -> tuple[str, bytes]:
+    # The gate's cheap checks: (body base64 text, footer bytes) of a v4.public token.
+    if type(token) is not str:
+        raise TokenMalformed("token is not a string")
+    if len(token) > max_size:
+        raise TokenMalformed("token exceeds the size limit")
+    if not token.startswith(_HEADER):
+        if token.startswith("v4.local."):
+            raise TokenMalformed("v4.local token: wrong purpose")
+        raise TokenMalformed("not a v4.public token")
+    parts = token[_HEADER_LEN:].split(".")
+    if len(parts) == 1:
+        return parts[0], b""
+    if len(parts) != 2 or not parts[1]:
+        raise TokenMalformed("wrong number of token segments")
+    footer = _b64url_decode(parts[1])
+    if footer is None:
+        raise TokenMalformed("footer is not canonical base64url")
+    return parts[0], footer
+
+
+def _open(body_b64: str, footer: bytes, key: PublicKey, implicit: bytes) -> bytes:
+    # The rest of the gate on the body, then pyseto verifies; returns the message bytes.
+    body = _b64url_decode(body_b64)
+    if body is None:
+        raise TokenMalformed("body is not canonical base64url")
+    if len(body) < _SIG_LEN:
+        raise TokenMalformed("token too short for a signature")
+    if len(body) == _SIG_LEN:
+        raise TokenMalformed("token has a signature but no message")
+    # The key's verify is pyseto.decode without its parsing (done by the gate already)
+    # and without a deserializer (whose claim checks would read the wall clock).
+    try:
+        return key._key.verify(body, footer, implicit)
+    except Exception as exc:
+        # Imported on failure only: an import statement costs ~1 µs on the hot path.
+        from pyseto import VerifyError
+
+        if isinstance(exc, VerifyError):
+            raise BadSignature() from None
+        raise
+
+
+def decode_v4_public(
+    token: str, key: PublicKey, *, max_size: int = DEFAULT_MAX_SIZE, implicit: bytes = b""
+) -> tuple[bytes, bytes]:
+    """Verify a v4.public token with one key and return its message and footer.
+
+    Args:
+        token: The token text.
+        key: The public key to verify with.
+        max_size: Longest accepted token, in characters.
+        implicit: The implicit assertion the token was signed with.
+
+    Returns:
+        ``(message, footer)`` as bytes (footer ``b""`` when absent).
+
+    Raises:
+        TokenMalformed: Not v4.public, oversize, non-canonical or malformed encoding,
+            an empty message.
+        BadSignature: The signature does not verify with ``key``.
+    """
+    body_b64, footer = _split(token, max_size)
+    return _open(body_b64, footer, key, implicit), footer
+
+
+def read_footer(token: str, *, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
+    """Return a v4.public token's footer WITHOUT verifying anything (to pick a key).
+
+    Args:
+        token: The token text.
+        max_size: Longest accepted token, in characters.
+
+    Returns:
+        The raw footer bytes, ``b""`` when the token has none.
+
+    Raises:
+        TokenMalformed: Not v4.public, oversize, or a malformed footer encoding.
+    """
+    return _split(token, max_size)[1]
+
+
+# -- timestamps: the contract's UTC millisecond form -------------------------------------
 
 
 def format_timestamp(seconds: float) -> str:
@@ -462,6 +550,9 @@ def parse_timestamp(text: object) -> float:
     return when.timestamp()
 
 
+# -- asset access tokens: the contract's claims, checked with an injected clock ----------
+
+
 def sign_asset_token(
     key: SigningKey,
     asset_id: str,
@@ -507,105 +598,6 @@ def sign_asset_token(
     message = json.dumps(claims, separators=(",", ":")).encode()
     footer = json.dumps({"kid": key.public_key.pid}, separators=(",", ":")).encode()
     return encode_v4_public(key, message, footer)
-
-
-def encode_v4_public(
-    key: SigningKey, message: bytes, footer: bytes = b"", implicit: bytes = b""
-) -> str:
-    """Sign and encode a v4.public token.
-
-    Args:
-        key: The signing key.
-        message: The payload bytes.
-        footer: The footer bytes (omitted from the token when empty).
-        implicit: The implicit assertion (bound by the signature, not sent).
-
-    Returns:
-        The token text.
-    """
-    signature = key.sign(_pae_v4_public(message, footer, implicit))
-    token = _HEADER + b64url_encode(message + signature)
-    return token + "." + b64url_encode(footer) if footer else token
-
-
-def _split(token: object, max_size: int) -> tuple[str, str]:
-    # (body, footer) base64 texts of a v4.public token, after the cheap checks.
-    if type(token) is not str:
-        raise TokenMalformed("token is not a string")
-    if len(token) > max_size:
-        raise TokenMalformed("token exceeds the size limit")
-    if not token.startswith(_HEADER):
-        if token.startswith("v4.local."):
-            raise TokenMalformed("v4.local token: wrong purpose")
-        raise TokenMalformed("not a v4.public token")
-    parts = token[_HEADER_LEN:].split(".")
-    if len(parts) == 1:
-        return parts[0], ""
-    if len(parts) == 2 and parts[1]:
-        return parts[0], parts[1]
-    raise TokenMalformed("wrong number of token segments")
-
-
-def _decode_footer(footer_b64: str) -> bytes:
-    if not footer_b64:
-        return b""
-    footer = _b64url_decode(footer_b64)
-    if footer is None:
-        raise TokenMalformed("footer is not canonical base64url")
-    return footer
-
-
-def _open(body_b64: str, footer: bytes, key: PublicKey, implicit: bytes) -> bytes:
-    body = _b64url_decode(body_b64)
-    if body is None:
-        raise TokenMalformed("body is not canonical base64url")
-    if len(body) < _SIG_LEN:
-        raise TokenMalformed("token too short for a signature")
-    message = body[:-_SIG_LEN]
-    try:
-        key._verifier.verify(body[-_SIG_LEN:], _pae_v4_public(message, footer, implicit))
-    except InvalidSignature:
-        raise BadSignature() from None
-    return message
-
-
-def decode_v4_public(
-    token: str, key: PublicKey, *, max_size: int = DEFAULT_MAX_SIZE, implicit: bytes = b""
-) -> tuple[bytes, bytes]:
-    """Verify a v4.public token with one key and return its message and footer.
-
-    Args:
-        token: The token text.
-        key: The public key to verify with.
-        max_size: Longest accepted token, in characters.
-        implicit: The implicit assertion the token was signed with.
-
-    Returns:
-        ``(message, footer)`` as bytes (footer ``b""`` when absent).
-
-    Raises:
-        TokenMalformed: Not v4.public, oversize, non-canonical or malformed encoding.
-        BadSignature: The signature does not verify with ``key``.
-    """
-    body_b64, footer_b64 = _split(token, max_size)
-    footer = _decode_footer(footer_b64)
-    return _open(body_b64, footer, key, implicit), footer
-
-
-def read_footer(token: str, *, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
-    """Return a v4.public token's footer WITHOUT verifying anything (to pick a key).
-
-    Args:
-        token: The token text.
-        max_size: Longest accepted token, in characters.
-
-    Returns:
-        The raw footer bytes, ``b""`` when the token has none.
-
-    Raises:
-        TokenMalformed: Not v4.public, oversize, or a malformed footer encoding.
-    """
-    return _decode_footer(_split(token, max_size)[1])
 
 
 def _kid_of(footer: bytes) -> str:
@@ -714,8 +706,7 @@ def verify_access_token(
         hit = cache.get(token, now, leeway)
         if hit is not None and hit.kid in keys:
             return hit
-    body_b64, footer_b64 = _split(token, max_size)
-    footer = _decode_footer(footer_b64)
+    body_b64, footer = _split(token, max_size)
     kid = _kid_of(footer)
     key = keys.get(kid)
     if key is None:
@@ -725,6 +716,9 @@ def verify_access_token(
     if cache is not None:
         cache.put(token, info)
     return info
+
+
+# -- key sets: the trusted keys by kid ---------------------------------------------------
 
 
 class KeySet(Mapping[str, PublicKey]):
@@ -817,6 +811,9 @@ class KeySet(Mapping[str, PublicKey]):
 
     def __repr__(self) -> str:
         return f"KeySet({list(self._keys)!r})"
+
+
+# -- the cache of verified tokens --------------------------------------------------------
 
 
 class ValidationCache:
