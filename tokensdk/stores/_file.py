@@ -389,20 +389,34 @@ class FileStore:
             raise StoreError(f"cannot write state file {self._path}: {_describe(exc)}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # short: one read and one write of a small file
-            try:
-                loaded = self._load_envelope_sync()
-            except StoreCorrupt:
-                loaded = None  # moved aside: a fresh file starts the serials again
-            current = 0 if loaded is None else loaded[1]  # as load_versioned says
-            if version is None and loaded is not None:
+            current = self._current_serial_sync()
+            if version is None and current is not None:
                 return None
-            if isinstance(version, int) and version != current:
+            if isinstance(version, int) and version != (current or 0):
                 return None
-            serial = current + 1
+            serial = (current or 0) + 1
             self._save_sync(with_serial(data, serial))
             return serial
         finally:
             os.close(fd)  # releases the flock
+
+    def _current_serial_sync(self) -> int | None:
+        """The serial of the file about to be replaced (None: no file), as loads see it.
+
+        Read without the permission check and without moving anything aside: a
+        save replaces an open (0644), corrupt or newer-format file, as it always did,
+        with a private one; such a file counts as serial 0.
+        """
+        try:
+            result = _read_regular_file(self._path)
+        except OSError as exc:
+            raise StoreError(f"cannot read state file {self._path}: {_describe(exc)}") from exc
+        if result is None:
+            return None
+        try:
+            return decode_envelope(result[1])[1]
+        except (CorruptState, NewerFormat):
+            return 0
 
     def _try_lock_sync(self, lease: float) -> FileLease | None:
         try:
