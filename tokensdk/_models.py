@@ -37,33 +37,51 @@ def _redacted(value: str | bytes) -> str:
     return "<redacted>" if value else "<empty>"
 
 
+def _frozen_extra(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    if isinstance(value, MappingProxyType):
+        return value
+    return MappingProxyType(dict(value or {}))
+
+
 @attrs.frozen
 class Credentials:
-    """A renewable token pair and when each half expires.
+    """An access token, its optional refresh token, and when each expires.
+
+    Protocol-neutral: the reference service always grants a pair, an OAuth 2.0
+    provider may grant an access token alone (``client_credentials``, a password
+    grant without ``offline_access``); then ``refresh_token`` and the refresh
+    deadlines are None.
 
     Deadlines are kept twice: as wall time (what is persisted) and as monotonic time
     (what scheduling uses). A token counts as expired as soon as either clock says so,
     so neither a wall-clock jump nor a suspended machine makes it look fresh.
 
     Attributes:
-        username: The account the pair belongs to.
+        username: The account (or subject) the tokens belong to; may be empty when
+            the grant does not say (an imported refresh token).
         access_token: The bearer token (secret).
-        refresh_token: The single-use refresh token (secret).
+        refresh_token: The refresh token (secret), or None when the grant gave none.
         access_expires_at: Wall time (Unix seconds) when the access token expires.
-        refresh_expires_at: Wall time when the refresh token expires.
+        refresh_expires_at: Wall time when the refresh token expires; None when
+            there is none or its lifetime is not known.
         access_deadline: Monotonic time when the access token expires.
-        refresh_deadline: Monotonic time when the refresh token expires.
+        refresh_deadline: Monotonic time when the refresh token expires (or None).
         lifetime: The access token's lifespan as granted, in seconds.
+        extra: Other fields of the grant worth keeping (``scope``, ``token_type``,
+            ``id_token``, ``grant_type``): strings, redacted in the repr.
     """
 
     username: str
     access_token: str = attrs.field(repr=False)
-    refresh_token: str = attrs.field(repr=False)
+    refresh_token: str | None = attrs.field(repr=False)
     access_expires_at: float
-    refresh_expires_at: float
+    refresh_expires_at: float | None
     access_deadline: float = attrs.field(eq=False)
-    refresh_deadline: float = attrs.field(eq=False)
+    refresh_deadline: float | None = attrs.field(eq=False)
     lifetime: float
+    extra: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_frozen_extra, repr=False, hash=False
+    )
 
     @classmethod
     def from_response(
@@ -102,15 +120,44 @@ class Credentials:
         return min(self.access_deadline - monotonic, self.access_expires_at - wall)
 
     def refresh_left(self, wall: float, monotonic: float) -> float:
-        """Seconds the refresh token has left, by the more pessimistic of the two clocks."""
+        """Seconds the refresh token has left, by the more pessimistic of the two clocks.
+
+        Infinite when no deadline is known (no refresh token, or one whose lifetime
+        the grant did not give): the service's answer decides then.
+        """
+        if self.refresh_deadline is None or self.refresh_expires_at is None:
+            return math.inf
         return min(self.refresh_deadline - monotonic, self.refresh_expires_at - wall)
 
+    def renewed_from(self, previous: Credentials) -> Credentials:
+        """These credentials, completed from the ones a refresh replaced.
+
+        RFC 6749 §6: a refresh answer without a refresh token leaves the old one
+        valid, so it (and its deadlines) carry over; so do the username and extra
+        fields the answer does not repeat.
+        """
+        changes: dict[str, Any] = {}
+        if self.refresh_token is None and previous.refresh_token is not None:
+            changes.update(
+                refresh_token=previous.refresh_token,
+                refresh_expires_at=previous.refresh_expires_at,
+                refresh_deadline=previous.refresh_deadline,
+            )
+        if not self.username and previous.username:
+            changes["username"] = previous.username
+        missing = {k: v for k, v in previous.extra.items() if k not in self.extra}
+        if missing:
+            changes["extra"] = {**missing, **self.extra}
+        return attrs.evolve(self, **changes) if changes else self
+
     def __repr__(self) -> str:
+        refresh = "None" if self.refresh_token is None else _redacted(self.refresh_token)
+        extra = f", extra=<{len(self.extra)} redacted>" if self.extra else ""
         return (
             f"Credentials(username={self.username!r}, access_token={_redacted(self.access_token)},"
-            f" refresh_token={_redacted(self.refresh_token)},"
+            f" refresh_token={refresh},"
             f" access_expires_at={self.access_expires_at!r},"
-            f" refresh_expires_at={self.refresh_expires_at!r})"
+            f" refresh_expires_at={self.refresh_expires_at!r}{extra})"
         )
 
 
@@ -292,6 +339,8 @@ def encode_state(snapshot: SessionSnapshot) -> dict[str, Any]:
             "accessExpiresAt": creds.access_expires_at,
             "refreshExpiresAt": creds.refresh_expires_at,
             "lifetime": creds.lifetime,
+            # Written only when there is any, so native documents stay as they were.
+            **({"extra": dict(creds.extra)} if creds.extra else {}),
         },
         "accessTokens": [
             {"assetId": t.asset_id, "token": t.token, "expiresAt": t.expires_at}
@@ -343,16 +392,26 @@ def _decode_state(document: Mapping[str, Any], *, wall: float, monotonic: float)
     creds = None
     if raw is not None:
         access_at = _number(raw, "accessExpiresAt")
-        refresh_at = _number(raw, "refreshExpiresAt")
+        # null since OAuth 2.0 backends: a grant without a refresh token (or its lifetime)
+        refresh_at = (
+            None if raw.get("refreshExpiresAt") is None else _number(raw, "refreshExpiresAt")
+        )
+        refresh = None if raw.get("refreshToken") is None else _field(raw, "refreshToken", str)
+        extra = raw.get("extra") or {}
+        if not isinstance(extra, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
+        ):
+            raise ValueError("bad extra fields")
         creds = Credentials(
             username=_field(raw, "username", str),
             access_token=_field(raw, "accessToken", str),
-            refresh_token=_field(raw, "refreshToken", str),
+            refresh_token=refresh,
             access_expires_at=access_at,
             refresh_expires_at=refresh_at,
             access_deadline=monotonic + (access_at - wall),
-            refresh_deadline=monotonic + (refresh_at - wall),
+            refresh_deadline=None if refresh_at is None else monotonic + (refresh_at - wall),
             lifetime=_number(raw, "lifetime"),
+            extra=extra,
         )
     tokens = []
     for item in document.get("accessTokens") or ():

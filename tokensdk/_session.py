@@ -823,7 +823,7 @@ class Session:
         # reuse detection. It is in the store before the request leaves.
         pending = snapshot.pending_refresh
         if pending is None or pending.refresh_token != creds.refresh_token:
-            pending = PendingRefresh(creds.refresh_token, secrets.token_hex(16), now_wall)
+            pending = PendingRefresh(creds.refresh_token or "", secrets.token_hex(16), now_wall)
             self._hub.commit(pending_refresh=pending)
             # A store that writes without waiting (memory) costs no task switch here.
             await self._saver.flush()

@@ -90,7 +90,11 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
     if creds is not None:
         print(f"user: {printable(creds.username)}")  # as the service spelled it
         print(f"  access token   <redacted>  {_in(creds.access_expires_at - now)}")
-        print(f"  refresh token  <redacted>  {_in(creds.refresh_expires_at - now)}")
+        if creds.refresh_token is None:
+            print("  refresh token  none")
+        else:
+            at = creds.refresh_expires_at
+            print(f"  refresh token  <redacted>  {'-' if at is None else _in(at - now)}")
     for item in snapshot.access_tokens:
         left = "no expiry" if item.expires_at is None else _in(item.expires_at - now)
         print(f"asset token {item.asset_id}  <redacted>  {left}")
