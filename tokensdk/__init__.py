@@ -23,6 +23,7 @@ from tokensdk._errors import (
     Conflict,
     FactorMismatch,
     HeaderInvalid,
+    InvalidClient,
     InvalidCredentials,
     InvalidInput,
     InvalidState,
@@ -56,6 +57,7 @@ from tokensdk._models import (
     SessionSnapshot,
     SessionStatus,
 )
+from tokensdk._oauth2 import OAuth2
 from tokensdk._observable import EventStream
 from tokensdk._policy import RefreshPolicy
 from tokensdk._session import Session, one_time_key_answer
@@ -83,6 +85,7 @@ __all__ = [
     "FactorMismatch",
     "FileStore",
     "HeaderInvalid",
+    "InvalidClient",
     "InvalidCredentials",
     "InvalidInput",
     "InvalidState",
@@ -94,6 +97,7 @@ __all__ = [
     "NativeBackend",
     "NotFound",
     "NotLoggedIn",
+    "OAuth2",
     "PendingRefresh",
     "ProtocolError",
     "RateLimited",

@@ -43,6 +43,7 @@ __all__ = [
     "AuthBackend",
     "Call",
     "CallerError",
+    "GrantBackend",
     "Lost",
     "NativeBackend",
     "Outcome",
@@ -64,6 +65,12 @@ class Call:
         retry: Whether transient failures may be retried (False where a retry could
             spend something twice: a one-time key answer, a logout).
         bearer: Send the session's access token.
+        form: A form-encoded body instead of JSON (OAuth 2.0 endpoints; may hold
+            secrets: never logged).
+        headers: Extra request headers (client authentication: never logged).
+
+    ``path`` may also be an absolute ``http(s)://`` URL (endpoints a discovery
+    document names), used as it is.
     """
 
     method: str
@@ -71,6 +78,8 @@ class Call:
     body: Mapping[str, Any] | None = attrs.field(default=None, repr=False)
     retry: bool = True
     bearer: bool = False
+    form: Mapping[str, str] | None = attrs.field(default=None, repr=False, kw_only=True)
+    headers: Mapping[str, str] | None = attrs.field(default=None, repr=False, kw_only=True)
 
 
 @attrs.frozen
@@ -145,8 +154,12 @@ class AuthBackend(Protocol):
         """Seconds the access token has left, from the answer to :meth:`with_token`."""
         ...
 
-    def refresh(self, credentials: Credentials, idempotency_key: str) -> Call:
-        """The call that rotates the pair; a retry with the same key is recognised."""
+    def refresh(self, credentials: Credentials, idempotency_key: str) -> Call | None:
+        """The call that rotates the pair; a retry with the same key is recognised.
+
+        None when these credentials cannot be renewed (no refresh token and no grant
+        to run again): the session is lost when its access token runs out.
+        """
         ...
 
     def revoke(self) -> Call:
@@ -171,6 +184,43 @@ class AuthBackend(Protocol):
 
     def own_call(self, url: URL) -> bool:
         """Whether ``url`` is one of the calls the session makes unauthenticated."""
+        ...
+
+
+@runtime_checkable
+class GrantBackend(AuthBackend, Protocol):
+    """An :class:`AuthBackend` with OAuth 2.0-style grants (see :class:`~tokensdk.OAuth2`).
+
+    The session uses these intents when its backend offers them: endpoint discovery,
+    grants that need no user, an imported refresh token, revocation of a given token.
+    """
+
+    def discovery(self) -> tuple[Call, ...]:
+        """The calls to try in order for the endpoint metadata; () once known."""
+        ...
+
+    def discovered(self, body: Mapping[str, Any]) -> GrantBackend:
+        """This backend with the endpoints of a discovery document.
+
+        Raises:
+            ProtocolError: The document does not fit (wrong issuer, no token endpoint).
+        """
+        ...
+
+    def client_credentials(self) -> Call:
+        """The call that runs the client credentials grant."""
+        ...
+
+    def refresh_token_login(self, refresh_token: str) -> Call:
+        """The call that redeems a refresh token obtained elsewhere."""
+        ...
+
+    def revocation(self, credentials: Credentials) -> Call | None:
+        """The call that revokes ``credentials`` (None: no revocation endpoint)."""
+        ...
+
+    def refine(self, error: TokenSDKError) -> TokenSDKError:
+        """The typed error for a failed call (e.g. ``invalid_client`` → InvalidClient)."""
         ...
 
 

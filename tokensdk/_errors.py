@@ -9,6 +9,7 @@ what the caller can do about it. Messages never contain a secret::
      ├── SessionClosed ....................... the session was closed (or never opened)
      ├── ServiceError ........................ the service answered with an error
      │    ├── InvalidCredentials ............. wrong username/password/key/token: ask the user
+     │    ├── InvalidClient .................. OAuth 2.0 client id/secret refused: fix the config
      │    ├── AccountFrozen .................. the account is frozen: nothing to retry
      │    ├── RateLimited .................... wait ``retry_after`` seconds, then retry
      │    ├── NotFound ....................... the object does not exist (any more)
@@ -47,6 +48,7 @@ __all__ = [
     "Conflict",
     "FactorMismatch",
     "HeaderInvalid",
+    "InvalidClient",
     "InvalidCredentials",
     "InvalidInput",
     "InvalidState",
@@ -168,6 +170,12 @@ class ServiceError(TokenSDKError):
 
 class InvalidCredentials(ServiceError):
     """Username, password, one-time key answer or token were refused: ask the user again."""
+
+
+class InvalidClient(ServiceError):
+    """The OAuth 2.0 provider refused the client itself (``invalid_client``,
+    ``unauthorized_client``): a configuration error (client id, secret, authentication
+    method or allowed grants). Never retried."""
 
 
 class AccountFrozen(ServiceError):

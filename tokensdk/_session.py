@@ -31,11 +31,13 @@ import attrs
 from anyio.abc import TaskGroup
 
 from tokensdk._assets import AccessTokens
-from tokensdk._backend import AccessExpired, AuthBackend, Call, Lost, NativeBackend
+from tokensdk._backend import AccessExpired, AuthBackend, Call, GrantBackend, Lost, NativeBackend
 from tokensdk._clock import Clock, SystemClock
 from tokensdk._context import Lifecycle, SessionContext
 from tokensdk._errors import (
+    InvalidClient,
     InvalidInput,
+    NotFound,
     NotLoggedIn,
     ProtocolError,
     RateLimited,
@@ -193,8 +195,10 @@ class Session:
             refresh=self.token_refresh,
             sync_clock=self.sync_clock,
             on_open=self._on_open.append,
-            own_call=self._backend.own_call,
+            # Through self: discovery replaces the backend with one that knows its endpoints.
+            own_call=lambda url: self._backend.own_call(url),
         )
+        self._discovering = asyncio.Lock()
         self.access_tokens = AccessTokens(self._context)
         self.token_store = MacTokenStore(self._context)
 
@@ -277,9 +281,43 @@ class Session:
     async def _send(
         self, call: Call, *, bearer: str | None = None, deadline: float | None = None
     ) -> Reply:
-        return await self._transport.call(
-            call.method, call.path, call.body, bearer=bearer, deadline=deadline, retry=call.retry
-        )
+        try:
+            return await self._transport.call(
+                call.method,
+                call.path,
+                call.body,
+                bearer=bearer,
+                deadline=deadline,
+                retry=call.retry,
+                headers=call.headers,
+                form=call.form,
+            )
+        except TokenSDKError as exc:
+            backend = self._backend
+            if isinstance(backend, GrantBackend):
+                refined = backend.refine(exc)
+                if refined is not exc:
+                    raise refined from None
+            raise
+
+    async def _discover(self) -> None:
+        """Read the backend's endpoint metadata once (OAuth 2.0 discovery), if it needs any."""
+        backend = self._backend
+        if not isinstance(backend, GrantBackend) or not backend.discovery():
+            return
+        async with self._discovering:
+            backend = self._backend
+            assert isinstance(backend, GrantBackend)
+            calls = backend.discovery()
+            for index, call in enumerate(calls):
+                try:
+                    reply = await self._send(call)
+                except NotFound:
+                    if index == len(calls) - 1:
+                        raise
+                    continue  # no OpenID Connect document: try RFC 8414's
+                self._backend = backend.discovered(reply.body)
+                return
 
     def _gone(self, error: TokenSDKError) -> Lost | AccessExpired | None:
         """The backend's word on a failed call, when it means the activation is at stake."""
@@ -521,8 +559,71 @@ class Session:
         _check_text("username", username)
         _check_text("password", password)
         self._require_open()
+        await self._discover()
         reply = await self._send(self._backend.password_login(username, password))
-        await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic)
+        await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic, username)
+
+    async def login_client_credentials(self) -> None:
+        """Log in as the client itself: the OAuth 2.0 client credentials grant.
+
+        The grant has no refresh token; the session runs it again in the background
+        before the access token expires (one at a time, as any refresh).
+
+        Raises:
+            InvalidInput: The backend has no such grant (not an OAuth 2.0 backend, or
+                a public client).
+            InvalidClient: The provider refused the client id or secret.
+            ServiceUnavailable: The provider could not be reached.
+        """
+        self._require_open()
+        backend = self._grant_backend()
+        await self._discover()
+        backend = self._grant_backend()
+        reply = await self._send(backend.client_credentials())
+        client = getattr(backend, "client_id", "") or ""
+        await self._logged_in(
+            reply.body,
+            reply.sent_wall,
+            reply.sent_monotonic,
+            client,
+            extra={"grant_type": "client_credentials"},
+        )
+
+    async def login_with_refresh_token(
+        self, refresh_token: str, *, username: str | None = None
+    ) -> None:
+        """Log in with a refresh token obtained elsewhere (a browser flow, a CLI).
+
+        It is redeemed at once (the refresh_token grant); with rotation the provider
+        answers with a new one, which the session keeps from then on.
+
+        Args:
+            refresh_token: The refresh token.
+            username: A name for the account, for events and :attr:`username`.
+
+        Raises:
+            InvalidCredentials: The provider refused the refresh token (expired,
+                revoked, used).
+            InvalidClient: The provider refused the client.
+        """
+        _check_text("refresh_token", refresh_token)
+        self._require_open()
+        self._grant_backend()
+        await self._discover()
+        reply = await self._send(self._grant_backend().refresh_token_login(refresh_token))
+        await self._logged_in(
+            reply.body,
+            reply.sent_wall,
+            reply.sent_monotonic,
+            username or "",
+            refresh_token=refresh_token,
+        )
+
+    def _grant_backend(self) -> GrantBackend:
+        backend = self._backend
+        if not isinstance(backend, GrantBackend):
+            raise InvalidInput("this login needs an OAuth 2.0 backend (tokensdk.OAuth2)")
+        return backend
 
     async def login_with_one_time_key(self, username: str, answer: OneTimeKeyAnswer) -> None:
         """Log in with a one-time key answered by the application's own backend.
@@ -569,6 +670,10 @@ class Session:
         if creds is not self._hub.snapshot.credentials:
             self._uninstall()
             self._hub.commit(status=SessionStatus.ACTIVE, credentials=creds, pending_refresh=None)
+        if isinstance(self._backend, GrantBackend):
+            # OAuth 2.0 has no "check this pair" call: a refresh proves (and renews) it.
+            await self._refresh()
+            return
         try:
             reply = await self._send(self._backend.with_token(creds))
         except TokenSDKError as exc:
@@ -615,7 +720,10 @@ class Session:
         if snapshot.credentials is not None and snapshot.status is SessionStatus.ACTIVE:
             self._life.logging_out = True  # a refresh on the way must not call relogin
             try:
-                revoked = await self._revoke_family()
+                if isinstance(self._backend, GrantBackend):
+                    revoked = await self._revoke_grant(snapshot.credentials)
+                else:
+                    revoked = await self._revoke_family()
             finally:
                 self._life.logging_out = False
         creds = self._hub.snapshot.credentials or snapshot.credentials
@@ -630,6 +738,24 @@ class Session:
             pending_refresh=None,
         )
         return revoked
+
+    async def _revoke_grant(self, creds: Credentials) -> bool:
+        # RFC 7009 with the refresh token: the provider revokes the whole grant.
+        try:
+            await self._discover()
+            backend = self._grant_backend()
+            call = backend.revocation(self._hub.snapshot.credentials or creds)
+            if call is None:
+                log.warning("tokensdk: the provider has no revocation endpoint; cleared locally")
+                return False
+            await self._send(call)
+        except TokenSDKError as exc:
+            log.warning(
+                "tokensdk: logout could not revoke the grant (%s); cleared locally only",
+                type(exc).__name__,
+            )
+            return False
+        return True
 
     async def _revoke_family(self) -> bool:
         try:
@@ -685,8 +811,26 @@ class Session:
         self._hub.emit(self._hub.event(EventType.CLOCK_SYNCED, f"{self.clock_offset:+.3f}s"))
         return self.clock_offset
 
-    async def _logged_in(self, body: Any, sent_wall: float, sent_mono: float) -> None:
+    async def _logged_in(
+        self,
+        body: Any,
+        sent_wall: float,
+        sent_mono: float,
+        username: str = "",
+        *,
+        extra: Mapping[str, str] | None = None,
+        refresh_token: str | None = None,
+    ) -> None:
         creds = self._backend.grant(body, wall=sent_wall, monotonic=sent_mono)
+        changes: dict[str, Any] = {}
+        if not creds.username and username:
+            changes["username"] = username  # an OAuth 2.0 answer does not name the user
+        if extra:
+            changes["extra"] = {**creds.extra, **extra}
+        if creds.refresh_token is None and refresh_token is not None:
+            changes["refresh_token"] = refresh_token  # RFC 6749 §6: the old one stays valid
+        if changes:
+            creds = attrs.evolve(creds, **changes)
         self._life.generation += 1
         # A new login is a new token family: the MAC tokens of the previous one
         # belong to it (the service kills them with it), never to this one.
@@ -702,7 +846,8 @@ class Session:
 
     def _sync_clock_soon(self) -> None:
         # MAC headers carry our wall time: learn the service's offset after a login.
-        if self._tg is not None:
+        # (A backend may have no clock to read: OAuth 2.0 providers.)
+        if self._tg is not None and getattr(self._backend, "syncs_clock", True):
             self._tg.start_soon(self._background_sync_clock)
 
     async def _background_sync_clock(self) -> None:
@@ -745,6 +890,11 @@ class Session:
             await self._refresh()
         except SessionLost:
             pass  # already reported by _lose
+        except InvalidClient as exc:
+            # Configuration, not weather: trying again later cannot help. Callers of
+            # access_token() get the error; nothing is scheduled.
+            log.warning("tokensdk: background refresh refused: the client is not accepted")
+            self._hub.emit(self._hub.event(EventType.REFRESH_FAILED, type(exc).__name__, exc))
         except TokenSDKError as exc:
             self._failures += 1
             delay = self._transport.retry.backoff(self._failures, self._rng)
@@ -809,6 +959,7 @@ class Session:
         generation = self._life.generation
         if snapshot.status is SessionStatus.NEEDS_LOGIN or creds is None:
             return await self._try_relogin(self._life.lost_reason)
+        await self._discover()
         now_mono, now_wall = self._clock.monotonic(), self._clock.time()
         if creds.refresh_left(now_wall, now_mono) <= 0:
             await self._lose("token_expired", generation)
@@ -830,6 +981,9 @@ class Session:
             if generation != self._life.generation:
                 return self._stale_refresh()
         call = self._backend.refresh(creds, pending.idempotency_key)
+        if call is None:  # an access token alone, and no grant to run again
+            await self._lose("token_expired", generation)
+            return await self._try_relogin("token_expired")
         try:
             reply = await self._send(call, deadline=deadline)
         except TokenSDKError as exc:
@@ -839,6 +993,7 @@ class Session:
             await self._lose(gone.reason, generation)
             return await self._try_relogin(gone.reason)
         new = self._backend.grant(reply.body, wall=reply.sent_wall, monotonic=reply.sent_monotonic)
+        new = new.renewed_from(creds)
         if generation != self._life.generation:
             return self._stale_refresh()
         # Installing the pair and forgetting the pending refresh are one commit, so

@@ -161,6 +161,7 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         deadline: float | None = None,
         retry: bool = True,
+        form: Mapping[str, str] | None = None,
     ) -> Reply:
         """Call ``{base_url}{path}`` and decode the JSON answer, retrying transient failures.
 
@@ -177,6 +178,10 @@ class Transport:
             headers: Extra headers.
             deadline: Monotonic time after which no new attempt starts.
             retry: Whether transient failures are retried at all.
+            form: A form-encoded body (OAuth 2.0 endpoints) instead of ``body``.
+
+        ``path`` may be an absolute http(s) URL (an endpoint a discovery document
+        names): it is used as it is.
 
         Raises:
             ServiceError: A contract error (a typed subclass where one fits).
@@ -188,10 +193,10 @@ class Transport:
         # retried: nothing was sent yet.
         await self._respect_retry_after(path, deadline)
         if not retry:
-            return await self._attempt(method, path, body, bearer, headers)
+            return await self._attempt(method, path, body, bearer, headers, form)
         try:
             # The common case (first attempt succeeds) pays nothing for retrying.
-            return await self._attempt(method, path, body, bearer, headers)
+            return await self._attempt(method, path, body, bearer, headers, form)
         except _TRANSIENT as exc:
             wait = self._backoff(1, exc)
             if self.retry.max_attempts <= 1 or self._clock.monotonic() + wait > deadline:
@@ -212,7 +217,7 @@ class Transport:
         reply: Reply | None = None
         async for attempt in retrying:
             with attempt:
-                reply = await self._attempt(method, path, body, bearer, headers)
+                reply = await self._attempt(method, path, body, bearer, headers, form)
         assert reply is not None
         return reply
 
@@ -255,9 +260,10 @@ class Transport:
         body: Mapping[str, Any] | None,
         bearer: str | Callable[[], Awaitable[str]] | None,
         headers: Mapping[str, str] | None,
+        form: Mapping[str, str] | None = None,
     ) -> Reply:
         token = bearer if bearer is None or isinstance(bearer, str) else await bearer()
-        return await self._once(method, path, body, token, headers)
+        return await self._once(method, path, body, token, headers, form)
 
     async def _once(
         self,
@@ -266,6 +272,7 @@ class Transport:
         body: Mapping[str, Any] | None,
         bearer: str | None,
         headers: Mapping[str, str] | None,
+        form: Mapping[str, str] | None = None,
     ) -> Reply:
         sent_wall, sent_mono = self._clock.time(), self._clock.monotonic()
         send_headers = {"Accept": "application/json"}
@@ -273,14 +280,15 @@ class Transport:
             send_headers.update(headers)
         if bearer is not None:
             send_headers["Authorization"] = f"Bearer {bearer}"
-        url = self._prefix + path
+        url = path if path.startswith(("http://", "https://")) else self._prefix + path
         try:
             # middlewares=(): the SDK's own calls never pass through client middleware,
             # even when the application shares its ClientSession with us.
             async with self.http.request(
                 method,
                 url,
-                json=body,
+                json=body if form is None else None,
+                data=None if form is None else dict(form),
                 headers=send_headers,
                 timeout=self._timeout,
                 middlewares=(),
@@ -299,7 +307,8 @@ class Transport:
                 f"{method} {path}: the service could not be reached ({type(exc).__name__})",
                 error="unavailable",
             ) from None
-        if status == 204:
+        if status == 204 or (form is not None and status < 300 and not raw):
+            # RFC 7009: a revocation answers 200 with an empty body.
             return Reply({}, sent_wall, sent_mono)
         try:
             decoded = _decode_json(raw, content_type, method, path)
