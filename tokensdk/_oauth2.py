@@ -86,7 +86,7 @@ class OAuth2:
     them; with ``token_endpoint`` no discovery happens and only the endpoints given
     are used.
 
-    Args:
+    Attributes:
         issuer: The provider's issuer URL (e.g. ``https://id.example.com/realms/main``).
         client_id: The client's id.
         client_secret: The client's secret (confidential clients); never shown.
