@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from tokensdk import (
     Credentials,
     EventType,
     FileStore,
+    IntrospectionCache,
     InvalidClient,
     InvalidCredentials,
     InvalidInput,
@@ -34,6 +36,8 @@ from tokensdk import (
     Session,
     SessionLost,
     SessionStatus,
+    TokenInfo,
+    introspect,
 )
 from tokensdk._backend import AuthBackend, CallerError, GrantBackend, Lost, Transient
 from tokensdk._models import SessionSnapshot, decode_state, encode_state
@@ -663,3 +667,53 @@ async def test_secrets_never_reach_logs_reprs_or_errors(
     ):
         assert secret
         assert secret not in text
+
+
+# -- introspection (RFC 7662) -----------------------------------------------------------
+
+
+def test_introspection_cache_is_bounded_and_honours_exp() -> None:
+    cache = IntrospectionCache(max_entries=2, max_age=60.0)
+    short = TokenInfo(True, subject="alice", expires_at=110.0)
+    cache.put(b"a", short, now=100.0)
+    cache.put(b"b", TokenInfo(True), now=100.0)
+    assert cache.get(b"a", now=109.0) == short
+    assert cache.get(b"a", now=110.0) is None  # its exp, before max_age
+    cache.put(b"c", TokenInfo(True), now=100.0)
+    cache.put(b"d", TokenInfo(True), now=100.0)
+    assert len(cache) == 2
+    assert cache.get(b"b", now=100.0) is None
+    assert cache.get(b"c", now=159.0) is not None
+    assert cache.get(b"c", now=160.0) is None
+    with pytest.raises(ProtocolError):
+        TokenInfo.from_response({"active": "yes"})
+
+
+async def test_introspect_asks_once_until_the_cache_entry_ends(provider: OIDCProvider) -> None:
+    async with Session(app(provider)) as session:
+        await session.login("alice", "wonderland")
+        token = await session.access_token()
+    clock = ManualClock(wall=time.time())
+    cache = IntrospectionCache(max_age=30.0)
+    async with FaultProxy(provider.issuer).running() as proxy:
+        resource_server = app(
+            provider,
+            token_endpoint=provider.token_endpoint,
+            introspection_endpoint=proxy.url + "/token/introspection",
+        )
+        info = await introspect(token, resource_server, cache=cache, clock=clock)
+        assert (info.active, info.subject, info.client_id) == (True, "alice", "app")
+        assert info.scope == SCOPE
+        assert info.expires_at is not None
+        again = await introspect(token, resource_server, cache=cache, clock=clock)
+        assert again == info
+        assert proxy.seen["/token/introspection"] == 1
+        clock.advance(30.0)
+        await introspect(token, resource_server, cache=cache, clock=clock)
+        assert proxy.seen["/token/introspection"] == 2
+        unknown = await introspect("not-a-token", resource_server, cache=cache, clock=clock)
+        assert unknown == TokenInfo(False)
+    assert token not in repr(info)
+    wrong = app(provider, client_secret="wrong-secret")  # discovers its endpoints
+    with pytest.raises(InvalidClient):
+        await introspect(token, wrong, cache=IntrospectionCache())

@@ -47,6 +47,7 @@ from tokensdk._errors import (
     UnknownKey,
     UnknownMacToken,
 )
+from tokensdk._introspect import IntrospectionCache, TokenInfo, introspect
 from tokensdk._models import (
     AssetToken,
     Credentials,
@@ -85,6 +86,7 @@ __all__ = [
     "FactorMismatch",
     "FileStore",
     "HeaderInvalid",
+    "IntrospectionCache",
     "InvalidClient",
     "InvalidCredentials",
     "InvalidInput",
@@ -116,6 +118,7 @@ __all__ = [
     "StoreError",
     "SystemClock",
     "TokenExpired",
+    "TokenInfo",
     "TokenInvalid",
     "TokenMalformed",
     "TokenNotYetValid",
@@ -124,6 +127,7 @@ __all__ = [
     "TokenValidator",
     "UnknownKey",
     "UnknownMacToken",
+    "introspect",
     "one_time_key_answer",
     "validate_access_token",
 ]

@@ -355,6 +355,14 @@ class OAuth2:
             form = {"token": credentials.access_token, "token_type_hint": "access_token"}
         return self._authenticated("POST", self.revocation_endpoint, form, retry=False)
 
+    def introspection(self, token: str) -> Call | None:
+        """RFC 7662: ask whether ``token`` (an access token) is active; None without the
+        endpoint."""
+        if self.introspection_endpoint is None:
+            return None
+        form = {"token": token, "token_type_hint": "access_token"}
+        return self._authenticated("POST", self.introspection_endpoint, form)
+
     def refine(self, error: TokenSDKError) -> TokenSDKError:
         """Type the RFC 6749 §5.2 errors: ``invalid_grant`` → InvalidCredentials,
         ``invalid_client``/``unauthorized_client`` → InvalidClient."""
