@@ -10,16 +10,19 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 import anyio
 import pytest
-from _oidc import OIDCProvider
+from _oidc import OIDCProvider, browser_approve_device, browser_authorize
 from _proxy import FaultProxy, html_ok, json_body, rate_limited, unavailable
+from conftest import autojump
 
 import tokensdk
 from tokensdk import (
     Credentials,
+    DeviceCode,
     EventType,
     FileStore,
     IntrospectionCache,
@@ -41,6 +44,7 @@ from tokensdk import (
 )
 from tokensdk._backend import AuthBackend, CallerError, GrantBackend, Lost, Transient
 from tokensdk._models import SessionSnapshot, decode_state, encode_state
+from tokensdk._oauth2 import DEVICE_GRANT
 
 pytestmark = pytest.mark.anyio
 
@@ -717,3 +721,112 @@ async def test_introspect_asks_once_until_the_cache_entry_ends(provider: OIDCPro
     wrong = app(provider, client_secret="wrong-secret")  # discovers its endpoints
     with pytest.raises(InvalidClient):
         await introspect(token, wrong, cache=IntrospectionCache())
+
+
+# -- interactive flows ------------------------------------------------------------------
+
+
+async def test_device_flow_polls_until_the_user_approves(
+    oidc_provider: Factory, http: aiohttp.ClientSession
+) -> None:
+    provider = oidc_provider({"device": {"interval": 1, "slowDown": True}}, shared=False)
+    shown: list[DeviceCode] = []
+    async with FaultProxy(provider.issuer).running() as proxy:
+        backend = OAuth2(
+            provider.issuer,
+            client_id="cli",  # a public client: the usual device-flow client
+            scope=SCOPE,
+            token_endpoint=proxy.url + "/token",
+            device_authorization_endpoint=provider.device_authorization_endpoint,
+        )
+
+        async def approve_after_the_first_poll(code: DeviceCode) -> None:
+            await proxy.wait_for("/token")
+            await browser_approve_device(code.verification_uri, code.user_code)
+
+        async with Session(backend) as session, anyio.create_task_group() as tg:
+
+            def on_code(code: DeviceCode) -> None:
+                shown.append(code)
+                tg.start_soon(approve_after_the_first_poll, code)
+
+            await session.login_device(on_code, username="alice")
+            creds = session.credentials
+            assert creds is not None
+            assert creds.refresh_token is not None
+            assert await resource(http, provider, creds.access_token) == 200
+            assert (await session.token_refresh()).refresh_token != creds.refresh_token
+    assert shown[0].verification_uri == provider.issuer + "/device"
+    assert shown[0].interval == 1.0
+    assert "device_code" not in repr(shown[0])
+    assert shown[0].device_code not in repr(shown[0])
+    stats = await provider.stats()
+    assert grants(stats, DEVICE_GRANT, "400") >= 1  # authorization_pending at least once
+    assert grants(stats, DEVICE_GRANT, "200") == 1
+
+
+async def test_device_flow_slows_down_and_reports_a_refusal(provider: OIDCProvider) -> None:
+    clock = ManualClock()
+    async with FaultProxy(provider.issuer, clock=clock).running() as proxy:
+        backend = app(
+            provider,
+            token_endpoint=proxy.url + "/token",
+            device_authorization_endpoint=provider.device_authorization_endpoint,
+        )
+        slow_down = json_body(b'{"error":"slow_down"}', status=400)
+        proxy.fail_next(1, slow_down)
+
+        async def approve(code: DeviceCode) -> None:
+            assert code.verification_uri_complete is not None
+            await browser_approve_device(code.verification_uri_complete)
+
+        async with Session(backend, clock=clock) as session, anyio.create_task_group() as tg:
+            tg.start_soon(autojump, clock)
+            await session.login_device(approve)
+            polls = [hit.at for hit in proxy.hits if hit.path == "/token"]
+            assert len(polls) == 2
+            assert polls[1] - polls[0] == 5 + 5  # the default interval, plus five
+            denied = json_body(b'{"error":"access_denied"}', status=400)
+            proxy.fail_next(1, denied)
+            with pytest.raises(InvalidCredentials) as refused:
+                await session.login_device(lambda code: None)
+            assert refused.value.error == "access_denied"
+            tg.cancel_scope.cancel()
+
+
+async def test_authorization_code_with_pkce_and_a_loopback_redirect(
+    provider: OIDCProvider, http: aiohttp.ClientSession
+) -> None:
+    seen: list[str] = []
+
+    async def browser(url: str) -> None:
+        seen.append(url)
+        redirect_uri = dict(parse_qsl(urlsplit(url).query))["redirect_uri"]
+        redirect = await browser_authorize(url, redirect_uri)
+        async with http.get(redirect) as response:  # the browser lands on our listener
+            assert response.status == 200
+
+    backend = OAuth2(provider.issuer, client_id="cli", scope=SCOPE)
+    async with Session(backend) as session:
+        await session.login_authorization_code(browser, prompt="consent", username="alice")
+        creds = session.credentials
+        assert creds is not None
+        assert creds.refresh_token is not None
+        assert await resource(http, provider, creds.access_token) == 200
+        await session.token_refresh()
+    query = dict(parse_qsl(urlsplit(seen[0]).query))
+    assert query["code_challenge_method"] == "S256"
+    assert len(query["code_challenge"]) == 43
+    assert query["redirect_uri"].startswith("http://127.0.0.1:")
+    assert query["client_id"] == "cli"
+
+
+def test_authorization_response_checks_state_issuer_and_errors() -> None:
+    ok = {"state": "S", "code": "C", "iss": "https://id.example.com/realms/main"}
+    assert BACKEND.authorization_response(ok, "S") == "C"
+    with pytest.raises(ProtocolError):
+        BACKEND.authorization_response(ok, "other-state")
+    with pytest.raises(ProtocolError):  # RFC 9207: a mix-up attack
+        BACKEND.authorization_response(dict(ok, iss="https://evil.example"), "S")
+    with pytest.raises(InvalidCredentials):
+        BACKEND.authorization_response({"state": "S", "error": "access_denied"}, "S")

@@ -58,7 +58,7 @@ from tokensdk._models import (
     SessionSnapshot,
     SessionStatus,
 )
-from tokensdk._oauth2 import OAuth2
+from tokensdk._oauth2 import DeviceCode, OAuth2
 from tokensdk._observable import EventStream
 from tokensdk._policy import RefreshPolicy
 from tokensdk._session import Session, one_time_key_answer
@@ -79,6 +79,7 @@ __all__ = [
     "Clock",
     "Conflict",
     "Credentials",
+    "DeviceCode",
     "Ed25519Signer",
     "Event",
     "EventStream",

@@ -45,7 +45,7 @@ from tokensdk._errors import (
 )
 from tokensdk._models import Credentials
 
-__all__ = ["DEFAULT_LIFETIME", "OAuth2"]
+__all__ = ["DEFAULT_LIFETIME", "DEVICE_GRANT", "DeviceCode", "OAuth2"]
 
 #: Seconds an access token is assumed to live when the answer has no ``expires_in``
 #: (RFC 6749 makes it optional). Short on purpose: a token that dies earlier is
@@ -58,6 +58,16 @@ _RFC8414_DISCOVERY = "/.well-known/oauth-authorization-server"
 _MAX_LIFETIME = 10 * 365 * 86400
 # Fields of a token answer kept in Credentials.extra (strings only).
 _EXTRA = ("scope", "token_type", "id_token")
+_ENDPOINTS = (
+    "token_endpoint",
+    "revocation_endpoint",
+    "introspection_endpoint",
+    "device_authorization_endpoint",
+    "authorization_endpoint",
+)
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+# RFC 8628 §3.5: the poll answers that end the flow (the others keep it going).
+_DEVICE_FAILURES = ("access_denied", "expired_token")
 
 
 def _strip_slash(url: object) -> object:
@@ -100,6 +110,8 @@ class OAuth2:
         token_endpoint: The token endpoint (skips discovery).
         revocation_endpoint: The RFC 7009 revocation endpoint (logout).
         introspection_endpoint: The RFC 7662 introspection endpoint.
+        device_authorization_endpoint: The RFC 8628 device authorization endpoint.
+        authorization_endpoint: The authorization endpoint (authorization code flow).
         default_lifetime: Seconds an access token is assumed to live when the
             answer has no ``expires_in`` (default :data:`DEFAULT_LIFETIME`, 300).
 
@@ -120,6 +132,12 @@ class OAuth2:
         default=None, kw_only=True, validator=_endpoint_validator
     )
     introspection_endpoint: str | None = attrs.field(
+        default=None, kw_only=True, validator=_endpoint_validator
+    )
+    device_authorization_endpoint: str | None = attrs.field(
+        default=None, kw_only=True, validator=_endpoint_validator
+    )
+    authorization_endpoint: str | None = attrs.field(
         default=None, kw_only=True, validator=_endpoint_validator
     )
     default_lifetime: float = attrs.field(default=DEFAULT_LIFETIME, kw_only=True)
@@ -319,7 +337,7 @@ class OAuth2:
         if not isinstance(issuer, str) or issuer.rstrip("/") != self.issuer:
             raise ProtocolError("the discovery document is for another issuer")
         found: dict[str, str | None] = {}
-        for name in ("token_endpoint", "revocation_endpoint", "introspection_endpoint"):
+        for name in _ENDPOINTS:
             value = body.get(name)
             if value is not None and (
                 not isinstance(value, str) or not value.startswith(("http://", "https://"))
@@ -363,6 +381,105 @@ class OAuth2:
         form = {"token": token, "token_type_hint": "access_token"}
         return self._authenticated("POST", self.introspection_endpoint, form)
 
+    def device_authorization(self) -> Call:
+        """RFC 8628 §3.1: ask for a device code and a user code.
+
+        Raises:
+            InvalidInput: The provider has no device authorization endpoint.
+        """
+        if self.device_authorization_endpoint is None:
+            raise InvalidInput("the provider has no device authorization endpoint")
+        form: dict[str, str] = {}
+        if self.scope:
+            form["scope"] = self.scope
+        return self._authenticated("POST", self.device_authorization_endpoint, form)
+
+    def device_code_from(self, body: Mapping[str, Any]) -> DeviceCode:
+        """The device authorization answer (RFC 8628 §3.2).
+
+        Raises:
+            ProtocolError: A required member is missing.
+        """
+        texts = {}
+        for name in ("device_code", "user_code", "verification_uri"):
+            value = body.get(name)
+            if not isinstance(value, str) or not value:
+                raise ProtocolError(f"the device authorization answer has no {name}")
+            texts[name] = value
+        complete = body.get("verification_uri_complete")
+        interval = _seconds(body, "interval", 5)
+        return DeviceCode(
+            device_code=texts["device_code"],
+            user_code=texts["user_code"],
+            verification_uri=texts["verification_uri"],
+            verification_uri_complete=complete if isinstance(complete, str) else None,
+            expires_in=float(_seconds(body, "expires_in", 600)),
+            interval=float(max(interval, 1)),
+        )
+
+    def device_poll(self, code: DeviceCode) -> Call:
+        """RFC 8628 §3.4: the token request that polls for the user's approval."""
+        return self._token_call(
+            {"grant_type": DEVICE_GRANT, "device_code": code.device_code}, scope=False
+        )
+
+    def authorization_code(self, code: str, redirect_uri: str, verifier: str) -> Call:
+        """RFC 6749 §4.1.3 with RFC 7636's ``code_verifier``: redeem an authorization code."""
+        return self._token_call(
+            {
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": redirect_uri,
+                "code_verifier": verifier,
+            },
+            scope=False,
+        )
+
+    def authorization_url(
+        self, redirect_uri: str, state: str, challenge: str, *, prompt: str | None = None
+    ) -> str:
+        """The authorization request (RFC 6749 §4.1.1) with a PKCE S256 challenge (RFC 7636).
+
+        Raises:
+            InvalidInput: The provider has no authorization endpoint.
+        """
+        if self.authorization_endpoint is None:
+            raise InvalidInput("the provider has no authorization endpoint")
+        query = {
+            "response_type": "code",
+            "client_id": self.client_id,
+            "redirect_uri": redirect_uri,
+            "state": state,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+        if self.scope:
+            query["scope"] = self.scope
+        if prompt:
+            query["prompt"] = prompt
+        return str(URL(self.authorization_endpoint).update_query(query))
+
+    def authorization_response(self, query: Mapping[str, str], state: str) -> str:
+        """The code from the redirect's query, checked (state; RFC 9207 ``iss``).
+
+        Raises:
+            ProtocolError: The state or the issuer does not match.
+            InvalidCredentials: The provider answered with an error (the user said no).
+        """
+        if query.get("state") != state:
+            raise ProtocolError("the authorization response's state does not match")
+        iss = query.get("iss")
+        if iss is not None and iss.rstrip("/") != self.issuer:
+            raise ProtocolError("the authorization response comes from another issuer")
+        error = query.get("error")
+        if error is not None:
+            name = error if error.replace("_", "").isalnum() and len(error) < 64 else "error"
+            raise InvalidCredentials(f"authorization refused: {name}", status=400, error=name)
+        code = query.get("code")
+        if not code:
+            raise ProtocolError("the authorization response has no code")
+        return code
+
     def refine(self, error: TokenSDKError) -> TokenSDKError:
         """Type the RFC 6749 §5.2 errors: ``invalid_grant`` → InvalidCredentials,
         ``invalid_client``/``unauthorized_client`` → InvalidClient."""
@@ -371,7 +488,9 @@ class OAuth2:
         cls: type[ServiceError] | None = None
         if error.error in ("invalid_client", "unauthorized_client"):
             cls = InvalidClient
-        elif error.error == "invalid_grant" and not isinstance(error, InvalidCredentials):
+        elif (error.error == "invalid_grant" or error.error in _DEVICE_FAILURES) and not isinstance(
+            error, InvalidCredentials
+        ):
             cls = InvalidCredentials
         if cls is not None:
             return cls(
@@ -407,6 +526,30 @@ class OAuth2:
                 assert self.client_secret is not None
                 form["client_secret"] = self.client_secret
         return Call(method, url, retry=retry, form=form, headers=headers)
+
+
+@attrs.frozen
+class DeviceCode:
+    """What the user needs to approve a device login (RFC 8628 §3.2).
+
+    Show ``verification_uri`` and ``user_code`` (or ``verification_uri_complete``,
+    e.g. as a QR code) to the user.
+
+    Attributes:
+        user_code: The code the user types in.
+        verification_uri: Where the user goes.
+        verification_uri_complete: The same with the code filled in, if offered.
+        expires_in: Seconds the codes stay valid.
+        interval: Seconds between polls.
+        device_code: The device's secret handle (never shown).
+    """
+
+    device_code: str = attrs.field(repr=False)
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str | None
+    expires_in: float
+    interval: float
 
 
 def _form_quote(text: str) -> str:

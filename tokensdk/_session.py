@@ -15,6 +15,7 @@ awaits it, flushes the store and closes the HTTP session.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import inspect
 import logging
@@ -36,11 +37,13 @@ from tokensdk._clock import Clock, SystemClock
 from tokensdk._context import Lifecycle, SessionContext
 from tokensdk._errors import (
     InvalidClient,
+    InvalidCredentials,
     InvalidInput,
     NotFound,
     NotLoggedIn,
     ProtocolError,
     RateLimited,
+    ServiceError,
     SessionClosed,
     SessionLost,
     StoreCorrupt,
@@ -48,6 +51,7 @@ from tokensdk._errors import (
     TokenSDKError,
 )
 from tokensdk._flight import Flight
+from tokensdk._loopback import LoopbackRedirect
 from tokensdk._models import (
     AssetToken,
     Credentials,
@@ -58,6 +62,7 @@ from tokensdk._models import (
     decode_state,
     encode_state,
 )
+from tokensdk._oauth2 import DeviceCode, OAuth2
 from tokensdk._observable import ChangeCallback, EventStream, StateHub
 from tokensdk._paseto import AccessTokenInfo
 from tokensdk._persist import CoalescingSaver
@@ -618,6 +623,116 @@ class Session:
             username or "",
             refresh_token=refresh_token,
         )
+
+    async def login_device(
+        self,
+        on_code: Callable[[DeviceCode], Awaitable[None] | None],
+        *,
+        username: str | None = None,
+    ) -> None:
+        """Log in with the device authorization grant (RFC 8628): for CLIs and devices.
+
+        The provider issues a user code; ``on_code`` shows it to the user (with the
+        verification URI), who approves on another device. The session polls the
+        token endpoint every ``interval`` seconds (five more after each
+        ``slow_down``) until the user approves, refuses, or the code expires.
+
+        Args:
+            on_code: Receives the :class:`DeviceCode` (sync or async).
+            username: A name for the account, for events and :attr:`username`.
+
+        Raises:
+            InvalidCredentials: The user refused (``access_denied``) or the code
+                expired (``expired_token``).
+            InvalidInput: The backend has no device authorization endpoint.
+        """
+        self._require_open()
+        await self._discover()
+        backend = self._oauth2()
+        reply = await self._send(backend.device_authorization())
+        code = backend.device_code_from(reply.body)
+        expires = reply.sent_monotonic + code.expires_in
+        shown = on_code(code)
+        if inspect.isawaitable(shown):
+            await shown
+        interval = code.interval
+        while True:
+            if self._clock.monotonic() + interval >= expires:
+                raise InvalidCredentials(
+                    "the device code expired before the user approved it",
+                    status=400,
+                    error="expired_token",
+                )
+            await self._clock.sleep_until(self._clock.monotonic() + interval)
+            try:
+                reply = await self._send(backend.device_poll(code))
+            except ServiceError as exc:
+                if exc.error == "authorization_pending":
+                    continue
+                if exc.error == "slow_down":
+                    interval += 5  # RFC 8628 §3.5: for this and every later poll
+                    continue
+                raise
+            break
+        await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic, username or "")
+
+    async def login_authorization_code(
+        self,
+        open_browser: Callable[[str], Awaitable[None] | None],
+        *,
+        port: int = 0,
+        wait_for_user: float = 300.0,
+        prompt: str | None = None,
+        username: str | None = None,
+    ) -> None:
+        """Log in through the user's browser: authorization code + PKCE, loopback redirect.
+
+        A listener on ``http://127.0.0.1:<port>/callback`` (RFC 8252 §7.3) receives the
+        redirect; the code is redeemed with the PKCE verifier (RFC 7636, S256). The
+        ``state`` and the ``iss`` of the answer (RFC 9207) are checked.
+
+        Args:
+            open_browser: Receives the authorization URL to open (sync or async),
+                e.g. ``webbrowser.open``.
+            port: The loopback port (0: any free one; the client must be registered
+                for loopback redirects on any port, as native clients are).
+            wait_for_user: Seconds to wait for the user (real time).
+            prompt: The ``prompt`` parameter (``"consent"`` where the provider wants
+                it before it grants ``offline_access``).
+            username: A name for the account, for events and :attr:`username`.
+
+        Raises:
+            InvalidCredentials: The user or the provider refused.
+            TimeoutError: Nobody came back within ``wait_for_user``.
+            ProtocolError: The redirect's state or issuer did not match.
+        """
+        self._require_open()
+        await self._discover()
+        backend = self._oauth2()
+        verifier = secrets.token_urlsafe(64)
+        challenge = (
+            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+            .rstrip(b"=")
+            .decode("ascii")
+        )
+        state = secrets.token_urlsafe(24)
+        async with LoopbackRedirect(state, port) as listener:
+            url = backend.authorization_url(listener.redirect_uri, state, challenge, prompt=prompt)
+            opened = open_browser(url)
+            if inspect.isawaitable(opened):
+                await opened
+            with anyio.fail_after(wait_for_user):
+                query = await listener.wait()
+        code = backend.authorization_response(query, state)
+        call = backend.authorization_code(code, listener.redirect_uri, verifier)
+        reply = await self._send(call)
+        await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic, username or "")
+
+    def _oauth2(self) -> OAuth2:
+        backend = self._backend
+        if not isinstance(backend, OAuth2):
+            raise InvalidInput("this login needs an OAuth 2.0 backend (tokensdk.OAuth2)")
+        return backend
 
     def _grant_backend(self) -> GrantBackend:
         backend = self._backend
