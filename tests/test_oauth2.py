@@ -5,6 +5,8 @@ against a real OAuth 2.0 / OpenID Connect provider (panva's oidc-provider, tests
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,14 +17,16 @@ from urllib.parse import parse_qsl, urlsplit
 import aiohttp
 import anyio
 import pytest
-from _oidc import OIDCProvider, browser_approve_device, browser_authorize
+from _oidc import OIDCProvider, browser_approve_device, browser_authorize, jwk_thumbprint
 from _proxy import FaultProxy, html_ok, json_body, rate_limited, unavailable
 from conftest import autojump
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import tokensdk
 from tokensdk import (
     Credentials,
     DeviceCode,
+    Ed25519Signer,
     EventType,
     FileStore,
     IntrospectionCache,
@@ -43,6 +47,7 @@ from tokensdk import (
     introspect,
 )
 from tokensdk._backend import AuthBackend, CallerError, GrantBackend, Lost, Transient
+from tokensdk._dpop import jwk, signing_input
 from tokensdk._models import SessionSnapshot, decode_state, encode_state
 from tokensdk._oauth2 import DEVICE_GRANT
 
@@ -830,3 +835,77 @@ def test_authorization_response_checks_state_issuer_and_errors() -> None:
         BACKEND.authorization_response(dict(ok, iss="https://evil.example"), "S")
     with pytest.raises(InvalidCredentials):
         BACKEND.authorization_response({"state": "S", "error": "access_denied"}, "S")
+
+
+# -- DPoP (RFC 9449) --------------------------------------------------------------------
+
+
+def test_dpop_proofs_are_eddsa_jwts_naming_the_request() -> None:
+    signer = Ed25519Signer.from_seed(bytes(range(32)))
+    message = signing_input(
+        signer.public_key_hex,
+        "get",
+        "https://api.example.com/x?q=1#f",
+        iat=1700000000,
+        jti="J",
+        nonce="N",
+        access_token="T",
+    )
+    header_b64, claims_b64 = message.decode().split(".")
+    header = json.loads(base64.urlsafe_b64decode(header_b64 + "=="))
+    claims = json.loads(base64.urlsafe_b64decode(claims_b64 + "=="))
+    assert header == {"typ": "dpop+jwt", "alg": "EdDSA", "jwk": jwk(signer.public_key_hex)}
+    assert header["jwk"]["kty"] == "OKP"
+    assert header["jwk"]["crv"] == "Ed25519"
+    assert claims == {
+        "htm": "GET",
+        "htu": "https://api.example.com/x",
+        "iat": 1700000000,
+        "jti": "J",
+        "nonce": "N",
+        "ath": base64.urlsafe_b64encode(hashlib.sha256(b"T").digest()).rstrip(b"=").decode(),
+    }
+    with pytest.raises(InvalidInput):
+        OAuth2("https://id.example.com", client_id="c", dpop=object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("nonce", ["off", "required"])
+async def test_dpop_bound_tokens_with_the_provider_and_the_middleware(
+    oidc_provider: Factory, nonce: str
+) -> None:
+    provider = oidc_provider({"dpop": {"nonce": nonce}}, shared=False)
+    key = Ed25519PrivateKey.generate()
+    signer = Ed25519Signer(key)
+    backend = OAuth2(provider.issuer, client_id="cli", scope=SCOPE, dpop=signer)
+    async with Session(backend) as session:
+        await session.login("alice", "wonderland")
+        creds = session.credentials
+        assert creds is not None
+        assert creds.extra["token_type"] == "DPoP"
+        async with aiohttp.ClientSession(middlewares=(session.middleware(),)) as http:
+            for _ in range(2):
+                async with http.get(provider.resource_url) as response:
+                    assert response.status == 200, await response.text()
+                    body = await response.json()
+                    assert (body["sub"], body["token_type"]) == ("alice", "DPoP")
+            if nonce == "required":
+                await provider.rotate_resource_nonce()
+                async with http.get(provider.resource_url) as response:
+                    assert response.status == 200  # the stale nonce: one retry with the new
+            # A bearer-style use of the bound token is refused: the key is needed.
+            async with http.get(
+                provider.resource_url, headers={"Authorization": f"Bearer {creds.access_token}"}
+            ) as response:
+                assert response.status == 401
+        refreshed = await session.token_refresh()  # the public client's refresh token is bound
+        assert refreshed.refresh_token != creds.refresh_token
+    introspected = await introspect(
+        refreshed.access_token,
+        OAuth2(provider.issuer, client_id="app", client_secret="app-secret"),
+        cache=IntrospectionCache(),
+    )
+    assert introspected.claims["cnf"] == {"jkt": jwk_thumbprint(key)}
+    stats = await provider.stats()
+    expected_nonce_errors = 1 if nonce == "required" else 0
+    assert grants(stats, "password", "400") == expected_nonce_errors
+    assert grants(stats, "password", "200") == 1

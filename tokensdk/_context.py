@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from tokensdk._clock import Clock
+from tokensdk._dpop import DPoPState
 from tokensdk._models import Credentials
 from tokensdk._observable import StateHub
 from tokensdk._scheduler import Scheduler
@@ -65,6 +66,7 @@ class SessionContext:
             state is loaded (restored tokens get their timers there).
         own_call: Tells whether a URL is one of the session's own unauthenticated
             calls (login, refresh, status, keys), which middleware must pass through.
+        dpop: The DPoP key and nonces, when the backend binds tokens with DPoP.
     """
 
     hub: StateHub
@@ -78,6 +80,7 @@ class SessionContext:
     sync_clock: Callable[[], Awaitable[float]]
     on_open: Callable[[Callable[[], Awaitable[None]]], None]
     own_call: Callable[[Any], bool]
+    dpop: DPoPState | None = None
 
     def __repr__(self) -> str:
         return f"SessionContext({self.transport.base_url!r})"

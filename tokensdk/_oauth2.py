@@ -32,6 +32,7 @@ import attrs
 from yarl import URL
 
 from tokensdk._backend import AccessExpired, Call, CallerError, Lost, Outcome, Transient
+from tokensdk._dpop import DPoPSigner, jwk
 from tokensdk._errors import (
     AccountFrozen,
     InvalidClient,
@@ -114,6 +115,10 @@ class OAuth2:
         authorization_endpoint: The authorization endpoint (authorization code flow).
         default_lifetime: Seconds an access token is assumed to live when the
             answer has no ``expires_in`` (default :data:`DEFAULT_LIFETIME`, 300).
+        dpop: An Ed25519 key (e.g. :class:`~tokensdk.Ed25519Signer`) that makes
+            the tokens sender-constrained (RFC 9449): token requests carry DPoP
+            proofs, the provider binds the tokens to the key, and the session's
+            middleware sends ``Authorization: DPoP`` with a proof per request.
 
     Raises:
         InvalidInput: A URL is not http(s), the authentication method is unknown, or
@@ -141,6 +146,7 @@ class OAuth2:
         default=None, kw_only=True, validator=_endpoint_validator
     )
     default_lifetime: float = attrs.field(default=DEFAULT_LIFETIME, kw_only=True)
+    dpop: DPoPSigner | None = attrs.field(default=None, kw_only=True, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         _check_url("issuer", self.issuer)
@@ -169,6 +175,10 @@ class OAuth2:
             or not 0 < lifetime <= _MAX_LIFETIME
         ):
             raise InvalidInput("default_lifetime must be a positive number of seconds")
+        if self.dpop is not None:
+            if not isinstance(self.dpop, DPoPSigner):
+                raise InvalidInput("dpop must be a signer with public_key_hex (Ed25519Signer)")
+            jwk(self.dpop.public_key_hex)  # an Ed25519 key, or InvalidInput
 
     # -- AuthBackend -------------------------------------------------------------------
 
@@ -268,8 +278,9 @@ class OAuth2:
         if not isinstance(access, str) or not access:
             raise ProtocolError("the token answer has no access_token")
         token_type = body.get("token_type", "Bearer")
-        if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            raise ProtocolError("the token answer's token_type is not Bearer")
+        allowed = ("bearer", "dpop") if self.dpop is not None else ("bearer",)
+        if not isinstance(token_type, str) or token_type.lower() not in allowed:
+            raise ProtocolError("the token answer's token_type is not one this client uses")
         lifetime = _seconds(body, "expires_in", self.default_lifetime)
         refresh = body.get("refresh_token")
         if refresh is not None and (not isinstance(refresh, str) or not refresh):

@@ -35,6 +35,7 @@ from tokensdk._assets import AccessTokens
 from tokensdk._backend import AccessExpired, AuthBackend, Call, GrantBackend, Lost, NativeBackend
 from tokensdk._clock import Clock, SystemClock
 from tokensdk._context import Lifecycle, SessionContext
+from tokensdk._dpop import DPoPState
 from tokensdk._errors import (
     InvalidClient,
     InvalidCredentials,
@@ -166,6 +167,9 @@ class Session:
             timeout=timeout,
             retry=retry,
         )
+        signer = getattr(self._backend, "dpop", None)
+        self._dpop = None if signer is None else DPoPState(signer, self._clock.time)
+        self._transport.dpop = self._dpop
         self._hub = StateHub(self._clock)
         callbacks = [] if on_change is None else [on_change] if callable(on_change) else on_change
         for callback in callbacks:
@@ -202,6 +206,7 @@ class Session:
             on_open=self._on_open.append,
             # Through self: discovery replaces the backend with one that knows its endpoints.
             own_call=lambda url: self._backend.own_call(url),
+            dpop=self._dpop,
         )
         self._discovering = asyncio.Lock()
         self.access_tokens = AccessTokens(self._context)
@@ -286,7 +291,31 @@ class Session:
     async def _send(
         self, call: Call, *, bearer: str | None = None, deadline: float | None = None
     ) -> Reply:
+        headers: Any = call.headers
+        dpop = self._dpop
+        if dpop is not None and call.path == getattr(self._backend, "token_endpoint", None):
+
+            async def headers() -> Mapping[str, str]:
+                # A fresh proof (new jti, the latest nonce) for every attempt.
+                return {**(call.headers or {}), "DPoP": await dpop.proof(call.method, call.path)}
+
         try:
+            try:
+                return await self._transport.call(
+                    call.method,
+                    call.path,
+                    call.body,
+                    bearer=bearer,
+                    deadline=deadline,
+                    retry=call.retry,
+                    headers=headers,
+                    form=call.form,
+                )
+            except ServiceError as exc:
+                if dpop is None or exc.error != "use_dpop_nonce":
+                    raise
+            # RFC 9449 §8: the server wants its nonce in the proof (the transport kept
+            # the DPoP-Nonce it sent); once, so a server that keeps refusing fails.
             return await self._transport.call(
                 call.method,
                 call.path,
@@ -294,7 +323,7 @@ class Session:
                 bearer=bearer,
                 deadline=deadline,
                 retry=call.retry,
-                headers=call.headers,
+                headers=headers,
                 form=call.form,
             )
         except TokenSDKError as exc:

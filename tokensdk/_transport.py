@@ -22,6 +22,7 @@ import attrs
 import tenacity
 
 from tokensdk._clock import Clock
+from tokensdk._dpop import DPoPState
 from tokensdk._errors import (
     AccountFrozen,
     Conflict,
@@ -130,6 +131,8 @@ class Transport:
         # (its last 429's Retry-After): honoured by every later call, not only the
         # retries of the call that got it.
         self._not_before: dict[str, float] = {}
+        #: The session's DPoP state, when its backend uses DPoP: servers' nonces land here.
+        self.dpop: DPoPState | None = None
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -158,7 +161,7 @@ class Transport:
         body: Mapping[str, Any] | None = None,
         *,
         bearer: str | Callable[[], Awaitable[str]] | None = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | Callable[[], Awaitable[Mapping[str, str]]] | None = None,
         deadline: float | None = None,
         retry: bool = True,
         form: Mapping[str, str] | None = None,
@@ -175,7 +178,8 @@ class Transport:
             body: The JSON body, if any.
             bearer: An access token for ``Authorization: Bearer``, or an async
                 callable returning a valid one.
-            headers: Extra headers.
+            headers: Extra headers, or an async callable returning them, asked again
+                for every attempt (a DPoP proof is single-use).
             deadline: Monotonic time after which no new attempt starts.
             retry: Whether transient failures are retried at all.
             form: A form-encoded body (OAuth 2.0 endpoints) instead of ``body``.
@@ -259,11 +263,12 @@ class Transport:
         path: str,
         body: Mapping[str, Any] | None,
         bearer: str | Callable[[], Awaitable[str]] | None,
-        headers: Mapping[str, str] | None,
+        headers: Mapping[str, str] | Callable[[], Awaitable[Mapping[str, str]]] | None,
         form: Mapping[str, str] | None = None,
     ) -> Reply:
         token = bearer if bearer is None or isinstance(bearer, str) else await bearer()
-        return await self._once(method, path, body, token, headers, form)
+        sent = headers if headers is None or isinstance(headers, Mapping) else await headers()
+        return await self._once(method, path, body, token, sent, form)
 
     async def _once(
         self,
@@ -297,6 +302,8 @@ class Transport:
                 status = resp.status
                 content_type = resp.content_type
                 retry_after = resp.headers.get("Retry-After")
+                if self.dpop is not None:
+                    self.dpop.remember(url, resp.headers.get("DPoP-Nonce"))
         except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
             if self._closed:  # closed under our feet: no retry can help
                 raise SessionClosed("the session was closed") from None

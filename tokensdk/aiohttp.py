@@ -19,6 +19,10 @@ Recovery, at most one retry per request and never a loop:
 - MAC token: a 401 whose JSON ``error`` is ``timestamp_too_old`` or
   ``timestamp_in_future`` syncs the clock with the service and retries once with a
   fresh header;
+- DPoP (an :class:`~tokensdk.OAuth2` backend with ``dpop=``): a DPoP-bound token is
+  sent as ``Authorization: DPoP`` with a fresh proof (``ath`` = the token's hash);
+  a 401 asking for the server's nonce (``error="use_dpop_nonce"``) is retried once
+  with it, an ``invalid_token`` refreshes and retries once as for bearer tokens;
 - a request whose body cannot be sent twice (a stream, an async generator) is not
   retried: the bearer is still refreshed, then :class:`~tokensdk.InvalidCredentials`
   (``error="invalid_token"``) says so, and resending the request will carry the
@@ -32,6 +36,7 @@ status calls should they reach this middleware.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, payload
@@ -128,6 +133,10 @@ class TokenMiddleware:
     ) -> ClientResponse:
         ctx = self._ctx
         sent = await ctx.bearer()
+        dpop = ctx.dpop
+        credentials = ctx.hub.snapshot.credentials
+        if dpop is not None and credentials is not None and _dpop_bound(credentials.extra):
+            return await self._with_dpop(request, handler, sent)
         request.headers["Authorization"] = f"Bearer {sent}"
         response = await handler(request)
         if response.status != 401 or not _invalid_token(response):
@@ -149,6 +158,42 @@ class TokenMiddleware:
         request.headers["Authorization"] = f"Bearer {await ctx.bearer()}"
         return await handler(request)
 
+    async def _with_dpop(
+        self, request: ClientRequest, handler: ClientHandlerType, token: str
+    ) -> ClientResponse:
+        dpop = self._ctx.dpop
+        assert dpop is not None
+        url = str(request.url)
+        await self._dpop_headers(request, token)
+        response = await handler(request)
+        # Any answer may hand out the next nonce (RFC 9449 §8.2).
+        fresh_nonce = dpop.remember(url, response.headers.get("DPoP-Nonce"))
+        if response.status != 401:
+            return response
+        challenge = response.headers.get("WWW-Authenticate", "")
+        if 'error="use_dpop_nonce"' in challenge:
+            if not fresh_nonce:
+                return response  # no new nonce to try: a retry would fail the same way
+        elif 'error="invalid_token"' in challenge:
+            credentials = self._ctx.hub.snapshot.credentials
+            if credentials is None or credentials.access_token == token:
+                await self._ctx.refresh()
+        else:
+            return response
+        if not _replayable(request):
+            return response
+        response.release()
+        await self._dpop_headers(request, await self._ctx.bearer())
+        return await handler(request)
+
+    async def _dpop_headers(self, request: ClientRequest, token: str) -> None:
+        dpop = self._ctx.dpop
+        assert dpop is not None
+        request.headers["Authorization"] = f"DPoP {token}"
+        request.headers["DPoP"] = await dpop.proof(
+            request.method, str(request.url), access_token=token
+        )
+
     async def _with_mac(
         self, request: ClientRequest, handler: ClientHandlerType, name: str
     ) -> ClientResponse:
@@ -169,6 +214,10 @@ class TokenMiddleware:
         header, value = await store.header_after_time_error(name)
         request.headers[header] = value
         return await handler(request)
+
+
+def _dpop_bound(extra: Mapping[str, str]) -> bool:
+    return extra.get("token_type", "").lower() == "dpop"
 
 
 def _invalid_token(response: ClientResponse) -> bool:
