@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+from _oidc import OIDCProvider
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TIMEOUT = 60
@@ -72,3 +75,33 @@ def test_one_time_key_backend(tmp_path: Path) -> None:
     assert (result.returncode, result.stderr) == (0, "")
     assert "logged in as alice without the password" in result.stdout
     assert "a wrong answer is refused" in result.stdout
+
+
+def test_oauth_bot_renews_client_credentials_and_resumes(
+    tmp_path: Path, oidc_provider: Callable[..., OIDCProvider]
+) -> None:
+    provider = oidc_provider({"clientCredentialsTTL": 4})
+    state = str(tmp_path / "oauth" / "state.json")
+    args = ["--issuer", provider.issuer, "--state", state, "--interval", "0.5"]
+    env = dict(os.environ, PYTHONWARNINGS="error", OAUTH_CLIENT_SECRET="app-secret")
+
+    def bot(duration: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(EXAMPLES / "oauth_bot.py"), *args, "--duration", duration],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            cwd=tmp_path,
+            env=env,
+            check=False,
+        )
+
+    first = bot("4.5")
+    assert (first.returncode, first.stderr) == (0, "")
+    assert "logged in as app with the client credentials grant" in first.stdout
+    assert "refreshed app" in first.stdout  # the grant ran again before the token expired
+    assert "call 1: 200 client app" in first.stdout
+    second = bot("0.5")
+    assert (second.returncode, second.stderr) == (0, "")
+    assert "resumed as app" in second.stdout
+    assert "app-secret" not in first.stdout + second.stdout
