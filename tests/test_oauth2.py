@@ -909,3 +909,32 @@ async def test_dpop_bound_tokens_with_the_provider_and_the_middleware(
     expected_nonce_errors = 1 if nonce == "required" else 0
     assert grants(stats, "password", "400") == expected_nonce_errors
     assert grants(stats, "password", "200") == 1
+
+
+async def test_an_access_token_alone_is_served_until_it_expires_then_relogin(
+    private: OIDCProvider,
+) -> None:
+    clock = ManualClock()
+    relogins: list[str] = []
+
+    async def relogin(session: Session) -> tuple[str, str]:
+        relogins.append(session.snapshot.status.value)
+        return ("alice", "wonderland")
+
+    backend = app(private, scope="openid api:read")  # no offline_access: no refresh token
+    async with Session(backend, clock=clock, relogin=relogin) as session:
+        await session.login("alice", "wonderland")
+        creds = session.credentials
+        assert creds is not None
+        assert creds.refresh_token is None
+        clock.advance(creds.lifetime * 0.95)  # deep in the mandatory window
+        assert await session.access_token() == creds.access_token  # nothing to renew with
+        assert session.status is SessionStatus.ACTIVE
+        assert relogins == []
+        clock.advance(creds.lifetime * 0.05)  # expired: lost, and the hook logs in again
+        fresh = await session.access_token()
+        assert fresh != creds.access_token
+        assert relogins == ["needs_login"]
+    stats = await private.stats()
+    assert grants(stats, "password") == 2
+    assert grants(stats, "refresh_token") == 0

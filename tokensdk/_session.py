@@ -1116,6 +1116,13 @@ class Session:
         # is installed, so any retry after a lost answer, by this call, a later one or
         # the next process after a crash, gets the same answer instead of tripping
         # reuse detection. It is in the store before the request leaves.
+        if creds.refresh_token is None and self._backend.refresh(creds, "") is None:
+            # An access token alone (a password grant without offline_access): nothing
+            # to renew it with. Serve it while it lives; the session ends with it.
+            if creds.access_left(now_wall, now_mono) > 0:
+                return creds
+            await self._lose("token_expired", generation)
+            return await self._try_relogin("token_expired")
         pending = snapshot.pending_refresh
         if pending is None or pending.refresh_token != creds.refresh_token:
             pending = PendingRefresh(creds.refresh_token or "", secrets.token_hex(16), now_wall)
@@ -1125,7 +1132,7 @@ class Session:
             if generation != self._life.generation:
                 return self._stale_refresh()
         call = self._backend.refresh(creds, pending.idempotency_key)
-        if call is None:  # an access token alone, and no grant to run again
+        if call is None:  # a backend that cannot renew these credentials
             await self._lose("token_expired", generation)
             return await self._try_relogin("token_expired")
         try:
