@@ -24,7 +24,7 @@ import random
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 import anyio
@@ -167,6 +167,9 @@ class Session:
             timeout=timeout,
             retry=retry,
         )
+        # Checked once: a runtime Protocol check costs tens of microseconds, and the
+        # refresh path asks on every refresh.
+        self._grants = isinstance(self._backend, GrantBackend)
         signer = getattr(self._backend, "dpop", None)
         self._dpop = None if signer is None else DPoPState(signer, self._clock.time)
         self._transport.dpop = self._dpop
@@ -336,12 +339,13 @@ class Session:
 
     async def _discover(self) -> None:
         """Read the backend's endpoint metadata once (OAuth 2.0 discovery), if it needs any."""
-        backend = self._backend
-        if not isinstance(backend, GrantBackend) or not backend.discovery():
+        if not self._grants:
+            return
+        backend = cast(GrantBackend, self._backend)
+        if not backend.discovery():
             return
         async with self._discovering:
-            backend = self._backend
-            assert isinstance(backend, GrantBackend)
+            backend = cast(GrantBackend, self._backend)  # another call may have resolved it
             calls = backend.discovery()
             for index, call in enumerate(calls):
                 try:
