@@ -25,6 +25,7 @@ from tokensdk.server import ServiceConfig
 from tokensdk.server._cli import StartError, add_serve_arguments, config_from_args, serve_forever
 from tokensdk.server._db import SqlitePersistence
 from tokensdk.server._state import ServiceState, token_digest
+from tokensdk.server._vault import Vault
 
 PUB = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
 
@@ -336,7 +337,7 @@ async def test_serve_shuts_down_gracefully_under_load(
     assert not (tmp_path / "service.db-wal").exists()
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    state = ServiceState(db=SqlitePersistence(str(db)))
+    state = ServiceState(db=SqlitePersistence(str(db)), vault=Vault.from_file(f"{db}.key"))
     try:
         assert {token_digest(t) for t in answered} <= set(state.access)
     finally:

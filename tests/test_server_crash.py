@@ -34,6 +34,7 @@ from _crash_service import PASSWORD, USER
 
 from tokensdk.server._db import SqlitePersistence
 from tokensdk.server._state import ServiceState, token_digest
+from tokensdk.server._vault import Vault
 
 pytestmark = [
     pytest.mark.anyio,
@@ -172,7 +173,7 @@ async def _refresh_until_killed(
 
 def _inspect(db: Path, pair: dict[str, Any], where: str) -> bool:
     """Check the file the kill left; return whether the interrupted rotation committed."""
-    state = ServiceState(db=SqlitePersistence(str(db)))
+    state = ServiceState(db=SqlitePersistence(str(db)), vault=Vault.from_file(f"{db}.key"))
     try:
         acked = state.refresh_tokens.get(token_digest(pair["refreshToken"]))
         assert acked is not None, f"the pair of a 200 answer is not on disk at {where}"

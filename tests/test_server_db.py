@@ -27,6 +27,7 @@ from _service import call, login, service
 from tokensdk import ManualClock
 from tokensdk.server._db import SqlitePersistence
 from tokensdk.server._state import ServiceState, token_digest
+from tokensdk.server._vault import Vault
 
 # Root is no exception: the mode bits are stat'ed, not tried out by reading as another user.
 pytestmark = [
@@ -300,7 +301,12 @@ async def test_purging_a_large_backlog_does_not_stall_the_loop(
     # (test_server_state.py); this is a behaviour bound on top: the loop's longest
     # stall while operations work the backlog off stays far below that.
     db = tmp_path / "s.db"
-    state = ServiceState(access_ttl=10, refresh_ttl=100, db=SqlitePersistence(str(db)))
+    state = ServiceState(
+        access_ttl=10,
+        refresh_ttl=100,
+        db=SqlitePersistence(str(db)),
+        vault=Vault.from_file(f"{db}.key"),
+    )
     now = clock.time()
     for _ in range(13_000):
         pair = state.login("alice", now)
