@@ -18,7 +18,7 @@ import anyio
 import attrs
 from aiohttp import web
 
-from tokensdk.mac import ReplayGuard, TimestampWindow
+from tokensdk.mac import AsyncReplayGuard, ReplayGuard, TimestampWindow
 from tokensdk.server._api_errors import ApiError
 from tokensdk.server._asset_handlers import (
     asset_challenge,
@@ -31,6 +31,7 @@ from tokensdk.server._asset_handlers import (
 from tokensdk.server._config import ServiceConfig
 from tokensdk.server._db import open_persistence
 from tokensdk.server._http import Runner, errors_middleware
+from tokensdk.server._limits import Limit, MemoryRateLimits, RateLimits
 from tokensdk.server._mac_handlers import (
     create_mac_token,
     me_by_mac_token,
@@ -51,6 +52,7 @@ from tokensdk.server._session_handlers import (
     refresh,
     status,
 )
+from tokensdk.server._shared import connect_shared
 from tokensdk.server._state import ServiceState
 from tokensdk.server._vault import Vault
 
@@ -100,6 +102,7 @@ async def _startup(app: web.Application) -> AsyncIterator[None]:
     finally:
         with suppress(sqlite3.Error):
             db.close()
+        await service.limits.aclose()
 
 
 _ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
@@ -178,19 +181,37 @@ def create_app(config: ServiceConfig) -> web.Application:
     if hash_queue is None:
         hash_queue = 4 * hash_slots
     window_s = config.login_rate_window
+    specs = {
+        "login": Limit(config.login_rate_limit, window_s),
+        "user": Limit(user_limit, window_s),
+        "ip": Limit(ip_limit, window_s),
+        "key": Limit(config.login_rate_limit, window_s),
+        "request": Limit(ip_limit, window_s),
+        "asset": Limit(user_limit, window_s),
+    }
+    limiters = {name: SlidingWindowLimiter(s.limit, s.window) for name, s in specs.items()}
+    limits: RateLimits = MemoryRateLimits(limiters, config.clock.monotonic)
+    replay_guard: ReplayGuard | AsyncReplayGuard = ReplayGuard(window)
+    if config.redis_url is not None:
+        try:
+            limits, replay_guard = connect_shared(config, specs, window)
+        except BaseException:
+            db.close()
+            raise
     service = Service(
         config=config,
         state=state,
         stats=ServiceStats(),
-        login_limiter=SlidingWindowLimiter(config.login_rate_limit, window_s),
-        user_limiter=SlidingWindowLimiter(user_limit, window_s),
-        ip_limiter=SlidingWindowLimiter(ip_limit, window_s),
-        key_limiter=SlidingWindowLimiter(config.login_rate_limit, window_s),
-        request_limiter=SlidingWindowLimiter(ip_limit, window_s),
-        asset_limiter=SlidingWindowLimiter(user_limit, window_s),
+        login_limiter=limiters["login"],
+        user_limiter=limiters["user"],
+        ip_limiter=limiters["ip"],
+        key_limiter=limiters["key"],
+        request_limiter=limiters["request"],
+        asset_limiter=limiters["asset"],
+        limits=limits,
         hashing=PasswordChecks(hash_slots, hash_queue),
         mac_window=window,
-        replay_guard=ReplayGuard(window),
+        replay_guard=replay_guard,
     )
     # aiohttp's own header limits (8190 bytes per line, 128 headers): a longer
     # header, an X-PowerAuth-Token included, is refused before any handler runs,

@@ -43,12 +43,11 @@ async def asset_challenge(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     asset_id = string_field(await json_body(request), "assetId")
     ip_key = f"challenge|{client_ip(request)}"
-    check_rate(service, [(service.request_limiter, ip_key), (service.asset_limiter, asset_id)])
-    service.request_limiter.record(ip_key, service.mono())
+    await check_rate(service, [("request", ip_key), ("asset", asset_id)], [("request", ip_key)])
     challenge = service.state.new_challenge(asset_id, service.now())
     # Only known assets get a count of their own (an unknown one is a 404 and stores
     # nothing); the per-IP count bounds how many names one client can try.
-    service.asset_limiter.record(asset_id, service.mono())
+    await check_rate(service, [], [("asset", asset_id)])
     return json_ok(challenge)
 
 

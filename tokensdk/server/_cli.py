@@ -256,6 +256,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KID",
         help="stop trusting a signing key (k4.pid...) (repeatable)",
     )
+    storage.add_argument(
+        "--redis",
+        dest="redis_url",
+        metavar="URL",
+        help="a Redis server (redis://HOST:PORT/DB) that holds the MAC replay guard and"
+        " the rate-limit counts, shared by every service process given the same URL"
+        " (default: kept in this process)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServiceConfig:
@@ -308,6 +316,7 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         rotate_key=args.rotate_key,
         drop_keys=tuple(args.drop_key),
         scrypt_n=args.scrypt_n,
+        redis_url=args.redis_url or None,
     )
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aiohttp import web
 
 from tokensdk.server._api_errors import ApiError, account_frozen
+from tokensdk.server._limits import Hit
 from tokensdk.server._passwords import verify_password
-from tokensdk.server._ratelimit import SlidingWindowLimiter
 from tokensdk.server._records import LoginTokens, UserRecord
 from tokensdk.server._requests import client_ip
 from tokensdk.server._service import Service
@@ -21,12 +23,18 @@ __all__ = [
 ]
 
 
-def check_rate(service: Service, keys: list[tuple[SlidingWindowLimiter, str]]) -> None:
-    now = service.mono()
-    waits = [w for limiter, key in keys if (w := limiter.retry_after(key, now)) is not None]
-    if waits:
+async def check_rate(
+    service: Service, checks: Sequence[Hit], record: Sequence[Hit] | None = None
+) -> None:
+    """Count ``record`` (default: ``checks``) if every pair of ``checks`` is under its limit.
+
+    Raises:
+        ApiError: 429 ``rate_limited`` (nothing counted); 503 when the limits live in
+            a Redis that cannot be reached.
+    """
+    retry = await service.limits.attempt(checks, checks if record is None else record)
+    if retry is not None:
         service.stats.rate_limited += 1
-        retry = max(waits)
         raise ApiError(
             429,
             "rate_limited",
@@ -35,18 +43,12 @@ def check_rate(service: Service, keys: list[tuple[SlidingWindowLimiter, str]]) -
         )
 
 
-def login_keys(
-    service: Service, request: web.Request, username: str
-) -> list[tuple[SlidingWindowLimiter, str]]:
+def login_keys(request: web.Request, username: str) -> list[Hit]:
     ip = client_ip(request)
-    return [
-        (service.login_limiter, f"{ip}|{username}"),
-        (service.user_limiter, username),
-        (service.ip_limiter, ip),
-    ]
+    return [("login", f"{ip}|{username}"), ("user", username), ("ip", ip)]
 
 
-def reserve_attempt(
+async def reserve_attempt(
     service: Service, request: web.Request, username: str, *, hashing: bool
 ) -> None:
     """Check the login limits and the hashing capacity; count this attempt up front.
@@ -61,12 +63,12 @@ def reserve_attempt(
         ApiError: 429 ``rate_limited``; 503 ``service_busy`` when ``hashing`` and
             every password-check slot and waiting place is taken.
     """
-    keys = login_keys(service, request, username)
-    check_rate(service, keys)
-    now = service.mono()
-    *per_user, (ip_limiter, ip) = keys
-    ip_limiter.record(ip, now)
-    if hashing and service.hashing.full:
+    keys = login_keys(request, username)
+    # A busy service counts the attempt against the IP only; the check and the
+    # counts are one operation (see tokensdk.server._limits).
+    busy = hashing and service.hashing.full
+    await check_rate(service, keys, keys[-1:] if busy else keys)
+    if busy or (hashing and service.hashing.full):
         service.stats.busy += 1
         raise ApiError(
             503,
@@ -74,16 +76,14 @@ def reserve_attempt(
             "too many password checks at once; retry in 1 s",
             headers={"Retry-After": "1"},
         )
-    for limiter, key in per_user:
-        limiter.record(key, now)
 
 
-def attempt_succeeded(service: Service, request: web.Request, username: str) -> None:
+async def attempt_succeeded(service: Service, request: web.Request, username: str) -> None:
     """Clear the (username, IP) count and give the attempt back to the wider limits."""
-    pair, user, ip = login_keys(service, request, username)
-    pair[0].reset(pair[1])
-    for limiter, key in (user, ip):
-        limiter.release(key)
+    pair, user, ip = login_keys(request, username)
+    await service.limits.reset(*pair)
+    for name, key in (user, ip):
+        await service.limits.release(name, key)
 
 
 def login_failed(service: Service) -> ApiError:
@@ -98,11 +98,15 @@ async def check_password(service: Service, username: str, password: str) -> User
     return record if ok else None
 
 
-def start_session(
+async def start_session(
     service: Service, request: web.Request, username: str, record: UserRecord
 ) -> LoginTokens:
     if record.frozen:
         raise account_frozen()
-    attempt_succeeded(service, request, username)
+    await attempt_succeeded(service, request, username)
+    # Frozen while that was awaited (a Redis round trip)? The check and the login
+    # below are one state operation, with no await between them.
+    if service.state.is_frozen(username):
+        raise account_frozen()
     service.stats.logins += 1
     return service.state.login(username, service.now())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from tokensdk._errors import HeaderInvalid
-from tokensdk.mac import HEADER_NAME, verify_token_header
+from tokensdk.mac import HEADER_NAME, averify_token_header
 from tokensdk.server._api_errors import ApiError
 from tokensdk.server._logins import (
     attempt_succeeded,
@@ -40,10 +40,10 @@ async def create_mac_token(request: web.Request) -> web.Response:
         )
     if "knowledge" in factors:
         password = string_field(body, "password")
-        reserve_attempt(service, request, record.username, hashing=True)
+        await reserve_attempt(service, request, record.username, hashing=True)
         if await check_password(service, record.username, password) is None:
             raise login_failed(service)
-        attempt_succeeded(service, request, record.username)
+        await attempt_succeeded(service, request, record.username)
         # The session may have been revoked while the password was being hashed.
         record = authenticate(request)
     token_id, secret = service.state.create_mac_token(
@@ -74,7 +74,7 @@ async def me_by_mac_token(request: web.Request) -> web.Response:
         header = request.headers.get(HEADER_NAME)
         if header is None:
             raise HeaderInvalid("token_invalid", "missing header")
-        parsed = verify_token_header(
+        parsed = await averify_token_header(
             header,
             lookup,
             int(now * 1000),

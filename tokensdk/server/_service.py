@@ -10,8 +10,9 @@ import anyio
 import attrs
 from aiohttp import web
 
-from tokensdk.mac import ReplayGuard, TimestampWindow
+from tokensdk.mac import AsyncReplayGuard, ReplayGuard, TimestampWindow
 from tokensdk.server._config import ServiceConfig
+from tokensdk.server._limits import RateLimits
 from tokensdk.server._ratelimit import SlidingWindowLimiter
 from tokensdk.server._state import ServiceState
 
@@ -103,7 +104,13 @@ class Service:
     - ``request_limiter``: one-time-key and challenge requests per client IP;
     - ``asset_limiter``: challenge requests per asset, a high ceiling.
 
+    ``limits`` holds the counts the handlers use (:mod:`tokensdk.server._limits`):
+    these limiters (:class:`~tokensdk.server._limits.MemoryRateLimits`, the
+    default), or sorted sets in a Redis shared by several service processes
+    (``redis_url``; the limiters above then stay empty).
+
     ``hashing`` bounds the password checks running at once and waiting.
+    ``replay_guard`` remembers accepted MAC headers: in this process, or in Redis.
     """
 
     config: ServiceConfig
@@ -115,9 +122,10 @@ class Service:
     key_limiter: SlidingWindowLimiter
     request_limiter: SlidingWindowLimiter
     asset_limiter: SlidingWindowLimiter
+    limits: RateLimits
     hashing: PasswordChecks
     mac_window: TimestampWindow
-    replay_guard: ReplayGuard
+    replay_guard: ReplayGuard | AsyncReplayGuard
 
     def now(self) -> float:
         return self.config.clock.time()

@@ -57,11 +57,11 @@ async def login(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     body = await json_body(request)
     username, password = string_field(body, "username"), string_field(body, "password")
-    reserve_attempt(service, request, username, hashing=True)
+    await reserve_attempt(service, request, username, hashing=True)
     record = await check_password(service, username, password)
     if record is None:
         raise login_failed(service)
-    return json_ok(start_session(service, request, username, record).to_json())
+    return json_ok((await start_session(service, request, username, record)).to_json())
 
 
 async def one_time_key(request: web.Request) -> web.Response:
@@ -69,14 +69,7 @@ async def one_time_key(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     body = await json_body(request)
     username = string_field(body, "username")
-    keys = [
-        (service.key_limiter, username),
-        (service.request_limiter, f"otk|{client_ip(request)}"),
-    ]
-    check_rate(service, keys)
-    now = service.mono()
-    for limiter, key in keys:
-        limiter.record(key, now)
+    await check_rate(service, [("key", username), ("request", f"otk|{client_ip(request)}")])
     return json_ok({"key": service.state.new_one_time_key(username, service.now())})
 
 
@@ -85,11 +78,11 @@ async def login_with_one_time_key(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     body = await json_body(request)
     username, answer = string_field(body, "username"), string_field(body, "hash")
-    reserve_attempt(service, request, username, hashing=False)
+    await reserve_attempt(service, request, username, hashing=False)
     record = service.state.users.get(username)
     if record is None or not service.state.use_one_time_key(username, answer, service.now()):
         raise login_failed(service)
-    return json_ok(start_session(service, request, username, record).to_json())
+    return json_ok((await start_session(service, request, username, record)).to_json())
 
 
 async def login_with_token(request: web.Request) -> web.Response:
