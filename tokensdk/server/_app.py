@@ -37,6 +37,7 @@ from tokensdk.server._mac_handlers import (
     me_by_mac_token,
     remove_mac_token,
 )
+from tokensdk.server._oauth_handlers import REVOKE_PATH, TOKEN_PATH, discovery, revoke, token
 from tokensdk.server._passwords import make_user_record
 from tokensdk.server._ratelimit import SlidingWindowLimiter
 from tokensdk.server._records import AssetRecord, UserRecord
@@ -123,6 +124,15 @@ _ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespon
     ("POST", "/v1/assets/validate", asset_validate),
     ("POST", "/v1/assets/revoke", asset_revoke),
     ("GET", "/v1/keys", keys),
+]
+
+#: The OAuth 2.0 routes: form-encoded requests, RFC 6749 error bodies (apart from
+#: the contract's JSON routes above, and fuzzed apart: tests/test_server_oauth.py).
+_OAUTH_ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
+    ("POST", TOKEN_PATH, token),
+    ("POST", REVOKE_PATH, revoke),
+    ("GET", "/.well-known/oauth-authorization-server", discovery),
+    ("GET", "/.well-known/openid-configuration", discovery),
 ]
 
 
@@ -220,7 +230,7 @@ def create_app(config: ServiceConfig) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=config.max_body)
     app[SERVICE_KEY] = service
     app[STATS_KEY] = service.stats
-    for method, path, handler in _ROUTES:
+    for method, path, handler in _ROUTES + _OAUTH_ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.append(_startup)
     return app

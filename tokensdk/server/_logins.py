@@ -99,7 +99,12 @@ async def check_password(service: Service, username: str, password: str) -> User
 
 
 async def start_session(
-    service: Service, request: web.Request, username: str, record: UserRecord
+    service: Service,
+    request: web.Request,
+    username: str,
+    record: UserRecord,
+    *,
+    client: str | None = None,
 ) -> LoginTokens:
     if record.frozen:
         raise account_frozen()
@@ -109,4 +114,4 @@ async def start_session(
     if service.state.is_frozen(username):
         raise account_frozen()
     service.stats.logins += 1
-    return service.state.login(username, service.now())
+    return service.state.login(username, service.now(), client)

@@ -15,6 +15,7 @@ __all__ = [
     "AccessRecord",
     "AssetRecord",
     "ChallengeRecord",
+    "ClientToken",
     "FamilyRecord",
     "LoginTokens",
     "MacTokenRecord",
@@ -50,12 +51,17 @@ class UserRecord:
 
 @attrs.frozen
 class FamilyRecord:
-    """One login: every token descended from it lives and dies with it."""
+    """One login: every token descended from it lives and dies with it.
+
+    ``client``: the OAuth 2.0 client it was issued to (``/oauth2/token``), None for
+    a native login; only that client may refresh or revoke it there.
+    """
 
     username: str
     created: float
     expires: float
     revoked: bool = False
+    client: str | None = None
 
 
 @attrs.frozen
@@ -156,6 +162,14 @@ class RevokedRecord:
     """A revoked asset token (keyed by its signature), kept until the token's expiry."""
 
     expires: float
+
+
+@attrs.frozen
+class ClientToken:
+    """An access token issued to an OAuth 2.0 client itself (no refresh token)."""
+
+    access_token: str = attrs.field(repr=False)
+    access_expire: int
 
 
 @attrs.frozen

@@ -18,7 +18,13 @@ import attrs
 from tokensdk.server._api_errors import BearerRejected, account_frozen
 from tokensdk.server._housekeeping import Housekeeping
 from tokensdk.server._passwords import token_digest
-from tokensdk.server._records import AccessRecord, FamilyRecord, LoginTokens, RefreshRecord
+from tokensdk.server._records import (
+    AccessRecord,
+    ClientToken,
+    FamilyRecord,
+    LoginTokens,
+    RefreshRecord,
+)
 from tokensdk.server._vault import SealError, derive_key, record_aad, seal, unseal
 
 __all__ = ["Sessions"]
@@ -62,12 +68,13 @@ class Sessions(Housekeeping):
             self.revoke_family(family)
         return len(families)
 
-    def login(self, username: str, now: float) -> LoginTokens:
+    def login(self, username: str, now: float, client: str | None = None) -> LoginTokens:
         """Start a new family for ``username`` and issue its first token pair.
 
         Args:
             username: An authenticated user.
             now: Wall time.
+            client: The OAuth 2.0 client that asked, if any.
 
         Returns:
             The new pair.
@@ -75,9 +82,37 @@ class Sessions(Housekeeping):
         self.maybe_purge(now)
         family = secrets.token_hex(16)
         self.families.put(
-            family, FamilyRecord(username=username, created=now, expires=now + self.refresh_ttl)
+            family,
+            FamilyRecord(
+                username=username, created=now, expires=now + self.refresh_ttl, client=client
+            ),
         )
         return self._issue(family, username, now)
+
+    def client_token(self, client: str, now: float) -> ClientToken:
+        """Issue an access token to an OAuth 2.0 client itself (``client_credentials``).
+
+        The token's family has no refresh token and lives as long as the token; its
+        subject (``/v1/me``'s ``username``) is the client id.
+
+        Args:
+            client: The authenticated client's id.
+            now: Wall time.
+
+        Returns:
+            The access token and its lifetime.
+        """
+        self.maybe_purge(now)
+        family = secrets.token_hex(16)
+        expires = now + self.access_ttl
+        self.families.put(
+            family, FamilyRecord(username=client, created=now, expires=expires, client=client)
+        )
+        access = secrets.token_urlsafe(32)
+        self.access.put(
+            token_digest(access), AccessRecord(family=family, username=client, expires=expires)
+        )
+        return ClientToken(access_token=access, access_expire=self.access_ttl)
 
     def _issue(
         self, family: str, username: str, now: float, parent: str | None = None
