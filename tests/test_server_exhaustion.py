@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from yarl import URL
 
 import tokensdk.server._app as app_module
+import tokensdk.server._logins as logins_module
 from tokensdk import ManualClock
 from tokensdk.server import RunningService, ServiceConfig
 from tokensdk.server._state import UserRecord
@@ -101,7 +102,7 @@ async def test_password_hashing_is_bounded_and_excess_gets_503(
     most = 0
     lock = threading.Lock()
     held = threading.Event()
-    verify = app_module.verify_password
+    verify = logins_module.verify_password
 
     def counting(record: UserRecord | None, password: str, dummy_n: int) -> bool:
         nonlocal running, most
@@ -115,7 +116,7 @@ async def test_password_hashing_is_bounded_and_excess_gets_503(
             with lock:
                 running -= 1
 
-    monkeypatch.setattr(app_module, "verify_password", counting)
+    monkeypatch.setattr(logins_module, "verify_password", counting)
     results: list[tuple[int, Any, Any]] = []
     refused = anyio.Event()
     async with service(clock, hash_concurrency=1, hash_queue=2, ip_rate_limit=10**6) as svc:

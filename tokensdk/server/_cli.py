@@ -58,6 +58,14 @@ def _asset(text: str) -> tuple[str, str]:
     return asset_id, key
 
 
+def _client(text: str) -> tuple[str, str | None]:
+    client_id, colon, secret = text.partition(":")
+    if not client_id or (colon and not secret):
+        # Never echo the argument: it holds a secret.
+        raise argparse.ArgumentTypeError("expected ID:SECRET, or ID for a public client")
+    return client_id, secret if colon else None
+
+
 def _retry_window(text: str) -> float:
     value = positive_float(text)
     if value > ServiceState.MAX_IDEMPOTENCY_WINDOW:
@@ -256,6 +264,24 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KID",
         help="stop trusting a signing key (k4.pid...) (repeatable)",
     )
+    storage.add_argument(
+        "--client",
+        dest="clients",
+        action="append",
+        type=_client,
+        default=[],
+        metavar="ID:SECRET",
+        help="add an OAuth 2.0 client of /oauth2/token (repeatable; ID alone: a public"
+        " client without a secret)",
+    )
+    storage.add_argument(
+        "--redis",
+        dest="redis_url",
+        metavar="URL",
+        help="a Redis server (redis://HOST:PORT/DB) that holds the MAC replay guard and"
+        " the rate-limit counts, shared by every service process given the same URL"
+        " (default: kept in this process)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServiceConfig:
@@ -308,6 +334,8 @@ def config_from_args(args: argparse.Namespace) -> ServiceConfig:
         rotate_key=args.rotate_key,
         drop_keys=tuple(args.drop_key),
         scrypt_n=args.scrypt_n,
+        redis_url=args.redis_url or None,
+        clients=dict(args.clients),
     )
 
 

@@ -57,6 +57,12 @@ class ServiceConfig:
             2**17 as OWASP recommends. Lower it for tests and benchmarks only.
         rotate_key: Generate a new signing key at start (old keys keep verifying).
         drop_keys: Key ids (``k4.pid...``) to remove from the key set at start.
+        clients: OAuth 2.0 clients of ``/oauth2/token``: client id -> its secret, or
+            ``None`` for a public client (no secret; no ``client_credentials``).
+        redis_url: A Redis server (``redis://``, ``rediss://``, ``unix://``) that
+            holds the MAC replay guard and the rate-limit counts, so that several
+            service processes share them; ``None`` keeps them in this process.
+            Nothing else is shared through it (see docs/PROTOCOL-EXTENSIONS.md).
     """
 
     realm: str = "tokensdk"
@@ -85,3 +91,5 @@ class ServiceConfig:
     scrypt_n: int = 2**17
     rotate_key: bool = False
     drop_keys: tuple[str, ...] = ()
+    redis_url: str | None = attrs.field(default=None, repr=False)
+    clients: dict[str, str | None] = attrs.field(factory=dict, repr=False)
