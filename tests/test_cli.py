@@ -222,6 +222,23 @@ def test_demo_runs_refreshes_and_resumes(tmp_path: Path) -> None:
     assert "v4.public." not in first.stdout + second.stdout
 
 
+def test_demo_over_oauth_refreshes_and_resumes(tmp_path: Path) -> None:
+    # The same embedded service, the session speaking OAuth 2.0 to its token endpoint.
+    state = tmp_path / "demo" / "state.json"
+    argv = ("demo", "--oauth", "--access-ttl", "2", "--state", str(state))
+    first = tokensdk(*argv, "--duration", "3.5")
+    assert (first.returncode, first.stderr) == (0, "")
+    assert "the session speaks OAuth 2.0 at /oauth2/token" in first.stdout
+    assert " logged_in demo" in first.stdout
+    assert " refreshed demo" in first.stdout
+    assert (tmp_path / "demo" / "oauth-state.json").is_file()
+    assert not state.exists()  # native and OAuth credentials are kept apart
+    second = tokensdk(*argv, "--duration", "1")
+    assert (second.returncode, second.stderr) == (0, "")
+    assert "resumed demo" in second.stdout
+    assert "logged_in" not in second.stdout
+
+
 def test_demo_exits_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tokensdk", "demo", "--state", str(tmp_path / "s.json")],

@@ -45,6 +45,7 @@ __all__ = ["DEMO_PASSWORD", "DEMO_USER", "DemoOptions", "run_demo"]
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo-password"  # noqa: S105  (the embedded demo service's only user)
+DEMO_CLIENT = "demo-app"
 ASSET_ID = "sensor-1"
 MAC_NAME = "demo"
 
@@ -61,6 +62,10 @@ class DemoOptions:
         refresh_ttl: The refresh token lifespan, in seconds.
         live: Show the live table (a terminal) instead of plain lines.
         revalidate_every: Seconds between two revalidations of the asset token.
+        oauth: Speak OAuth 2.0 (``tokensdk.OAuth2``: discovery, password and
+            refresh_token grants, RFC 7009 revocation) to the service's token
+            endpoint instead of its native contract; asset and MAC tokens are
+            features of the native contract and are left out.
     """
 
     duration: float | None = None
@@ -69,6 +74,7 @@ class DemoOptions:
     refresh_ttl: int = 3600
     live: bool = False
     revalidate_every: float = 3.0
+    oauth: bool = False
 
 
 @attrs.define
@@ -280,36 +286,52 @@ async def _demo(options: DemoOptions, out: IO[str], shown: list[_View]) -> None:
     state = options.state.expanduser().absolute()
     state.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     signer = _load_signer(state.parent / f"{ASSET_ID}.seed")
+    # The client is public (no secret to keep): the demo's state is all on this machine.
     config = ServiceConfig(
         users={DEMO_USER: DEMO_PASSWORD},
         access_ttl=options.access_ttl,
         refresh_ttl=options.refresh_ttl,
         assets={ASSET_ID: signer.public_key_hex},
         db=str(state.parent / "service.sqlite3"),
+        clients={DEMO_CLIENT: None},
     )
+    if options.oauth:
+        state = state.with_name(f"oauth-{state.name}")  # OAuth credentials apart
     async with running_service(config) as svc:
-        session = Session(svc.url, store=FileStore(state))
+        backend: Any = svc.url
+        if options.oauth:
+            from tokensdk._oauth2 import OAuth2
+
+            backend = OAuth2(svc.url, client_id=DEMO_CLIENT)
+        session = Session(backend, store=FileStore(state))
         view = _View(
             session=session, url=svc.url, started=time.monotonic(), out=out, live=options.live
         )
         shown.append(view)
-        view.note(f"service listening on {svc.url} (access tokens live {options.access_ttl}s)")
+        speaks = "OAuth 2.0 at /oauth2/token" if options.oauth else "contract v1"
+        view.note(
+            f"service listening on {svc.url} (access tokens live {options.access_ttl}s;"
+            f" the session speaks {speaks})"
+        )
         stream = session.events()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_print_events, view, stream)
             async with session:
-                await _sign_in(session, view)
-                if session.access_tokens.find(ASSET_ID) is None:
-                    await session.access_tokens.request(ASSET_ID, signer, renew=True)
-                await session.token_store.request_access_token(
-                    MAC_NAME, Authentication.possession()
-                )
-                await _check_mac(view, MAC_NAME)
+                await _sign_in(session, view, oauth=options.oauth)
+                if not options.oauth:
+                    if session.access_tokens.find(ASSET_ID) is None:
+                        await session.access_tokens.request(ASSET_ID, signer, renew=True)
+                    await session.token_store.request_access_token(
+                        MAC_NAME, Authentication.possession()
+                    )
+                    await _check_mac(view, MAC_NAME)
                 with anyio.move_on_after(
                     math.inf if options.duration is None else options.duration
                 ):
                     async with anyio.create_task_group() as inner:
-                        inner.start_soon(_revalidate, view, options.revalidate_every)
+                        inner.start_soon(anyio.sleep_forever)  # until the duration or Ctrl-C
+                        if not options.oauth:
+                            inner.start_soon(_revalidate, view, options.revalidate_every)
                         if options.live:
                             inner.start_soon(_show_live, view)
                 await session.flush()
@@ -321,13 +343,16 @@ async def _demo(options: DemoOptions, out: IO[str], shown: list[_View]) -> None:
             tg.cancel_scope.cancel()
 
 
-async def _sign_in(session: Session, view: _View) -> None:
+async def _sign_in(session: Session, view: _View, *, oauth: bool = False) -> None:
     from tokensdk._errors import NotLoggedIn, SessionLost
     from tokensdk._models import SessionStatus
 
     if session.status is SessionStatus.ACTIVE:
         try:
-            await session.login_with_token()
+            if oauth:
+                await session.token_refresh()  # OAuth 2.0 resumes with a refresh
+            else:
+                await session.login_with_token()
             return
         except (SessionLost, NotLoggedIn):
             view.note("the saved session is no longer valid; logging in with the password")

@@ -37,6 +37,12 @@ def add_demo(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
         "--access-ttl", type=positive_int, default=4, help="access token lifespan in seconds (4)"
     )
     demo.add_argument("--plain", action="store_true", help="print plain lines even on a terminal")
+    demo.add_argument(
+        "--oauth",
+        action="store_true",
+        help="speak OAuth 2.0 (discovery, password and refresh_token grants, revocation) to"
+        " the service's token endpoint instead of its native contract",
+    )
     demo.set_defaults(func=_cmd_demo)
 
 
@@ -66,6 +72,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             )
             live = False
     options = DemoOptions(
-        duration=args.duration, state=args.state, access_ttl=args.access_ttl, live=live
+        duration=args.duration,
+        state=args.state,
+        access_ttl=args.access_ttl,
+        live=live,
+        oauth=args.oauth,
     )
     return anyio.run(run_demo, options)
