@@ -174,6 +174,10 @@ class Session:
         # Set when a flight waits for the refresher task (see _refresher).
         self._flight_posted = asyncio.Event()
         self._refresh_timer: Timer | None = None
+        # A store that cannot outlive the process gets the pending refresh only at
+        # close (see _do_refresh); until then it is kept here.
+        self._durable = getattr(self._store, "durable", True) is not False
+        self._unsaved_pending: PendingRefresh | None = None
         self._failures = 0
         # The hot path reads these three attributes and the two clocks, nothing else.
         self._token: str | None = None
@@ -243,6 +247,7 @@ class Session:
         tg, self._tg = self._tg, None
         runner = self._runner
         self._closed = True
+        self._keep_unfinished_refresh()
         self._hub.freeze()
         try:
             if tg is not None:
@@ -263,6 +268,19 @@ class Session:
                 await self._hub.drain()
                 self._hub.close()
                 await self._transport.aclose()
+
+    def _keep_unfinished_refresh(self) -> None:
+        # A refresh that did not finish may have rotated the pair on the service: a
+        # later session on the same (in-process) store must retry it with its key.
+        pending, self._unsaved_pending = self._unsaved_pending, None
+        snapshot = self._hub.snapshot
+        if (
+            pending is not None
+            and snapshot.credentials is not None
+            and snapshot.credentials.refresh_token == pending.refresh_token
+            and snapshot.pending_refresh is None
+        ):
+            self._hub.commit(pending_refresh=pending)
 
     def _require_open(self) -> None:
         if self._tg is None:
@@ -821,14 +839,20 @@ class Session:
         # is installed, so any retry after a lost answer, by this call, a later one or
         # the next process after a crash, gets the same answer instead of tripping
         # reuse detection. It is in the store before the request leaves.
-        pending = snapshot.pending_refresh
+        pending = snapshot.pending_refresh or self._unsaved_pending
         if pending is None or pending.refresh_token != creds.refresh_token:
             pending = PendingRefresh(creds.refresh_token, secrets.token_hex(16), now_wall)
-            self._hub.commit(pending_refresh=pending)
-            # A store that writes without waiting (memory) costs no task switch here.
-            await self._saver.flush()
-            if generation != self._life.generation:
-                return self._stale_refresh()
+            if self._durable:
+                self._hub.commit(pending_refresh=pending)
+                await self._saver.flush()
+                if generation != self._life.generation:
+                    return self._stale_refresh()
+            else:
+                # Nothing the store holds survives the process: writing the key first
+                # would only cost a commit and an encoding per refresh. It reaches the
+                # store at close if the refresh is still unfinished (see __aexit__), for
+                # a later session of this process on the same store.
+                self._unsaved_pending = pending
         call = self._backend.refresh(creds, pending.idempotency_key)
         try:
             reply = await self._send(call, deadline=deadline)
@@ -850,6 +874,7 @@ class Session:
             status=SessionStatus.ACTIVE,
             pending_refresh=None,
         )
+        self._unsaved_pending = None
         self._install(new)
         return new
 
