@@ -60,7 +60,7 @@ from tokensdk._observable import EventStream
 from tokensdk._policy import RefreshPolicy
 from tokensdk._session import Session, one_time_key_answer
 from tokensdk._token_store import Authentication
-from tokensdk._transport import RetryConfig
+from tokensdk._transport import AttemptHook, RetryConfig
 from tokensdk.stores import FileStore, KeyringStore, MemoryStore, StateStore
 
 __version__ = "0.1.0.dev0"
@@ -70,6 +70,7 @@ __all__ = [
     "AccessTokens",
     "AccountFrozen",
     "AssetToken",
+    "AttemptHook",
     "AuthBackend",
     "Authentication",
     "BadSignature",

@@ -38,7 +38,6 @@ from tokensdk._errors import (
     InvalidInput,
     NotLoggedIn,
     ProtocolError,
-    RateLimited,
     SessionClosed,
     SessionLost,
     StoreCorrupt,
@@ -62,7 +61,7 @@ from tokensdk._persist import CoalescingSaver
 from tokensdk._policy import RefreshPlan, RefreshPolicy, plan_refresh
 from tokensdk._scheduler import Scheduler, Timer
 from tokensdk._token_store import MacTokenStore
-from tokensdk._transport import Reply, RetryConfig, Transport
+from tokensdk._transport import AttemptHook, Backoff, Reply, RetryConfig, Transport
 from tokensdk.stores import MemoryStore, StateStore
 
 if TYPE_CHECKING:
@@ -117,6 +116,8 @@ class Session:
         access_tokens: A saved asset-token array to restore (as persisted by a
             change callback); it replaces what the store holds.
         rng: Random source for jitter (seed it for reproducible schedules).
+        attempt_hook: Entered around every HTTP attempt of the session's own calls
+            (see :class:`AttemptHook`): to instrument them, or to hold them in tests.
 
     Attributes:
         access_tokens: The observable array of asset access tokens
@@ -141,6 +142,7 @@ class Session:
         http: aiohttp.ClientSession | None = None,
         access_tokens: Iterable[AssetToken | Mapping[str, Any]] | None = None,
         rng: random.Random | None = None,
+        attempt_hook: AttemptHook | None = None,
     ) -> None:
         if timeout <= 0 or not math.isfinite(timeout):
             raise InvalidInput("timeout must be a positive number of seconds")
@@ -158,7 +160,10 @@ class Session:
             http=http,
             timeout=timeout,
             retry=retry,
+            hook=attempt_hook,
         )
+        # The same backoff as a call's retries, jittered by the session's random source.
+        self._backoff = Backoff(retry, self._rng)
         self._hub = StateHub(self._clock)
         callbacks = [] if on_change is None else [on_change] if callable(on_change) else on_change
         for callback in callbacks:
@@ -765,9 +770,7 @@ class Session:
             pass  # already reported by _lose
         except TokenSDKError as exc:
             self._failures += 1
-            delay = self._transport.retry.backoff(self._failures, self._rng)
-            if isinstance(exc, RateLimited):
-                delay = max(delay, exc.retry_after)  # the service said when
+            delay = self._backoff.after(self._failures, exc)
             log.warning(
                 "tokensdk: background refresh failed (%s); next try in %.1fs",
                 type(exc).__name__,
