@@ -37,6 +37,7 @@ from tokensdk import (
     Credentials,
     ManualClock,
     MemoryStore,
+    NativeBackend,
     ProtocolError,
     RateLimited,
     RetryConfig,
@@ -425,7 +426,8 @@ def test_answer_decoding_raises_only_protocol_error(raw: bytes, content_type: st
     st.none() | st.text(max_size=12) | st.sampled_from(["nan", "inf", "-5", "1e400", "7"]),
 )
 def test_error_answers_become_service_errors(status: int, body: Any, retry_after: Any) -> None:
-    error = _error_from(status, body, retry_after, "POST", "/login")
+    details = NativeBackend("http://127.0.0.1:1").error_details(status, body)
+    error = _error_from(status, details, retry_after, "POST", "/login")
     assert isinstance(error, ServiceError)
     assert error.status == status
     assert isinstance(error.code, int)

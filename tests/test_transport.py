@@ -11,21 +11,34 @@ import pytest
 from aiohttp import web
 from conftest import autojump
 
-from tokensdk import ManualClock, RateLimited, RetryConfig, ServiceUnavailable, SessionClosed
+from tokensdk import (
+    InvalidCredentials,
+    InvalidState,
+    ManualClock,
+    RateLimited,
+    RetryConfig,
+    ServiceError,
+    ServiceUnavailable,
+    SessionClosed,
+)
+from tokensdk._backend import ErrorDetails, native_error_details
 from tokensdk._transport import Backoff, Transport
 
 pytestmark = pytest.mark.anyio
 
 
 @asynccontextmanager
-async def answering(*answers: tuple[int, dict[str, str]]) -> AsyncIterator[str]:
+async def answering(
+    *answers: tuple[int, dict[str, str]], body: object = None
+) -> AsyncIterator[str]:
     """A loopback service answering POST /v1/x with ``answers`` in turn, then 200 {}."""
     queue = list(answers)
 
     async def handle(request: web.Request) -> web.Response:
         if queue:
             status, headers = queue.pop(0)
-            return web.json_response({"error": "busy"}, status=status, headers=headers)
+            error = {"error": "busy"} if body is None else body
+            return web.json_response(error, status=status, headers=headers)
         return web.json_response({"ok": True})
 
     app = web.Application()
@@ -135,3 +148,44 @@ def test_one_backoff_for_calls_and_the_background_refresh() -> None:
 
 def _series(config: RetryConfig, rng: random.Random, count: int) -> list[float]:
     return [config.backoff(n, rng) for n in range(1, count + 1)]
+
+
+def oauth_error_details(status: int, body: object) -> ErrorDetails:
+    """RFC 6749's error body, as an OAuth 2.0 backend would read it."""
+    if not isinstance(body, dict):
+        return ErrorDetails()
+    return ErrorDetails(error=body["error"], message=body.get("error_description", ""))
+
+
+async def test_the_backend_reads_the_error_body_the_transport_types_the_status(
+    clock: ManualClock,
+) -> None:
+    oauth = {"error": "invalid_grant", "error_description": "refresh token revoked"}
+    async with answering((400, {}), (401, {}), body=oauth) as url:
+        transport = Transport(url, clock, error_details=oauth_error_details)
+        with pytest.raises(ServiceError) as caught:
+            await transport.call("POST", "/x", {})
+        assert (caught.value.status, caught.value.error, caught.value.code) == (
+            400,
+            "invalid_grant",
+            400,
+        )
+        assert "refresh token revoked" in str(caught.value)
+        with pytest.raises(InvalidCredentials):
+            await transport.call("POST", "/x", {})
+        await transport.aclose()
+
+
+async def test_without_a_backend_reader_only_the_status_counts(clock: ManualClock) -> None:
+    contract = {"error": "invalid_state", "code": 491, "message": "no"}
+    async with answering((491, {}), (491, {}), body=contract) as url:
+        bare = Transport(url, clock)
+        with pytest.raises(InvalidState) as caught:  # the contract's 491 is typed
+            await bare.call("POST", "/x", {})
+        assert (caught.value.error, caught.value.code) == ("", 491)
+        native = Transport(url, clock, error_details=native_error_details)
+        with pytest.raises(InvalidState) as caught:
+            await native.call("POST", "/x", {})
+        assert (caught.value.error, caught.value.code) == ("invalid_state", 491)
+        await bare.aclose()
+        await native.aclose()

@@ -26,7 +26,7 @@ import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from tokensdk._backend import NATIVE_API_PATH
+from tokensdk._backend import AuthBackend, NativeBackend
 from tokensdk._clock import Clock, SystemClock
 from tokensdk._errors import (
     BadSignature,
@@ -126,9 +126,12 @@ class TokenValidator:
     """Validates asset access tokens, locally (cached) or against the service.
 
     Args:
-        url: The token service root; needed to fetch keys or validate remotely.
+        url: The token service: its root URL (the reference contract, i.e.
+            ``NativeBackend(url)``) or an :class:`AuthBackend` naming the API root;
+            needed to fetch keys or validate remotely.
         keys: Trusted keys (a :class:`KeySet`, or PASERK ``k4.public`` strings). If
-            none are given they are fetched from ``{url}/v1/keys``.
+            none are given they are fetched from ``{API root}/keys``
+            (``{url}/v1/keys``).
         remote: Also ask the service (``POST /v1/assets/validate``), which catches
             revoked tokens; local validation still runs first.
         leeway: Seconds of clock skew tolerated on ``exp``/``iat``.
@@ -142,7 +145,7 @@ class TokenValidator:
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str | AuthBackend | None = None,
         *,
         keys: KeySet | Sequence[str] | None = None,
         remote: bool = False,
@@ -157,7 +160,15 @@ class TokenValidator:
         self._clock = clock or SystemClock()
         self._own_transport = transport is None and url is not None
         if transport is None and url is not None:
-            transport = Transport(url.rstrip("/") + NATIVE_API_PATH, self._clock, http=http)
+            backend = NativeBackend(url) if isinstance(url, str) else url
+            if not isinstance(backend, AuthBackend):
+                raise InvalidInput("url must be a URL or an AuthBackend")
+            transport = Transport(
+                backend.base_url + backend.api_path,
+                self._clock,
+                http=http,
+                error_details=backend.error_details,
+            )
         self._transport = transport
         if keys is not None and not isinstance(keys, KeySet):
             keys = KeySet(PublicKey.from_paserk(k) for k in keys)

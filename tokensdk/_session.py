@@ -161,6 +161,7 @@ class Session:
             timeout=timeout,
             retry=retry,
             hook=attempt_hook,
+            error_details=self._backend.error_details,
         )
         # The same backoff as a call's retries, jittered by the session's random source.
         self._backoff = Backoff(retry, self._rng)

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import random
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
@@ -22,6 +21,7 @@ import aiohttp
 import attrs
 import tenacity
 
+from tokensdk._backend import ErrorDetails
 from tokensdk._clock import Clock
 from tokensdk._errors import (
     AccountFrozen,
@@ -111,6 +111,12 @@ _ERRORS: dict[int, type[ServiceError]] = {
 }
 
 
+def _no_details(status: int, body: Any) -> ErrorDetails:
+    # A transport on its own reads no body: which members a protocol's errors carry
+    # is the backend's knowledge (AuthBackend.error_details).
+    return ErrorDetails()
+
+
 class Transport:
     """JSON calls to the service under its API root.
 
@@ -123,6 +129,8 @@ class Transport:
         retry: Backoff settings.
         max_response: Largest response body accepted, in bytes.
         hook: Entered around every attempt (see :class:`AttemptHook`).
+        error_details: Reads the body of a failed answer: the backend's
+            (``AuthBackend.error_details``); without it only the status counts.
     """
 
     def __init__(
@@ -135,6 +143,7 @@ class Transport:
         retry: RetryConfig = RetryConfig(),
         max_response: int = 1 << 20,
         hook: AttemptHook | None = None,
+        error_details: Callable[[int, Any], ErrorDetails] = _no_details,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise InvalidInput("base_url must be an http:// or https:// URL")
@@ -149,6 +158,7 @@ class Transport:
         self.retry = retry
         self.wait = Backoff(retry)
         self._hook = hook
+        self._error_details = error_details
         self._max_response = max_response
         # Path -> monotonic time before which the service asked not to be called
         # (its last 429's Retry-After): honoured by every later call, not only the
@@ -325,7 +335,7 @@ class Transport:
             if not isinstance(decoded, dict):
                 raise ProtocolError(f"{method} {path}: the answer is not a JSON object")
             return Reply(decoded, sent_wall, sent_mono)
-        error = _error_from(status, decoded, retry_after, method, path)
+        error = _error_from(status, self._error_details(status, decoded), retry_after, method, path)
         if isinstance(error, RateLimited):
             self._not_before[path] = self._clock.monotonic() + error.retry_after
         raise error
@@ -410,22 +420,14 @@ def _decode_json(raw: bytes, content_type: str, method: str, path: str) -> Any:
 
 
 def _error_from(
-    status: int, decoded: Any, retry_after: str | None, method: str, path: str
+    status: int,
+    details: ErrorDetails,
+    retry_after: str | None,
+    method: str,
+    path: str,
 ) -> ServiceError:
-    error = ""
-    code = status
-    message = ""
-    reason = ""
-    if isinstance(decoded, dict):
-        # Names are matched by callers and logged: anything but a snake_case name
-        # counts as no name. The message is for humans only: escaped and capped.
-        error = _name(decoded.get("error"))
-        raw_code = decoded.get("code")
-        if isinstance(raw_code, int) and not isinstance(raw_code, bool):
-            code = raw_code
-        raw_message = decoded.get("message")
-        message = printable(raw_message) if isinstance(raw_message, str) else ""
-        reason = _name(decoded.get("reason"))
+    error, message, reason = details.error, details.message, details.reason
+    code = status if details.code is None else details.code
     text = f"{method} {path}: {status} {error or 'error'}" + (f": {message}" if message else "")
     if status == 429:
         return RateLimited(
@@ -442,13 +444,6 @@ def _error_from(
         )
     cls = _ERRORS.get(status, ServiceError)
     return cls(text, status=status, error=error, code=code, reason=reason)
-
-
-_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
-
-
-def _name(value: Any) -> str:
-    return value if isinstance(value, str) and _NAME.fullmatch(value) else ""
 
 
 def _retry_after(value: str | None) -> float:
