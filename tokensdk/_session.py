@@ -177,7 +177,8 @@ class Session:
         self._runner: asyncio.Future[None] | None = None
         self._closed = False
         self._flight: Flight[Credentials] | None = None
-        # Set when a flight waits for the refresher task (see _refresher).
+        # Set when a flight waits for the refresher task (see _refresher). asyncio's,
+        # for speed: an anyio.Event cannot be cleared (see StateHub).
         self._flight_posted = asyncio.Event()
         self._refresh_timer: Timer | None = None
         # A store that cannot outlive the process gets the pending refresh only at
