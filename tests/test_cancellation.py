@@ -53,7 +53,7 @@ from tokensdk import (
     StateStore,
     TokenSDKError,
 )
-from tokensdk._models import encode_state
+from tokensdk._models import snapshot_to_document
 from tokensdk.server import RunningService
 
 pytestmark = pytest.mark.anyio
@@ -321,7 +321,7 @@ async def _iteration(
     # Complete and final: what the session ended with, nothing older, nothing torn
     # (and nothing at all if its state never changed).
     snapshot = session.snapshot
-    expected = encode_state(snapshot) if snapshot.revision else None
+    expected = snapshot_to_document(snapshot) if snapshot.revision else None
     assert await store.load() == expected, f"store != state: {where}"
     assert not leftover_tasks(before_tasks), f"tasks left: {where}"
     assert stats.expired_bearers == 0, where

@@ -53,7 +53,7 @@ from tokensdk import (
     one_time_key_answer,
 )
 from tokensdk._assets import Ed25519Signer
-from tokensdk._models import decode_state
+from tokensdk._models import document_to_snapshot
 from tokensdk._paseto import SigningKey, b64url_decode, encode_v4_public
 from tokensdk._transport import _decode_json, _error_from
 from tokensdk.server import ServiceConfig
@@ -489,7 +489,7 @@ def state_documents(
 )
 def test_session_state_decoding_raises_only_store_corrupt(document: dict[str, Any]) -> None:
     try:
-        snapshot = decode_state(document, wall=1_700_000_000.0, monotonic=1000.0)
+        snapshot = document_to_snapshot(document, wall=1_700_000_000.0, monotonic=1000.0)
     except StoreCorrupt:
         return
     if snapshot.status is SessionStatus.ACTIVE:
@@ -565,7 +565,7 @@ def test_stored_bytes_decode_to_a_state_or_a_typed_error(data: bytes, as_text: b
     except (codec.CorruptState, codec.NewerFormat):
         return
     with contextlib.suppress(StoreCorrupt):
-        decode_state(document, wall=1_700_000_000.0, monotonic=1000.0)
+        document_to_snapshot(document, wall=1_700_000_000.0, monotonic=1000.0)
 
 
 @pytest.fixture

@@ -712,7 +712,7 @@ async def test_a_store_that_cannot_outlive_the_process_is_written_once_per_refre
 
 
 def test_the_state_codec_reads_documents_without_revision_or_pending_refresh() -> None:
-    from tokensdk._models import decode_state, encode_state
+    from tokensdk._models import document_to_snapshot, snapshot_to_document
 
     older = {
         "version": 1,
@@ -728,7 +728,7 @@ def test_the_state_codec_reads_documents_without_revision_or_pending_refresh() -
         "accessTokens": [],
         "macTokens": {},
     }
-    snapshot = decode_state(older, wall=1000.0, monotonic=5.0)
+    snapshot = document_to_snapshot(older, wall=1000.0, monotonic=5.0)
     assert (snapshot.revision, snapshot.pending_refresh) == (0, None)
 
     pending = tokensdk.PendingRefresh("r", "key", 1001.0)
@@ -738,14 +738,14 @@ def test_the_state_codec_reads_documents_without_revision_or_pending_refresh() -
         revision=7,
         pending_refresh=pending,
     )
-    again = decode_state(encode_state(current), wall=1000.0, monotonic=5.0)
+    again = document_to_snapshot(snapshot_to_document(current), wall=1000.0, monotonic=5.0)
     assert (again.revision, again.pending_refresh) == (7, pending)
 
     # A pending refresh of another refresh token belongs to a pair that is gone.
-    other = encode_state(
+    other = snapshot_to_document(
         attrs.evolve(current, pending_refresh=tokensdk.PendingRefresh("x", "k", 1))
     )
-    assert decode_state(other, wall=1000.0, monotonic=5.0).pending_refresh is None
+    assert document_to_snapshot(other, wall=1000.0, monotonic=5.0).pending_refresh is None
 
 
 async def test_sessions_close_in_any_order(clock: ManualClock) -> None:

@@ -13,6 +13,7 @@ from tokensdk._assets import (
     Ed25519Signer,
     Signer,
     TokenValidator,
+    canonical_challenge,
     validate_access_token,
 )
 from tokensdk._backend import AuthBackend, NativeBackend
@@ -121,6 +122,7 @@ __all__ = [
     "TokenValidator",
     "UnknownKey",
     "UnknownMacToken",
+    "canonical_challenge",
     "one_time_key_answer",
     "validate_access_token",
 ]

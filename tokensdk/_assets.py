@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, overload, runtime_checkable
 
 import aiohttp
@@ -117,8 +117,18 @@ class Ed25519Signer:
         return f"Ed25519Signer(public_key_hex={self.public_key_hex!r})"
 
 
-def canonical_challenge(challenge: dict[str, object]) -> bytes:
-    """The bytes a holder signs: the challenge as sorted, compact JSON."""
+def canonical_challenge(challenge: Mapping[str, object]) -> bytes:
+    """The bytes an asset's key signs for proof of key: the challenge as sorted, compact JSON.
+
+    The one definition for both sides: the SDK signs these bytes, the reference
+    service verifies the signature over them.
+
+    Args:
+        challenge: The challenge object (``assetId``, ``nonce``, ``timestamp``).
+
+    Returns:
+        ``json.dumps(challenge, separators=(",", ":"), sort_keys=True)`` in UTF-8.
+    """
     return json.dumps(challenge, separators=(",", ":"), sort_keys=True).encode()
 
 

@@ -123,11 +123,6 @@ class StateHub:
         """Register a change callback (sync or async); it receives snapshots."""
         self._callbacks.append(callback)
 
-    def remove_callback(self, callback: ChangeCallback) -> None:
-        """Unregister a change callback; unknown ones are ignored."""
-        if callback in self._callbacks:
-            self._callbacks.remove(callback)
-
     def add_listener(self, listener: Callable[[SessionSnapshot], None]) -> None:
         """Register an internal synchronous listener called inside every commit."""
         self._listeners.append(listener)

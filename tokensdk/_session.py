@@ -52,8 +52,8 @@ from tokensdk._models import (
     PendingRefresh,
     SessionSnapshot,
     SessionStatus,
-    decode_state,
-    encode_state,
+    document_to_snapshot,
+    snapshot_to_document,
 )
 from tokensdk._observable import ChangeCallback, EventStream, StateHub
 from tokensdk._paseto import AccessTokenInfo
@@ -171,7 +171,9 @@ class Session:
             self._hub.add_callback(callback)
         self._restore_tokens = None if access_tokens is None else _asset_list(access_tokens)
         self._scheduler = Scheduler(self._clock)
-        self._saver = CoalescingSaver(self._store, on_error=self._store_failed, encode=encode_state)
+        self._saver = CoalescingSaver(
+            self._store, on_error=self._store_failed, encode=snapshot_to_document
+        )
         self._hub.add_listener(self._persist)
         self._tg: TaskGroup | None = None
         self._runner: asyncio.Future[None] | None = None
@@ -436,7 +438,7 @@ class Session:
             document = await self._store.load()
             if document is not None:
                 try:
-                    snapshot = decode_state(
+                    snapshot = document_to_snapshot(
                         document, wall=self._clock.time(), monotonic=self._clock.monotonic()
                     )
                 except StoreCorrupt as exc:

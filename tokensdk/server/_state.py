@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from tokensdk import canonical_challenge
 from tokensdk._errors import InvalidInput, TokenExpired, TokenInvalid, TokenNotYetValid
 from tokensdk._paseto import (
     AccessTokenInfo,
@@ -1131,7 +1132,7 @@ class ServiceState:
             "nonce": challenge["nonce"],
             "timestamp": challenge["timestamp"],
         }
-        data = json.dumps(canonical, separators=(",", ":"), sort_keys=True).encode()
+        data = canonical_challenge(canonical)
         if not _is_lower_hex(signature_hex, 128):
             raise ApiError(401, "invalid_signature", "the signature is not 128 lowercase hex")
         try:
