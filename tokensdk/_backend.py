@@ -228,8 +228,11 @@ def _strip_slash(url: str) -> str:
 class NativeBackend:
     """The reference token service's contract v1 (with its documented extensions).
 
-    Args:
+    ``NativeBackend(base_url)``.
+
+    Attributes:
         base_url: The service root, e.g. ``http://127.0.0.1:8080``.
+        api_path: Where the contract's endpoints live below it: ``/v1``.
 
     Raises:
         InvalidInput: ``base_url`` is not an http(s) URL.
