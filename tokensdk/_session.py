@@ -845,7 +845,7 @@ class Session:
         # Extension (see PROTOCOL): one key per refresh token, kept until the new pair
         # is installed, so any retry after a lost answer, by this call, a later one or
         # the next process after a crash, gets the same answer instead of tripping
-        # reuse detection. It is in the store before the request leaves.
+        # reuse detection. A durable store has it before the request leaves.
         pending = snapshot.pending_refresh or self._unsaved_pending
         if pending is None or pending.refresh_token != creds.refresh_token:
             pending = PendingRefresh(creds.refresh_token, secrets.token_hex(16), now_wall)
