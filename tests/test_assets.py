@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import attrs
 import pytest
 from _proxy import FaultProxy, unavailable
 from _service import PASSWORDS, call, service
@@ -19,8 +20,10 @@ from tokensdk import (
     AssetToken,
     EventType,
     InvalidCredentials,
+    InvalidInput,
     ManualClock,
     MemoryStore,
+    NativeBackend,
     NotFound,
     RetryConfig,
     ServiceUnavailable,
@@ -560,3 +563,36 @@ async def test_an_expired_challenge_is_refused_with_challenge_expired(clock: Man
         # A signer within the 300 s gets its token.
         item = await s.access_tokens.request("sensor-1", SlowSigner(clock, 299))
         assert list(s.access_tokens) == [item]
+
+
+async def test_a_validator_fetches_keys_below_the_backends_api_root(clock: ManualClock) -> None:
+    """TokenValidator(url) keeps meaning the contract's /v1; a backend names its own root."""
+
+    @attrs.frozen
+    class Versioned(NativeBackend):
+        api_path: str = attrs.field(default="/api/v2", init=False)
+
+    seen: list[str] = []
+
+    async def keys(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        return web.json_response({"keys": []})
+
+    app = web.Application()
+    app.router.add_get("/api/v2/keys", keys)
+    app.router.add_get("/v1/keys", keys)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with TokenValidator(Versioned(url), clock=clock) as versioned:
+            await versioned.refresh_keys()
+        async with TokenValidator(url + "/", clock=clock) as native:
+            await native.refresh_keys()
+    finally:
+        await runner.cleanup()
+    assert seen == ["/api/v2/keys", "/v1/keys"]
+    with pytest.raises(InvalidInput):
+        TokenValidator("ftp://example.com")

@@ -17,7 +17,16 @@ from tokensdk import (
     RateLimited,
     ServiceUnavailable,
 )
-from tokensdk._backend import AccessExpired, AuthBackend, Call, CallerError, Lost, Transient
+from tokensdk._backend import (
+    AccessExpired,
+    AuthBackend,
+    Call,
+    CallerError,
+    ErrorDetails,
+    Lost,
+    Transient,
+)
+from tokensdk._errors import printable
 
 BACKEND = NativeBackend("http://127.0.0.1:8080/")
 CREDS = Credentials(
@@ -106,3 +115,16 @@ def test_a_session_accepts_a_backend_or_a_url() -> None:
         assert repr(session).startswith("Session('http://127.0.0.1:8080'")
     with pytest.raises(InvalidInput):
         tokensdk.Session(42)  # type: ignore[arg-type]
+
+
+def test_native_error_details_read_the_contract_error_body() -> None:
+    body = {"error": "invalid_token", "code": 701, "message": "expired\n\x1b[31m", "reason": "x"}
+    assert BACKEND.error_details(401, body) == ErrorDetails(
+        error="invalid_token", code=701, message=printable("expired\n\x1b[31m"), reason="x"
+    )
+    # Untrusted members: a name that is not snake_case, a boolean code, a non-string
+    # message count as absent; a body that is not an object says nothing.
+    hostile = {"error": "Bad Name", "code": True, "message": 5, "reason": "<b>"}
+    assert BACKEND.error_details(400, hostile) == ErrorDetails()
+    assert BACKEND.error_details(502, None) == ErrorDetails()
+    assert BACKEND.error_details(400, ["error"]) == ErrorDetails()

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.selector_events
+import contextlib
 import dataclasses
 import functools
 import os
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ from tokensdk import (
     StateStore,
     TokenSDKError,
 )
-from tokensdk._models import encode_state
+from tokensdk._models import snapshot_to_document
 from tokensdk.server import RunningService
 
 pytestmark = pytest.mark.anyio
@@ -108,25 +109,20 @@ class Hold:
 class Gate:
     """Holds a session's HTTP attempts at chosen paths (e.g. ``/refresh``) and points.
 
-    The SDK offers no hook for this, so it wraps the transport's single attempt
-    method (as test_faults does): ``sent`` holds an attempt before it is sent,
+    The session's attempt hook: ``sent`` holds an attempt before it is sent,
     ``answered`` after the service's answer was read, before the SDK uses it.
     """
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self) -> None:
         self._holds: dict[tuple[str, str], Hold] = {}
-        transport = session._transport
-        attempt = transport._once
 
-        async def gated(method: str, path: str, *args: Any) -> Any:
-            if hold := self._holds.get((path, "sent")):
-                await hold.enter()
-            reply = await attempt(method, path, *args)
-            if hold := self._holds.get((path, "answered")):
-                await hold.enter()
-            return reply
-
-        transport._once = gated  # type: ignore[method-assign,assignment]
+    @contextlib.asynccontextmanager
+    async def __call__(self, method: str, path: str) -> AsyncIterator[None]:
+        if hold := self._holds.get((path, "sent")):
+            await hold.enter()
+        yield
+        if hold := self._holds.get((path, "answered")):
+            await hold.enter()
 
     def hold(self, path: str, point: str, limit: int) -> Hold:
         """Hold the first ``limit`` attempts at ``path`` (without /v1) at ``point``."""
@@ -271,10 +267,16 @@ async def _iteration(
     svc: RunningService, clock: ManualClock, plan: Plan, path: Path, token: str, where: str
 ) -> None:
     store: StateStore = FileStore(path) if plan.store == "file" else MemoryStore()
+    gate = Gate()
     session = Session(
-        svc.url, clock=clock, store=store, retry=RETRY, timeout=GUARD, rng=random.Random(0)
+        svc.url,
+        clock=clock,
+        store=store,
+        retry=RETRY,
+        timeout=GUARD,
+        rng=random.Random(0),
+        attempt_hook=gate,
     )
-    gate = Gate(session)
     hold = Hold(0)  # none held before the point
     stats = svc.stats
     before_tasks = set(asyncio.all_tasks())
@@ -319,7 +321,7 @@ async def _iteration(
     # Complete and final: what the session ended with, nothing older, nothing torn
     # (and nothing at all if its state never changed).
     snapshot = session.snapshot
-    expected = encode_state(snapshot) if snapshot.revision else None
+    expected = snapshot_to_document(snapshot) if snapshot.revision else None
     assert await store.load() == expected, f"store != state: {where}"
     assert not leftover_tasks(before_tasks), f"tasks left: {where}"
     assert stats.expired_bearers == 0, where
@@ -588,8 +590,8 @@ async def test_a_caller_queued_behind_a_cancelled_key_fetch_gets_the_keys(
     """
     async with service(clock, access_ttl=60, assets={"door": SIGNER.public_key_hex}) as svc:
         token = await _issue_asset_token(svc, clock)
-        session = Session(svc.url, clock=clock, retry=RETRY, timeout=GUARD)
-        gate = Gate(session)
+        gate = Gate()
+        session = Session(svc.url, clock=clock, retry=RETRY, timeout=GUARD, attempt_hook=gate)
         if call == "request":  # both have their tokens before either validates
             tokens = gate.hold("/assets/token", "answered", 2)
         fetch = gate.hold("/keys", point, 1)  # the first fetch only
@@ -641,8 +643,9 @@ async def test_callers_queued_behind_a_failed_key_fetch_get_its_error(
         token = await _issue_asset_token(svc, clock)
         url = svc.url
     # The service is gone: its port refuses connections (a real network failure).
-    session = Session(url, clock=clock, retry=RETRY, timeout=GUARD)
-    fetch = Gate(session).hold("/keys", "sent", 1)
+    gate = Gate()
+    session = Session(url, clock=clock, retry=RETRY, timeout=GUARD, attempt_hook=gate)
+    fetch = gate.hold("/keys", "sent", 1)
     with anyio.fail_after(GUARD):
         async with session, anyio.create_task_group() as tg:
             callers = Callers(tg)

@@ -34,7 +34,7 @@ from tokensdk import (
     SystemClock,
 )
 from tokensdk._assets import Ed25519Signer
-from tokensdk._models import encode_state
+from tokensdk._models import snapshot_to_document
 from tokensdk.stores import read_state_file
 
 TIMEOUT = 60
@@ -611,7 +611,7 @@ def test_verify_and_header_network_errors(served: str, dead_url: str, tmp_path: 
     state = tmp_path / "s.json"
     door = MacToken(name="door", token_id="id-1", secret=bytes(16), factors=("possession",))
     snapshot = SessionSnapshot(status=SessionStatus.LOGGED_OUT, mac_tokens={"door": door})
-    anyio.run(FileStore(state).save, encode_state(snapshot))
+    anyio.run(FileStore(state).save, snapshot_to_document(snapshot))
     for command in (
         ["verify", "v4.public.eyJ9", "--url"],
         ["header", "door", "--state", str(state), "--url"],
@@ -660,7 +660,7 @@ def test_state_path_with_tilde_is_in_the_home_directory(
     monkeypatch.setenv("HOME", str(tmp_path))
     door = MacToken(name="door", token_id="id-1", secret=bytes(16), factors=("possession",))
     snapshot = SessionSnapshot(status=SessionStatus.LOGGED_OUT, mac_tokens={"door": door})
-    anyio.run(FileStore("~/s.json").save, encode_state(snapshot))
+    anyio.run(FileStore("~/s.json").save, snapshot_to_document(snapshot))
     assert (tmp_path / "s.json").is_file()
     result = tokensdk("tokens", "--state", "~/s.json")  # no shell: the CLI expands it
     assert (result.returncode, result.stderr) == (0, "")

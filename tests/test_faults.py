@@ -40,6 +40,7 @@ from _proxy import Activity, FaultProxy, Hit
 from _service import PASSWORDS, service
 
 from tokensdk import (
+    AttemptHook,
     Authentication,
     Ed25519Signer,
     Event,
@@ -90,7 +91,7 @@ class Driver:
 
     It moves the clock only when every other task is blocked *and* nothing is in
     flight: no HTTP attempt of the SDK (counted from before its request is written
-    until its answer is decoded, see :func:`instrument`), no request the proxy is
+    until its answer is decoded, see :func:`attempts`), no request the proxy is
     working on (forwarding to the service included), no call the test makes to the
     service or the proxy itself (:meth:`hold`). A request the proxy parks on the
     fake clock (the delay fault) is the one exception: moving the clock is what ends
@@ -209,30 +210,24 @@ class Try:
     ok: bool
 
 
-def instrument(session: Session, activity: Activity, tries: list[Try]) -> aiohttp.ClientSession:
-    """Count the session's HTTP attempts in ``activity`` and log them in ``tries``.
+def attempts(clock: ManualClock, activity: Activity, tries: list[Try]) -> AttemptHook:
+    """An attempt hook counting a session's HTTP attempts in ``activity``, logged in ``tries``.
 
-    The SDK offers no hook for this, so it wraps the transport's single attempt
-    method: aiohttp's tracing would miss the body being read after the headers.
-
-    Returns:
-        The session's aiohttp session.
+    The hook is left once the answer was read: aiohttp's tracing would miss the body
+    being read after the headers.
     """
-    transport = session._transport
-    attempt = transport._once
 
-    async def counted(method: str, path: str, *args: Any) -> Any:
-        at, ok = session._clock.monotonic(), False
+    @asynccontextmanager
+    async def counted(method: str, path: str) -> AsyncIterator[None]:
+        at, ok = clock.monotonic(), False
         try:
             with activity.busy(SDK):
-                reply = await attempt(method, path, *args)
+                yield
             ok = True
-            return reply
         finally:
             tries.append(Try(path, at, ok))
 
-    transport._once = counted  # type: ignore[method-assign]
-    return transport.http
+    return counted
 
 
 _SERVING = {
@@ -259,10 +254,8 @@ def leftover_tasks(before: set[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
 
 
 @asynccontextmanager
-async def opened(
-    session: Session, activity: Activity, tries: list[Try] | None = None
-) -> AsyncIterator[Session]:
-    """Enter ``session`` with its attempts counted; on exit check what it left behind.
+async def opened(session: Session) -> AsyncIterator[Session]:
+    """Enter ``session``; on exit check what it left behind.
 
     Its aiohttp session and connector must be closed and no task started since
     entering may run on (the servers' connection handlers aside): garbage-collection
@@ -270,7 +263,7 @@ async def opened(
     """
     before = set(asyncio.all_tasks())
     async with session:
-        http = instrument(session, activity, [] if tries is None else tries)
+        http = session._transport.http
         connector = http.connector
         yield session
     assert http.closed, "the session left its aiohttp session open"
@@ -501,10 +494,15 @@ async def run_scenario(
         driver = Driver(clock, proxy.activity)
         async with proxy.running(), aiohttp.ClientSession() as http:
             session = Session(
-                proxy.url, clock=clock, retry=RETRY, timeout=spec.timeout, rng=random.Random(7)
+                proxy.url,
+                clock=clock,
+                retry=RETRY,
+                timeout=spec.timeout,
+                rng=random.Random(7),
+                attempt_hook=attempts(clock, proxy.activity, outcome.tries),
             )
             app = App(clock, session, driver, http, svc)
-            opening = opened(session, proxy.activity, outcome.tries)
+            opening = opened(session)
             async with opening, anyio.create_task_group() as tg:
                 events = session.events(buffer=100_000)
                 tg.start_soon(driver.run)
@@ -790,9 +788,14 @@ async def run_path_case(
         driver = Driver(clock, proxy.activity)
         async with proxy.running():
             session = Session(
-                proxy.url, clock=clock, retry=RETRY, timeout=fault.timeout, rng=random.Random(7)
+                proxy.url,
+                clock=clock,
+                retry=RETRY,
+                timeout=fault.timeout,
+                rng=random.Random(7),
+                attempt_hook=attempts(clock, proxy.activity, []),
             )
-            async with opened(session, proxy.activity), anyio.create_task_group() as tg:
+            async with opened(session), anyio.create_task_group() as tg:
                 events = session.events(buffer=10_000)
                 tg.start_soon(driver.run)
                 await case.prepare(session)
@@ -878,8 +881,13 @@ async def test_lost_refresh_answer_is_retried_without_revoking_the_family(
         proxy.only_paths = {"/v1/refresh"}
         driver = Driver(clock, proxy.activity)
         async with proxy.running():
-            session = Session(proxy.url, clock=clock, retry=RETRY)
-            async with opened(session, proxy.activity), anyio.create_task_group() as tg:
+            session = Session(
+                proxy.url,
+                clock=clock,
+                retry=RETRY,
+                attempt_hook=attempts(clock, proxy.activity, []),
+            )
+            async with opened(session), anyio.create_task_group() as tg:
                 events = session.events()
                 tg.start_soon(driver.run)
                 await session.login("alice", PASSWORDS["alice"])

@@ -37,6 +37,7 @@ from tokensdk import (
     Credentials,
     ManualClock,
     MemoryStore,
+    NativeBackend,
     ProtocolError,
     RateLimited,
     RetryConfig,
@@ -52,7 +53,7 @@ from tokensdk import (
     one_time_key_answer,
 )
 from tokensdk._assets import Ed25519Signer
-from tokensdk._models import decode_state
+from tokensdk._models import document_to_snapshot
 from tokensdk._paseto import SigningKey, b64url_decode, encode_v4_public
 from tokensdk._transport import _decode_json, _error_from
 from tokensdk.server import ServiceConfig
@@ -425,7 +426,8 @@ def test_answer_decoding_raises_only_protocol_error(raw: bytes, content_type: st
     st.none() | st.text(max_size=12) | st.sampled_from(["nan", "inf", "-5", "1e400", "7"]),
 )
 def test_error_answers_become_service_errors(status: int, body: Any, retry_after: Any) -> None:
-    error = _error_from(status, body, retry_after, "POST", "/login")
+    details = NativeBackend("http://127.0.0.1:1").error_details(status, body)
+    error = _error_from(status, details, retry_after, "POST", "/login")
     assert isinstance(error, ServiceError)
     assert error.status == status
     assert isinstance(error.code, int)
@@ -487,7 +489,7 @@ def state_documents(
 )
 def test_session_state_decoding_raises_only_store_corrupt(document: dict[str, Any]) -> None:
     try:
-        snapshot = decode_state(document, wall=1_700_000_000.0, monotonic=1000.0)
+        snapshot = document_to_snapshot(document, wall=1_700_000_000.0, monotonic=1000.0)
     except StoreCorrupt:
         return
     if snapshot.status is SessionStatus.ACTIVE:
@@ -563,7 +565,7 @@ def test_stored_bytes_decode_to_a_state_or_a_typed_error(data: bytes, as_text: b
     except (codec.CorruptState, codec.NewerFormat):
         return
     with contextlib.suppress(StoreCorrupt):
-        decode_state(document, wall=1_700_000_000.0, monotonic=1000.0)
+        document_to_snapshot(document, wall=1_700_000_000.0, monotonic=1000.0)
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ from tokensdk import (
 )
 from tokensdk._backend import AuthBackend, CallerError, GrantBackend, Lost, Transient
 from tokensdk._dpop import jwk, signing_input
-from tokensdk._models import SessionSnapshot, decode_state, encode_state
+from tokensdk._models import SessionSnapshot, document_to_snapshot, snapshot_to_document
 from tokensdk._oauth2 import DEVICE_GRANT
 
 pytestmark = pytest.mark.anyio
@@ -302,16 +302,16 @@ def test_credentials_without_a_refresh_token_persist_and_old_documents_load() ->
         "app", "A", None, 160.0, None, 60.0, None, 60.0, extra={"grant_type": "client_credentials"}
     )
     snapshot = SessionSnapshot(status=SessionStatus.ACTIVE, credentials=creds)
-    document = encode_state(snapshot)
+    document = snapshot_to_document(snapshot)
     assert document["credentials"]["refreshToken"] is None
-    back = decode_state(document, wall=100.0, monotonic=0.0)
+    back = document_to_snapshot(document, wall=100.0, monotonic=0.0)
     assert back.credentials == creds
     assert back.credentials is not None
     assert back.credentials.refresh_deadline is None
     old = dict(document, credentials={k: v for k, v in document["credentials"].items()})
     old["credentials"].update(refreshToken="R", refreshExpiresAt=1000.0)
     del old["credentials"]["extra"]
-    restored = decode_state(old, wall=100.0, monotonic=0.0).credentials
+    restored = document_to_snapshot(old, wall=100.0, monotonic=0.0).credentials
     assert restored is not None
     assert (restored.refresh_token, restored.refresh_deadline, dict(restored.extra)) == (
         "R",

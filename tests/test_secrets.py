@@ -51,7 +51,7 @@ from tokensdk import (
     one_time_key_answer,
 )
 from tokensdk._assets import Ed25519Signer
-from tokensdk._models import encode_state
+from tokensdk._models import snapshot_to_document
 from tokensdk.mac import verify_token_header
 from tokensdk.server._state import ha1_digest
 
@@ -414,7 +414,7 @@ async def test_file_store_and_its_temp_file_are_private(
     async with service(clock) as svc, Session(svc.url, clock=clock, store=FileStore(path)) as s:
         await s.login("alice", PASSWORDS["alice"])
         await s.flush()
-        document = encode_state(s.snapshot)
+        document = snapshot_to_document(s.snapshot)
     assert modes
     assert set(modes) == {0o600}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -601,8 +601,27 @@ async def test_closing_in_the_middle_of_a_refresh_is_clean(clock: ManualClock) -
 # -- crash-safe refresh: the pending refresh is persisted before it is sent ---------------
 
 
+class DurableMemoryStore(MemoryStore):
+    """A MemoryStore standing in for a store that outlives the process."""
+
+    durable = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saves = 0
+
+    def save_nowait(self, document: Any) -> None:
+        self.saves += 1
+        super().save_nowait(document)
+
+
+class CountingMemoryStore(DurableMemoryStore):
+    durable = False
+
+
+@pytest.mark.parametrize("durable", [True, False], ids=["durable", "in-process"])
 async def test_a_refresh_whose_answer_was_lost_is_retried_by_the_next_session(
-    clock: ManualClock,
+    clock: ManualClock, durable: bool
 ) -> None:
     """The service rotated the pair but the process died before it saw the answer.
 
@@ -610,8 +629,11 @@ async def test_a_refresh_whose_answer_was_lost_is_retried_by_the_next_session(
     idempotency key, saved before the request left) and retries it with the same key:
     the service answers the retry instead of revoking the family for reuse. Without
     the persisted key the retry presents a spent refresh token: refresh_token_reused.
+    A store that cannot outlive the process (memory) gets the key when the session
+    closes, not before the request leaves: only a later session of the same process
+    can find it.
     """
-    store = MemoryStore()
+    store = DurableMemoryStore() if durable else CountingMemoryStore()
     async with service(clock) as svc:
         proxy = FaultProxy(svc.url)
         proxy.only_paths = {"/v1/refresh"}
@@ -633,16 +655,25 @@ async def test_a_refresh_whose_answer_was_lost_is_retried_by_the_next_session(
             assert spent is not None
             tg.start_soon(a.token_refresh)
             await rotated.wait()
-            pending = a.snapshot.pending_refresh
-            assert pending is not None
-            assert pending.refresh_token == spent.refresh_token
-            assert spent.refresh_token not in repr(a.snapshot)
-            assert pending.idempotency_key not in repr(a.snapshot)
+            if durable:
+                in_flight = a.snapshot.pending_refresh
+                assert in_flight is not None
+                assert in_flight.refresh_token == spent.refresh_token
+                assert spent.refresh_token not in repr(a.snapshot)
+                assert in_flight.idempotency_key not in repr(a.snapshot)
+            else:
+                assert a.snapshot.pending_refresh is None  # kept in memory only
             # the process dies here: what the store holds is what the next one gets
             tg.cancel_scope.cancel()
         document = store.document
         assert document is not None
-        assert document["pendingRefresh"]["idempotencyKey"] == pending.idempotency_key
+        pending = tokensdk.PendingRefresh(
+            spent.refresh_token,
+            document["pendingRefresh"]["idempotencyKey"],
+            document["pendingRefresh"]["startedAt"],
+        )
+        if durable:
+            assert pending == in_flight
 
         async with session_for(svc, clock, store=store) as b:
             assert b.snapshot.pending_refresh == pending
@@ -656,8 +687,32 @@ async def test_a_refresh_whose_answer_was_lost_is_retried_by_the_next_session(
     assert document["pendingRefresh"] is None
 
 
+async def test_a_store_that_cannot_outlive_the_process_is_written_once_per_refresh(
+    clock: ManualClock,
+) -> None:
+    """Only a durable store gets the pending refresh before the request leaves.
+
+    Writing the idempotency key first is what makes a refresh crash-safe, and it costs
+    a commit and an encoding per refresh: a store in memory dies with the process, so
+    it only gets the result (one write). A durable one gets the key, then the result.
+    """
+    async with service(clock) as svc:
+        for store, writes in ((CountingMemoryStore(), 1), (DurableMemoryStore(), 2)):
+            async with session_for(svc, clock, store=store) as s:
+                await s.login("alice", PASSWORDS["alice"])
+                await s.flush()
+                before = store.saves
+                await s.token_refresh()
+                await s.flush()
+                assert (type(store).__name__, store.saves - before) == (
+                    type(store).__name__,
+                    writes,
+                )
+                assert s.snapshot.pending_refresh is None
+
+
 def test_the_state_codec_reads_documents_without_revision_or_pending_refresh() -> None:
-    from tokensdk._models import decode_state, encode_state
+    from tokensdk._models import document_to_snapshot, snapshot_to_document
 
     older = {
         "version": 1,
@@ -673,7 +728,7 @@ def test_the_state_codec_reads_documents_without_revision_or_pending_refresh() -
         "accessTokens": [],
         "macTokens": {},
     }
-    snapshot = decode_state(older, wall=1000.0, monotonic=5.0)
+    snapshot = document_to_snapshot(older, wall=1000.0, monotonic=5.0)
     assert (snapshot.revision, snapshot.pending_refresh) == (0, None)
 
     pending = tokensdk.PendingRefresh("r", "key", 1001.0)
@@ -683,14 +738,14 @@ def test_the_state_codec_reads_documents_without_revision_or_pending_refresh() -
         revision=7,
         pending_refresh=pending,
     )
-    again = decode_state(encode_state(current), wall=1000.0, monotonic=5.0)
+    again = document_to_snapshot(snapshot_to_document(current), wall=1000.0, monotonic=5.0)
     assert (again.revision, again.pending_refresh) == (7, pending)
 
     # A pending refresh of another refresh token belongs to a pair that is gone.
-    other = encode_state(
+    other = snapshot_to_document(
         attrs.evolve(current, pending_refresh=tokensdk.PendingRefresh("x", "k", 1))
     )
-    assert decode_state(other, wall=1000.0, monotonic=5.0).pending_refresh is None
+    assert document_to_snapshot(other, wall=1000.0, monotonic=5.0).pending_refresh is None
 
 
 async def test_sessions_close_in_any_order(clock: ManualClock) -> None:

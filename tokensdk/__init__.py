@@ -13,6 +13,7 @@ from tokensdk._assets import (
     Ed25519Signer,
     Signer,
     TokenValidator,
+    canonical_challenge,
     validate_access_token,
 )
 from tokensdk._backend import AuthBackend, NativeBackend
@@ -63,7 +64,7 @@ from tokensdk._observable import EventStream
 from tokensdk._policy import RefreshPolicy
 from tokensdk._session import Session, one_time_key_answer
 from tokensdk._token_store import Authentication
-from tokensdk._transport import RetryConfig
+from tokensdk._transport import AttemptHook, RetryConfig
 from tokensdk.stores import FileStore, KeyringStore, MemoryStore, StateStore
 
 __version__ = "0.1.0.dev0"
@@ -73,6 +74,7 @@ __all__ = [
     "AccessTokens",
     "AccountFrozen",
     "AssetToken",
+    "AttemptHook",
     "AuthBackend",
     "Authentication",
     "BadSignature",
@@ -128,6 +130,7 @@ __all__ = [
     "TokenValidator",
     "UnknownKey",
     "UnknownMacToken",
+    "canonical_challenge",
     "introspect",
     "one_time_key_answer",
     "validate_access_token",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, overload, runtime_checkable
 
 import aiohttp
@@ -26,7 +26,7 @@ import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from tokensdk._backend import NATIVE_API_PATH
+from tokensdk._backend import AuthBackend, NativeBackend
 from tokensdk._clock import Clock, SystemClock
 from tokensdk._errors import (
     BadSignature,
@@ -117,8 +117,18 @@ class Ed25519Signer:
         return f"Ed25519Signer(public_key_hex={self.public_key_hex!r})"
 
 
-def canonical_challenge(challenge: dict[str, object]) -> bytes:
-    """The bytes a holder signs: the challenge as sorted, compact JSON."""
+def canonical_challenge(challenge: Mapping[str, object]) -> bytes:
+    """The bytes an asset's key signs for proof of key: the challenge as sorted, compact JSON.
+
+    The one definition for both sides: the SDK signs these bytes, the reference
+    service verifies the signature over them.
+
+    Args:
+        challenge: The challenge object (``assetId``, ``nonce``, ``timestamp``).
+
+    Returns:
+        ``json.dumps(challenge, separators=(",", ":"), sort_keys=True)`` in UTF-8.
+    """
     return json.dumps(challenge, separators=(",", ":"), sort_keys=True).encode()
 
 
@@ -126,9 +136,12 @@ class TokenValidator:
     """Validates asset access tokens, locally (cached) or against the service.
 
     Args:
-        url: The token service root; needed to fetch keys or validate remotely.
+        url: The token service: its root URL (the reference contract, i.e.
+            ``NativeBackend(url)``) or an :class:`AuthBackend` naming the API root;
+            needed to fetch keys or validate remotely.
         keys: Trusted keys (a :class:`KeySet`, or PASERK ``k4.public`` strings). If
-            none are given they are fetched from ``{url}/v1/keys``.
+            none are given they are fetched from ``{API root}/keys``
+            (``{url}/v1/keys``).
         remote: Also ask the service (``POST /v1/assets/validate``), which catches
             revoked tokens; local validation still runs first.
         leeway: Seconds of clock skew tolerated on ``exp``/``iat``.
@@ -142,7 +155,7 @@ class TokenValidator:
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str | AuthBackend | None = None,
         *,
         keys: KeySet | Sequence[str] | None = None,
         remote: bool = False,
@@ -157,7 +170,15 @@ class TokenValidator:
         self._clock = clock or SystemClock()
         self._own_transport = transport is None and url is not None
         if transport is None and url is not None:
-            transport = Transport(url.rstrip("/") + NATIVE_API_PATH, self._clock, http=http)
+            backend = NativeBackend(url) if isinstance(url, str) else url
+            if not isinstance(backend, AuthBackend):
+                raise InvalidInput("url must be a URL or an AuthBackend")
+            transport = Transport(
+                backend.base_url + backend.api_path,
+                self._clock,
+                http=http,
+                error_details=backend.error_details,
+            )
         self._transport = transport
         if keys is not None and not isinstance(keys, KeySet):
             keys = KeySet(PublicKey.from_paserk(k) for k in keys)

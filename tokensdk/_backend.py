@@ -20,6 +20,7 @@ is one more module behind the same protocol.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -34,6 +35,7 @@ from tokensdk._errors import (
     RateLimited,
     ServiceUnavailable,
     TokenSDKError,
+    printable,
 )
 from tokensdk._models import Credentials, lifespan_field
 
@@ -43,11 +45,13 @@ __all__ = [
     "AuthBackend",
     "Call",
     "CallerError",
+    "ErrorDetails",
     "GrantBackend",
     "Lost",
     "NativeBackend",
     "Outcome",
     "Transient",
+    "native_error_details",
 ]
 
 #: Where the native contract's endpoints live below the service root.
@@ -111,6 +115,27 @@ class CallerError:
 
 
 Outcome = Lost | AccessExpired | Transient | CallerError
+
+
+@attrs.frozen
+class ErrorDetails:
+    """What the body of a failed answer says, as read by the backend that knows its shape.
+
+    The transport makes the typed error from the HTTP status and these details; they
+    become the error's attributes (:class:`~tokensdk.ServiceError`).
+
+    Attributes:
+        error: A snake_case error name (``invalid_token``), or empty.
+        code: A numeric code finer than the status (the contract's 701), or None: the
+            HTTP status.
+        message: Text for humans, already made printable and capped.
+        reason: A finer snake_case cause (``revoked``), or empty.
+    """
+
+    error: str = ""
+    code: int | None = None
+    message: str = ""
+    reason: str = ""
 
 
 @runtime_checkable
@@ -180,6 +205,13 @@ class AuthBackend(Protocol):
 
     def classify(self, error: TokenSDKError) -> Outcome:
         """What a failed call means for the session."""
+        ...
+
+    def error_details(self, status: int, body: Any) -> ErrorDetails:
+        """Read the body of a failed answer (``body``: decoded JSON, or None).
+
+        Untrusted text: names must be checked, messages made printable.
+        """
         ...
 
     def own_call(self, url: URL) -> bool:
@@ -338,6 +370,10 @@ class NativeBackend:
             return Transient()
         return CallerError(getattr(error, "error", "") or type(error).__name__)
 
+    def error_details(self, status: int, body: Any) -> ErrorDetails:
+        """The contract's error body ``{"error", "code", "message"}`` (and ``reason``)."""
+        return native_error_details(status, body)
+
     def own_call(self, url: URL) -> bool:
         """A URL below this service's API root whose path the session calls unauthenticated."""
         root = self.base_url + self.api_path
@@ -347,3 +383,32 @@ class NativeBackend:
             and path.startswith(URL(root).path)
             and path[len(URL(root).path) :] in _OWN_PATHS
         )
+
+
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _name(value: Any) -> str:
+    return value if isinstance(value, str) and _NAME.fullmatch(value) else ""
+
+
+def native_error_details(status: int, body: Any) -> ErrorDetails:
+    """Read the reference contract's error body ``{"error", "code", "message", "reason"}``.
+
+    Names are matched by callers and logged: anything but a snake_case name counts as
+    no name. The message is for humans only: escaped and capped.
+
+    Args:
+        status: The HTTP status.
+        body: The decoded JSON answer, or None when it was not JSON.
+    """
+    if not isinstance(body, dict):
+        return ErrorDetails()
+    raw_code = body.get("code")
+    raw_message = body.get("message")
+    return ErrorDetails(
+        error=_name(body.get("error")),
+        code=raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else None,
+        message=printable(raw_message) if isinstance(raw_message, str) else "",
+        reason=_name(body.get("reason")),
+    )

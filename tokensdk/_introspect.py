@@ -174,7 +174,13 @@ async def introspect(
     found = cache.get(key, clock.time())
     if found is not None:
         return found
-    transport = Transport(backend.issuer, clock, http=http, timeout=request_timeout)
+    transport = Transport(
+        backend.issuer,
+        clock,
+        http=http,
+        timeout=request_timeout,
+        error_details=backend.error_details,
+    )
     try:
         if resolved.token_endpoint is None:
             resolved = await _discover(transport, backend)

@@ -1,7 +1,9 @@
 """Frozen values: credentials, asset tokens, MAC tokens, events, the session snapshot.
 
 Also the versioned codec between a :class:`SessionSnapshot` and the JSON document a
-store persists. Everything here is pure.
+store persists (:func:`snapshot_to_document`, :func:`document_to_snapshot`); how a
+store wraps that document in bytes is :mod:`tokensdk.stores._codec`'s business (its
+envelope has a format version of its own). Everything here is pure.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ __all__ = [
     "PendingRefresh",
     "SessionSnapshot",
     "SessionStatus",
+    "document_to_snapshot",
+    "snapshot_to_document",
 ]
 
-STATE_VERSION = 1
+#: The version of the state document (its members); not the store envelope's version.
+DOCUMENT_VERSION = 1
 _T = TypeVar("_T")
 
 
@@ -317,7 +322,7 @@ class Event:
 # -- the persisted document ---------------------------------------------------------
 
 
-def encode_state(snapshot: SessionSnapshot) -> dict[str, Any]:
+def snapshot_to_document(snapshot: SessionSnapshot) -> dict[str, Any]:
     """Encode a snapshot as the versioned JSON document stores persist.
 
     ``revision`` and ``pendingRefresh`` are optional members added within version 1:
@@ -327,7 +332,7 @@ def encode_state(snapshot: SessionSnapshot) -> dict[str, Any]:
     creds = snapshot.credentials
     pending = snapshot.pending_refresh
     return {
-        "version": STATE_VERSION,
+        "version": DOCUMENT_VERSION,
         "revision": snapshot.revision,
         "status": snapshot.status.value,
         "credentials": None
@@ -364,14 +369,16 @@ def encode_state(snapshot: SessionSnapshot) -> dict[str, Any]:
     }
 
 
-def decode_state(document: Mapping[str, Any], *, wall: float, monotonic: float) -> SessionSnapshot:
+def document_to_snapshot(
+    document: Mapping[str, Any], *, wall: float, monotonic: float
+) -> SessionSnapshot:
     """Decode a persisted document, turning wall deadlines into monotonic ones.
 
     Raises:
         StoreCorrupt: The document is not a state this version understands.
     """
     try:
-        return _decode_state(document, wall=wall, monotonic=monotonic)
+        return _document_to_snapshot(document, wall=wall, monotonic=monotonic)
     except (
         ProtocolError,
         KeyError,
@@ -384,8 +391,10 @@ def decode_state(document: Mapping[str, Any], *, wall: float, monotonic: float) 
         raise StoreCorrupt(f"stored session state is invalid ({type(exc).__name__})") from None
 
 
-def _decode_state(document: Mapping[str, Any], *, wall: float, monotonic: float) -> SessionSnapshot:
-    if document.get("version") != STATE_VERSION:
+def _document_to_snapshot(
+    document: Mapping[str, Any], *, wall: float, monotonic: float
+) -> SessionSnapshot:
+    if document.get("version") != DOCUMENT_VERSION:
         raise ValueError("unsupported state version")
     status = SessionStatus(document.get("status", SessionStatus.LOGGED_OUT.value))
     raw = document.get("credentials")

@@ -31,7 +31,16 @@ from urllib.parse import quote, urlsplit
 import attrs
 from yarl import URL
 
-from tokensdk._backend import AccessExpired, Call, CallerError, Lost, Outcome, Transient
+from tokensdk._backend import (
+    AccessExpired,
+    Call,
+    CallerError,
+    ErrorDetails,
+    Lost,
+    Outcome,
+    Transient,
+    native_error_details,
+)
 from tokensdk._dpop import DPoPSigner, jwk
 from tokensdk._errors import (
     AccountFrozen,
@@ -43,6 +52,7 @@ from tokensdk._errors import (
     ServiceError,
     ServiceUnavailable,
     TokenSDKError,
+    printable,
 )
 from tokensdk._models import Credentials
 
@@ -490,6 +500,18 @@ class OAuth2:
         if not code:
             raise ProtocolError("the authorization response has no code")
         return code
+
+    def error_details(self, status: int, body: Any) -> ErrorDetails:
+        """Read RFC 6749 §5.2's error body ``{"error", "error_description"}``.
+
+        The name must be a snake_case name (else it counts as none); the description
+        is escaped and capped like any text a server sends.
+        """
+        details = native_error_details(status, body)
+        description = body.get("error_description") if isinstance(body, dict) else None
+        if not details.message and isinstance(description, str):
+            details = attrs.evolve(details, message=printable(description))
+        return details
 
     def refine(self, error: TokenSDKError) -> TokenSDKError:
         """Type the RFC 6749 §5.2 errors: ``invalid_grant`` → InvalidCredentials,

@@ -104,7 +104,10 @@ class StateHub:
         self._listeners: list[Callable[[SessionSnapshot], None]] = []
         self._subscribers: list[EventStream] = []
         self._delivered = -1
-        # Cleared and set again rather than re-created: commits are frequent.
+        # asyncio events, for speed (the SDK's other primitives are anyio's): anyio's
+        # cannot be cleared, and a new anyio.Event per commit costs ~2.4 us against
+        # ~0.2 us to set and clear one of these. anyio's cancel scopes cancel a wait
+        # on them like any other; aiohttp ties tokensdk to asyncio anyway.
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -119,11 +122,6 @@ class StateHub:
     def add_callback(self, callback: ChangeCallback) -> None:
         """Register a change callback (sync or async); it receives snapshots."""
         self._callbacks.append(callback)
-
-    def remove_callback(self, callback: ChangeCallback) -> None:
-        """Unregister a change callback; unknown ones are ignored."""
-        if callback in self._callbacks:
-            self._callbacks.remove(callback)
 
     def add_listener(self, listener: Callable[[SessionSnapshot], None]) -> None:
         """Register an internal synchronous listener called inside every commit."""

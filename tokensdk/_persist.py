@@ -64,9 +64,11 @@ class CoalescingSaver:
         self._submitted = 0  # number of the latest submission
         self._done = 0  # every submission up to this number is written (or failed)
         # Cleared and set again, never re-created: a save follows every state change.
+        # asyncio's, for speed: an anyio.Event cannot be cleared (see StateHub).
         self._wakeup = asyncio.Event()
         # A store that writes without waiting (MemoryStore) is written from a loop
-        # callback: one per burst, and no task switch.
+        # callback (asyncio's call_soon: anyio has none): one per burst, and no task
+        # switch.
         self._save_nowait: Callable[[Mapping[str, Any]], None] | None = getattr(
             store, "save_nowait", None
         )

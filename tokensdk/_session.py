@@ -43,7 +43,6 @@ from tokensdk._errors import (
     NotFound,
     NotLoggedIn,
     ProtocolError,
-    RateLimited,
     ServiceError,
     SessionClosed,
     SessionLost,
@@ -60,8 +59,8 @@ from tokensdk._models import (
     PendingRefresh,
     SessionSnapshot,
     SessionStatus,
-    decode_state,
-    encode_state,
+    document_to_snapshot,
+    snapshot_to_document,
 )
 from tokensdk._oauth2 import DeviceCode, OAuth2
 from tokensdk._observable import ChangeCallback, EventStream, StateHub
@@ -70,7 +69,7 @@ from tokensdk._persist import CoalescingSaver
 from tokensdk._policy import RefreshPlan, RefreshPolicy, plan_refresh
 from tokensdk._scheduler import Scheduler, Timer
 from tokensdk._token_store import MacTokenStore
-from tokensdk._transport import Reply, RetryConfig, Transport
+from tokensdk._transport import AttemptHook, Backoff, Reply, RetryConfig, Transport
 from tokensdk.stores import MemoryStore, StateStore
 
 if TYPE_CHECKING:
@@ -125,6 +124,8 @@ class Session:
         access_tokens: A saved asset-token array to restore (as persisted by a
             change callback); it replaces what the store holds.
         rng: Random source for jitter (seed it for reproducible schedules).
+        attempt_hook: Entered around every HTTP attempt of the session's own calls
+            (see :class:`AttemptHook`): to instrument them, or to hold them in tests.
 
     Attributes:
         access_tokens: The observable array of asset access tokens
@@ -149,6 +150,7 @@ class Session:
         http: aiohttp.ClientSession | None = None,
         access_tokens: Iterable[AssetToken | Mapping[str, Any]] | None = None,
         rng: random.Random | None = None,
+        attempt_hook: AttemptHook | None = None,
     ) -> None:
         if timeout <= 0 or not math.isfinite(timeout):
             raise InvalidInput("timeout must be a positive number of seconds")
@@ -166,6 +168,8 @@ class Session:
             http=http,
             timeout=timeout,
             retry=retry,
+            hook=attempt_hook,
+            error_details=self._backend.error_details,
         )
         # Checked once: a runtime Protocol check costs tens of microseconds, and the
         # refresh path asks on every refresh.
@@ -173,21 +177,30 @@ class Session:
         signer = getattr(self._backend, "dpop", None)
         self._dpop = None if signer is None else DPoPState(signer, self._clock.time)
         self._transport.dpop = self._dpop
+        # The same backoff as a call's retries, jittered by the session's random source.
+        self._backoff = Backoff(retry, self._rng)
         self._hub = StateHub(self._clock)
         callbacks = [] if on_change is None else [on_change] if callable(on_change) else on_change
         for callback in callbacks:
             self._hub.add_callback(callback)
         self._restore_tokens = None if access_tokens is None else _asset_list(access_tokens)
         self._scheduler = Scheduler(self._clock)
-        self._saver = CoalescingSaver(self._store, on_error=self._store_failed, encode=encode_state)
+        self._saver = CoalescingSaver(
+            self._store, on_error=self._store_failed, encode=snapshot_to_document
+        )
         self._hub.add_listener(self._persist)
         self._tg: TaskGroup | None = None
         self._runner: asyncio.Future[None] | None = None
         self._closed = False
         self._flight: Flight[Credentials] | None = None
-        # Set when a flight waits for the refresher task (see _refresher).
+        # Set when a flight waits for the refresher task (see _refresher). asyncio's,
+        # for speed: an anyio.Event cannot be cleared (see StateHub).
         self._flight_posted = asyncio.Event()
         self._refresh_timer: Timer | None = None
+        # A store that cannot outlive the process gets the pending refresh only at
+        # close (see _do_refresh); until then it is kept here.
+        self._durable = getattr(self._store, "durable", True) is not False
+        self._unsaved_pending: PendingRefresh | None = None
         self._failures = 0
         # The hot path reads these three attributes and the two clocks, nothing else.
         self._token: str | None = None
@@ -260,6 +273,7 @@ class Session:
         tg, self._tg = self._tg, None
         runner = self._runner
         self._closed = True
+        self._keep_unfinished_refresh()
         self._hub.freeze()
         try:
             if tg is not None:
@@ -280,6 +294,19 @@ class Session:
                 await self._hub.drain()
                 self._hub.close()
                 await self._transport.aclose()
+
+    def _keep_unfinished_refresh(self) -> None:
+        # A refresh that did not finish may have rotated the pair on the service: a
+        # later session on the same (in-process) store must retry it with its key.
+        pending, self._unsaved_pending = self._unsaved_pending, None
+        snapshot = self._hub.snapshot
+        if (
+            pending is not None
+            and snapshot.credentials is not None
+            and snapshot.credentials.refresh_token == pending.refresh_token
+            and snapshot.pending_refresh is None
+        ):
+            self._hub.commit(pending_refresh=pending)
 
     def _require_open(self) -> None:
         if self._tg is None:
@@ -487,7 +514,7 @@ class Session:
             document = await self._store.load()
             if document is not None:
                 try:
-                    snapshot = decode_state(
+                    snapshot = document_to_snapshot(
                         document, wall=self._clock.time(), monotonic=self._clock.monotonic()
                     )
                 except StoreCorrupt as exc:
@@ -1045,9 +1072,7 @@ class Session:
             self._hub.emit(self._hub.event(EventType.REFRESH_FAILED, type(exc).__name__, exc))
         except TokenSDKError as exc:
             self._failures += 1
-            delay = self._transport.retry.backoff(self._failures, self._rng)
-            if isinstance(exc, RateLimited):
-                delay = max(delay, exc.retry_after)  # the service said when
+            delay = self._backoff.after(self._failures, exc)
             log.warning(
                 "tokensdk: background refresh failed (%s); next try in %.1fs",
                 type(exc).__name__,
@@ -1119,7 +1144,7 @@ class Session:
         # Extension (see PROTOCOL): one key per refresh token, kept until the new pair
         # is installed, so any retry after a lost answer, by this call, a later one or
         # the next process after a crash, gets the same answer instead of tripping
-        # reuse detection. It is in the store before the request leaves.
+        # reuse detection. A durable store has it before the request leaves.
         if creds.refresh_token is None and self._backend.refresh(creds, "") is None:
             # An access token alone (a password grant without offline_access): nothing
             # to renew it with. Serve it while it lives; the session ends with it.
@@ -1127,14 +1152,20 @@ class Session:
                 return creds
             await self._lose("token_expired", generation)
             return await self._try_relogin("token_expired")
-        pending = snapshot.pending_refresh
+        pending = snapshot.pending_refresh or self._unsaved_pending
         if pending is None or pending.refresh_token != creds.refresh_token:
             pending = PendingRefresh(creds.refresh_token or "", secrets.token_hex(16), now_wall)
-            self._hub.commit(pending_refresh=pending)
-            # A store that writes without waiting (memory) costs no task switch here.
-            await self._saver.flush()
-            if generation != self._life.generation:
-                return self._stale_refresh()
+            if self._durable:
+                self._hub.commit(pending_refresh=pending)
+                await self._saver.flush()
+                if generation != self._life.generation:
+                    return self._stale_refresh()
+            else:
+                # Nothing the store holds survives the process: writing the key first
+                # would only cost a commit and an encoding per refresh. It reaches the
+                # store at close if the refresh is still unfinished (see __aexit__), for
+                # a later session of this process on the same store.
+                self._unsaved_pending = pending
         call = self._backend.refresh(creds, pending.idempotency_key)
         if call is None:  # a backend that cannot renew these credentials
             await self._lose("token_expired", generation)
@@ -1160,6 +1191,7 @@ class Session:
             status=SessionStatus.ACTIVE,
             pending_refresh=None,
         )
+        self._unsaved_pending = None
         self._install(new)
         return new
 

@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, payload
 
 from tokensdk._errors import InvalidCredentials
+from tokensdk._token_store import TIME_ERRORS
+from tokensdk.mac import HEADER_NAME
 
 if TYPE_CHECKING:
     from tokensdk._assets import AccessTokens
@@ -51,9 +53,6 @@ if TYPE_CHECKING:
 __all__ = ["TokenMiddleware"]
 
 log = logging.getLogger("tokensdk")
-
-_MAC_HEADER = "X-PowerAuth-Token"
-_TIME_ERRORS = frozenset({"timestamp_too_old", "timestamp_in_future"})
 
 
 class TokenMiddleware:
@@ -197,13 +196,13 @@ class TokenMiddleware:
     async def _with_mac(
         self, request: ClientRequest, handler: ClientHandlerType, name: str
     ) -> ClientResponse:
-        if _MAC_HEADER in request.headers:
+        if HEADER_NAME in request.headers:
             return await handler(request)
         store = self._token_store
         header, value = store.generate_header_for_token(name)
         request.headers[header] = value
         response = await handler(request)
-        if response.status != 401 or await _error_name(response) not in _TIME_ERRORS:
+        if response.status != 401 or await _error_name(response) not in TIME_ERRORS:
             return response
         if not _replayable(request):
             # Cannot resend it; sync anyway, so the caller's next request is on time.

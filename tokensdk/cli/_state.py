@@ -61,7 +61,7 @@ def load_state(path: Path) -> SessionSnapshot:
     import time
 
     from tokensdk import StoreCorrupt, StoreError
-    from tokensdk._models import decode_state
+    from tokensdk._models import document_to_snapshot
     from tokensdk.stores import read_state_file
 
     try:
@@ -71,7 +71,7 @@ def load_state(path: Path) -> SessionSnapshot:
     if document is None:
         raise CommandError(f"no state file at {path}")
     try:
-        return decode_state(document, wall=time.time(), monotonic=time.monotonic())
+        return document_to_snapshot(document, wall=time.time(), monotonic=time.monotonic())
     except StoreCorrupt as exc:
         raise CommandError(f"state file {path} is corrupt ({exc}); left as it is") from None
 

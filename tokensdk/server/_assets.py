@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import uuid
 from collections.abc import Mapping
 
 import attrs
 
+from tokensdk import canonical_challenge
 from tokensdk._errors import InvalidInput, TokenExpired, TokenInvalid, TokenNotYetValid
 from tokensdk._paseto import (
     AccessTokenInfo,
@@ -193,7 +193,7 @@ class Assets(Housekeeping):
             "nonce": challenge["nonce"],
             "timestamp": challenge["timestamp"],
         }
-        data = json.dumps(canonical, separators=(",", ":"), sort_keys=True).encode()
+        data = canonical_challenge(canonical)
         if not _is_lower_hex(signature_hex, 128):
             raise ApiError(401, "invalid_signature", "the signature is not 128 lowercase hex")
         try:

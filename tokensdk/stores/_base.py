@@ -21,6 +21,11 @@ class StateStore(Protocol):
     instead of a task switch. A store may define ``async quarantine() -> str | None``
     to move aside (or delete) a document it loaded but the session could not use;
     it returns where the document went.
+
+    A store whose content cannot outlive the process (one in memory) says so with a
+    class attribute ``durable = False``; the session then keeps a refresh's
+    idempotency key in memory rather than writing it before every refresh (a store
+    without the attribute counts as durable).
     """
 
     async def load(self) -> dict[str, Any] | None:

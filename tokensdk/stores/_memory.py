@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio.lowlevel
 
@@ -27,6 +27,9 @@ class MemoryStore:
     """
 
     __slots__ = ("_data",)
+
+    durable: ClassVar[bool] = False
+    """Nothing stored here outlives the process (see :class:`StateStore`)."""
 
     def __init__(self, initial: Mapping[str, Any] | None = None) -> None:
         self._data = None if initial is None else encode_state(initial)
