@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -39,13 +40,13 @@ from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 __all__ = [
     "OIDC_DIR",
     "OIDCProvider",
+    "ProviderSetupError",
     "browser_approve_device",
     "browser_authorize",
     "dpop_proof",
@@ -65,14 +66,28 @@ START_TIMEOUT = 60.0
 NPM_TIMEOUT = 600.0
 
 
+class ProviderSetupError(RuntimeError):
+    """The provider could not be installed or started (raised outside pytest)."""
+
+
+def _failure(message: str) -> BaseException:
+    """Under pytest a failure (never a skip: CI must not pass silently without the
+    provider); elsewhere (``python -m benchmarks`` loads this file by path and must not
+    depend on pytest) a :class:`ProviderSetupError`.
+    """
+    pytest = sys.modules.get("pytest")
+    if pytest is None:
+        return ProviderSetupError(message)
+    failure: BaseException = pytest.fail.Exception(message, pytrace=False)
+    return failure
+
+
 def _node_setup_failure(message: str) -> BaseException:
-    """A failure (never a skip: CI must not pass silently without the provider)."""
-    return pytest.fail.Exception(
+    return _failure(
         f"OAuth provider tests: {message}\n"
         f"They run panva's oidc-provider from {OIDC_DIR} and need Node.js "
         f"{MIN_NODE_MAJOR}+ with npm on PATH (https://nodejs.org, or your OS's nodejs "
-        "and npm packages).",
-        pytrace=False,
+        "and npm packages)."
     )
 
 
@@ -107,7 +122,8 @@ def ensure_node_modules() -> None:
     Serialised with a file lock, so parallel pytest runs in one checkout install once.
 
     Raises:
-        pytest.fail.Exception: Node or npm is missing, or ``npm ci`` failed.
+        pytest.fail.Exception: Node or npm is missing, or ``npm ci`` failed
+            (:class:`ProviderSetupError` outside pytest).
     """
     _node()
     if _installed():
@@ -247,7 +263,7 @@ def start_provider(config: Mapping[str, Any] | None = None) -> OIDCProvider:
 
     Raises:
         pytest.fail.Exception: Node is missing, ``npm ci`` failed, or the script did not
-            start (its stderr is included).
+            start (its stderr is included); :class:`ProviderSetupError` outside pytest.
     """
     ensure_node_modules()
     config = dict(config or {})
@@ -279,10 +295,9 @@ def start_provider(config: Mapping[str, Any] | None = None) -> OIDCProvider:
                 stream.close()
         stderr = log_path.read_text(errors="replace")[-4000:]
         log_path.unlink(missing_ok=True)
-        raise pytest.fail.Exception(
+        raise _failure(
             f"tests/oidc/provider.mjs did not start (exit code {process.returncode}, "
-            f"first line {line!r}); its stderr:\n{stderr}",
-            pytrace=False,
+            f"first line {line!r}); its stderr:\n{stderr}"
         )
     return OIDCProvider(issuer=line.split()[1], config=config, log_path=log_path, _process=process)
 

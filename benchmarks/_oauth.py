@@ -1,0 +1,293 @@
+"""Row 12: ``tokensdk.OAuth2`` against Authlib's ``AsyncOAuth2Client`` on a real provider.
+
+Both clients talk to the same process: panva's oidc-provider (tests/oidc, Node.js), started
+with the tests' own helper (tests/_oidc.py, loaded by path so that the benchmarks do not
+need pytest). Refresh requests are counted by the provider itself (its per-grant stats).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib.util
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import aiohttp
+import anyio
+import anyio.to_thread
+import attrs
+
+from benchmarks._harness import Row, compare_async, fmt_ratio, fmt_time, spread
+from tokensdk import ManualClock, OAuth2, Session
+
+__all__ = ["oauth_rows"]
+
+HARNESS = Path(__file__).resolve().parent.parent / "tests" / "_oidc.py"
+CLIENT_ID, CLIENT_SECRET = "app", "app-secret"  # tests/oidc's confidential client
+USER, PASSWORD = "alice", "wonderland"
+SCOPE = "openid offline_access api:read"
+TTL = 300  # access token lifetime, as in row 2
+CALLERS = 10_000
+
+
+def _harness() -> ModuleType:
+    """tests/_oidc.py, imported by path (tests/ is not a package)."""
+    name = "_tokensdk_bench_oidc"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, HARNESS)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.asynccontextmanager
+async def _provider(config: dict[str, Any]) -> AsyncIterator[Any]:
+    """A private provider process (exact stats), stopped on exit."""
+    provider = await anyio.to_thread.run_sync(_harness().start_provider, config)
+    try:
+        yield provider
+    finally:
+        await anyio.to_thread.run_sync(provider.stop)
+
+
+def _refreshes(stats: dict[str, Any]) -> int:
+    """Refresh token grants the provider answered, whatever the status."""
+    return sum(int(n) for n in stats["grants"].get("refresh_token", {}).values())
+
+
+def _session(provider: Any, **kwargs: Any) -> Session:
+    backend = OAuth2(
+        provider.issuer,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        scope=SCOPE,
+        token_endpoint=provider.token_endpoint,
+    )
+    return Session(backend, **kwargs)
+
+
+async def _authlib(provider: Any) -> Any:
+    """An Authlib client holding its own password-grant token from the provider."""
+    from authlib.integrations.httpx_client import AsyncOAuth2Client
+
+    client = AsyncOAuth2Client(
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        scope=SCOPE,
+        token_endpoint=provider.token_endpoint,
+    )
+    await client.fetch_token(provider.token_endpoint, username=USER, password=PASSWORD)
+    return client
+
+
+# -- 12a: the hot path ----------------------------------------------------------------------
+
+
+async def _hot_path(quick: bool, provider: Any) -> Row:
+    async with _session(provider) as session:
+        await session.login(USER, PASSWORD)
+        client = await _authlib(provider)
+
+        async def sdk(n: int) -> None:
+            for _ in range(n):
+                await session.access_token()
+
+        async def authlib(n: int) -> None:
+            for _ in range(n):
+                await client.ensure_active_token(client.token)
+
+        try:
+            cmp = await compare_async(
+                {"sdk": sdk, "authlib": authlib},
+                number=5_000 if quick else 50_000,
+                rounds=7 if quick else 25,
+            )
+        finally:
+            await client.aclose()
+    speedup = spread([1 / r for r in cmp.ratios("sdk", "authlib")])
+    return Row(
+        "12a",
+        "OAuth 2.0 provider, hot path: access_token() speed-up over Authlib ensure_active_token",
+        fmt_ratio(speedup),
+        ">= 5x",
+        speedup[0] >= 5,
+        f"sdk {fmt_time(cmp.median('sdk'))}, authlib {fmt_time(cmp.median('authlib'))}; "
+        "both hold a password-grant token from oidc-provider",
+    )
+
+
+# -- 12b: the storm -------------------------------------------------------------------------
+
+
+async def _storm(
+    n: int, call: Callable[[], Awaitable[object]], release: Callable[[], None]
+) -> float:
+    """Park ``n`` callers on a gate, ``release()`` (the token enters the refresh window),
+    open the gate; the wall time until every caller has its token."""
+    gate = anyio.Event()
+
+    async def caller() -> None:
+        await gate.wait()
+        await call()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(caller)
+        await anyio.sleep(0.01)  # every caller is parked on the gate
+        start = time.perf_counter()
+        release()
+        gate.set()
+    return time.perf_counter() - start
+
+
+@attrs.frozen
+class _Storms:
+    refreshes: list[int]
+    storm: list[float]
+    alone: list[float]
+
+
+async def _sdk_storms(provider: Any, rounds: int) -> _Storms:
+    clock = ManualClock()
+    result = _Storms([], [], [])
+    async with _session(provider, clock=clock) as session:
+        await session.login(USER, PASSWORD)
+        for _ in range(rounds):
+            gc.collect()  # the last storm's garbage is not this refresh's cost
+            start = time.perf_counter()
+            await session.token_refresh()
+            result.alone.append(time.perf_counter() - start)
+            # The token is fresh; TTL - 10 s later every caller is in the mandatory window
+            # (the session's clock moves; the provider's need not: its token is still valid).
+            before = _refreshes(await provider.stats())
+            wall = await _storm(CALLERS, session.access_token, lambda: clock.advance(TTL - 10))
+            result.storm.append(wall)
+            result.refreshes.append(_refreshes(await provider.stats()) - before)
+    return result
+
+
+async def _authlib_storms(provider: Any, rounds: int) -> _Storms:
+    client = await _authlib(provider)
+    result = _Storms([], [], [])
+    try:
+        for _ in range(rounds):
+            gc.collect()
+            start = time.perf_counter()
+            await client.refresh_token(provider.token_endpoint)
+            result.alone.append(time.perf_counter() - start)
+            # Inside Authlib's leeway (60 s): every caller sees a token to refresh.
+            stale = dict(client.token)
+            stale["expires_at"] = int(time.time()) + 30
+
+            def release(stale: dict[str, Any] = stale) -> None:
+                client.token = stale
+
+            before = _refreshes(await provider.stats())
+            wall = await _storm(CALLERS, lambda: client.ensure_active_token(client.token), release)
+            result.storm.append(wall)
+            result.refreshes.append(_refreshes(await provider.stats()) - before)
+    finally:
+        await client.aclose()
+    return result
+
+
+def _counts(values: list[int]) -> str:
+    return ", ".join(str(v) for v in sorted(set(values)))
+
+
+async def _storm_rows(quick: bool, provider: Any) -> list[Row]:
+    rounds = 2 if quick else 9
+    sdk = await _sdk_storms(provider, rounds)
+    authlib = await _authlib_storms(provider, rounds)
+    ours, theirs = spread(sdk.storm)[0], spread(authlib.storm)[0]
+    return [
+        Row(
+            "12b",
+            f"OAuth 2.0 provider, storm: refresh requests at the provider for {CALLERS:,} callers",
+            f"{_counts(sdk.refreshes)} (over {rounds} storms); "
+            f"Authlib {_counts(authlib.refreshes)}",
+            "1",
+            set(sdk.refreshes) == {1},
+            "counted by oidc-provider (refresh_token grants, rotation on)",
+        ),
+        Row(
+            "12c",
+            f"OAuth 2.0 provider, storm: wall time, SDK vs Authlib ({CALLERS:,} callers)",
+            f"{ours / theirs:.2f}x (sdk {fmt_time(ours)}, authlib {fmt_time(theirs)})",
+            "",
+            None,
+            f"one refresh alone: sdk {fmt_time(spread(sdk.alone)[0])}, authlib "
+            f"{fmt_time(spread(authlib.alone)[0])}; medians of {rounds} storms",
+        ),
+    ]
+
+
+# -- 12d: the refresh round trip --------------------------------------------------------------
+
+
+async def _round_trip(quick: bool, provider: Any) -> Row:
+    basic = aiohttp.BasicAuth(CLIENT_ID, CLIENT_SECRET)
+    async with _session(provider) as session, aiohttp.ClientSession() as http:
+        await session.login(USER, PASSWORD)
+        client = await _authlib(provider)
+        form = {"grant_type": "password", "username": USER, "password": PASSWORD, "scope": SCOPE}
+        async with http.post(provider.token_endpoint, data=form, auth=basic) as resp:
+            resp.raise_for_status()
+            refresh_token = (await resp.json())["refresh_token"]
+
+        async def sdk(n: int) -> None:
+            for _ in range(n):
+                await session.token_refresh()
+
+        async def raw(n: int) -> None:
+            # The SDK's request: the same form, Basic client authentication, the rotated
+            # refresh token kept for the next round.
+            nonlocal refresh_token
+            for _ in range(n):
+                body = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+                async with http.post(provider.token_endpoint, data=body, auth=basic) as resp:
+                    resp.raise_for_status()
+                    refresh_token = (await resp.json())["refresh_token"]
+
+        async def authlib(n: int) -> None:
+            for _ in range(n):
+                await client.refresh_token(provider.token_endpoint)
+
+        try:
+            cmp = await compare_async(
+                {"sdk": sdk, "raw": raw, "authlib": authlib},
+                number=5 if quick else 30,
+                rounds=5 if quick else 41,
+            )
+        finally:
+            await client.aclose()
+    ratio = cmp.ratio("sdk", "raw")
+    return Row(
+        "12d",
+        "OAuth 2.0 provider, refresh round trip: token_refresh() vs raw aiohttp POST of the grant",
+        fmt_ratio(ratio),
+        "<= 1.15x",
+        ratio[0] <= 1.15,
+        f"sdk {fmt_time(cmp.median('sdk'))}, raw {fmt_time(cmp.median('raw'))} (the SDK's "
+        f"own work: {fmt_time(cmp.median('sdk') - cmp.median('raw'))} per refresh); Authlib "
+        f"refresh_token() {fmt_ratio(cmp.ratio('authlib', 'raw'))} the raw POST",
+    )
+
+
+async def oauth_rows(quick: bool) -> list[Row]:
+    """Row 12: hot path, storm and round trip against Authlib on one oidc-provider."""
+    # One private process: its stats count only this row's requests (read as deltas).
+    async with _provider({"accessTokenTTL": TTL}) as provider:
+        rows = [await _hot_path(quick, provider)]
+        rows += await _storm_rows(quick, provider)
+        rows.append(await _round_trip(quick, provider))
+    return rows
