@@ -18,6 +18,7 @@ from tokensdk._assets import (
 )
 from tokensdk._backend import AuthBackend, NativeBackend
 from tokensdk._clock import Clock, ManualClock, SystemClock
+from tokensdk._coordinator import Coordinator, LocalCoordinator, StoreCoordinator
 from tokensdk._errors import (
     AccountFrozen,
     BadSignature,
@@ -39,6 +40,7 @@ from tokensdk._errors import (
     SessionLost,
     StoreCorrupt,
     StoreError,
+    StoreUnavailable,
     TokenExpired,
     TokenInvalid,
     TokenMalformed,
@@ -65,7 +67,7 @@ from tokensdk._policy import RefreshPolicy
 from tokensdk._session import Session, one_time_key_answer
 from tokensdk._token_store import Authentication
 from tokensdk._transport import AttemptHook, RetryConfig
-from tokensdk.stores import FileStore, KeyringStore, MemoryStore, StateStore
+from tokensdk.stores import FileStore, KeyringStore, MemoryStore, RedisStore, StateStore
 
 __version__ = "0.1.0.dev0"
 
@@ -80,6 +82,7 @@ __all__ = [
     "BadSignature",
     "Clock",
     "Conflict",
+    "Coordinator",
     "Credentials",
     "DeviceCode",
     "Ed25519Signer",
@@ -95,6 +98,7 @@ __all__ = [
     "InvalidInput",
     "InvalidState",
     "KeyringStore",
+    "LocalCoordinator",
     "MacToken",
     "MacTokenError",
     "ManualClock",
@@ -106,6 +110,7 @@ __all__ = [
     "PendingRefresh",
     "ProtocolError",
     "RateLimited",
+    "RedisStore",
     "RefreshPolicy",
     "RetryConfig",
     "ServiceError",
@@ -117,8 +122,10 @@ __all__ = [
     "SessionStatus",
     "Signer",
     "StateStore",
+    "StoreCoordinator",
     "StoreCorrupt",
     "StoreError",
+    "StoreUnavailable",
     "SystemClock",
     "TokenExpired",
     "TokenInfo",

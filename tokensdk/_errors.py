@@ -63,6 +63,7 @@ __all__ = [
     "SessionLost",
     "StoreCorrupt",
     "StoreError",
+    "StoreUnavailable",
     "TokenExpired",
     "TokenInvalid",
     "TokenMalformed",
@@ -315,3 +316,12 @@ class StoreCorrupt(StoreError):
     def __init__(self, message: str, *, moved_to: str | None = None) -> None:
         super().__init__(message)
         self.moved_to = moved_to
+
+
+class StoreUnavailable(StoreError):
+    """A shared store cannot be reached, or a refresh cannot be coordinated through it.
+
+    Nothing was read or written; retry later. Raised by :class:`RedisStore` when
+    Redis is down, and by a session whose needed refresh could not take the fleet's
+    refresh lock.
+    """

@@ -35,6 +35,7 @@ from tokensdk._assets import AccessTokens
 from tokensdk._backend import AccessExpired, AuthBackend, Call, GrantBackend, Lost, NativeBackend
 from tokensdk._clock import Clock, SystemClock
 from tokensdk._context import Lifecycle, SessionContext
+from tokensdk._coordinator import Coordinator, Lease, coordinator_for
 from tokensdk._dpop import DPoPState
 from tokensdk._errors import (
     InvalidClient,
@@ -48,6 +49,7 @@ from tokensdk._errors import (
     SessionLost,
     StoreCorrupt,
     StoreError,
+    StoreUnavailable,
     TokenSDKError,
 )
 from tokensdk._flight import Flight
@@ -126,6 +128,12 @@ class Session:
         rng: Random source for jitter (seed it for reproducible schedules).
         attempt_hook: Entered around every HTTP attempt of the session's own calls
             (see :class:`AttemptHook`): to instrument them, or to hold them in tests.
+        coordinator: How the processes sharing ``store`` coordinate (see
+            :class:`Coordinator`); by default chosen by the store's type: a
+            :class:`FileStore` or :class:`RedisStore` is shared (one refresh per
+            token window fleet-wide, changes adopted from other members), any other
+            store is owned by this process. Give a :class:`StoreCoordinator` to set
+            the refresh lease; ``store`` may then be omitted.
 
     Attributes:
         access_tokens: The observable array of asset access tokens
@@ -151,11 +159,25 @@ class Session:
         access_tokens: Iterable[AssetToken | Mapping[str, Any]] | None = None,
         rng: random.Random | None = None,
         attempt_hook: AttemptHook | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
         if timeout <= 0 or not math.isfinite(timeout):
             raise InvalidInput("timeout must be a positive number of seconds")
         self._clock: Clock = clock or SystemClock()
-        self._store: StateStore = store if store is not None else MemoryStore()
+        if store is None:
+            store = coordinator.store if coordinator is not None else MemoryStore()
+        self._store: StateStore = store
+        self._coord = coordinator if coordinator is not None else coordinator_for(store)
+        if not isinstance(self._coord, Coordinator) or self._coord.store is not store:
+            raise InvalidInput("coordinator must be a Coordinator of the session's store")
+        # Fleet mode: other members write the same state (see _coordinated_refresh).
+        self._shared = self._coord.shared
+        self._version: int | None = None  # the stored version this member's state is
+        self._saved_rev = -1  # the hub revision known to be in the shared store
+        self._claim = False  # the latest change wins a write conflict (login, loss)
+        self._shared_lock = anyio.Lock()  # one load or write of the shared state at a time
+        self._adopted = anyio.Event()  # set (and replaced) when another's state is adopted
+        self._flight_wanted: Credentials | None = None  # the pair the flight replaces
         self._policy = policy
         self._rng = rng or random.Random()
         self._relogin = relogin
@@ -186,7 +208,9 @@ class Session:
         self._restore_tokens = None if access_tokens is None else _asset_list(access_tokens)
         self._scheduler = Scheduler(self._clock)
         self._saver = CoalescingSaver(
-            self._store, on_error=self._store_failed, encode=snapshot_to_document
+            _SharedWriter(self) if self._shared else self._store,
+            on_error=self._store_failed,
+            encode=None if self._shared else snapshot_to_document,
         )
         self._hub.add_listener(self._persist)
         self._tg: TaskGroup | None = None
@@ -244,6 +268,8 @@ class Session:
         try:
             await started
             await self._load()
+            if self._shared:
+                self._spawn(self._watch)
             for opened in self._on_open:
                 await opened()
         except BaseException:
@@ -511,7 +537,7 @@ class Session:
     async def _load(self) -> None:
         snapshot = None
         try:
-            document = await self._store.load()
+            document, self._version = await self._coord.load()
             if document is not None:
                 try:
                     snapshot = document_to_snapshot(
@@ -555,6 +581,8 @@ class Session:
             return
         events = [self._hub.event(EventType.RESUMED, creds.username)] if creds else []
         self._hub.commit(*events, **changes)
+        if snapshot is not None and self._restore_tokens is None:
+            self._saved_rev = self._hub.snapshot.revision  # it is what the store holds
         if creds is not None and changes.get("status") is SessionStatus.ACTIVE:
             self._install(creds)
             if changes.get("pending_refresh") is not None:
@@ -905,6 +933,7 @@ class Session:
         self._life.generation += 1
         self._uninstall()
         self._life.lost_reason = "logged_out"
+        self._claim = True  # fleet-wide: a logout wins over a sibling's concurrent write
         self._hub.commit(
             self._hub.event(EventType.LOGGED_OUT, creds.username if creds else None),
             status=SessionStatus.LOGGED_OUT,
@@ -1007,6 +1036,7 @@ class Session:
         if changes:
             creds = attrs.evolve(creds, **changes)
         self._life.generation += 1
+        self._claim = True
         # A new login is a new token family: the MAC tokens of the previous one
         # belong to it (the service kills them with it), never to this one.
         self._hub.commit(
@@ -1087,6 +1117,10 @@ class Session:
         if flight is None:
             self._require_open()
             flight = self._flight = Flight[Credentials]()
+            if self._shared:
+                snapshot = self._hub.snapshot
+                active = snapshot.status is SessionStatus.ACTIVE
+                self._flight_wanted = snapshot.credentials if active else None
             self._flight_posted.set()
         return await flight.wait()
 
@@ -1127,6 +1161,11 @@ class Session:
             self._finish_flight(flight, value=value)
 
     async def _do_refresh(self) -> Credentials:
+        if self._shared:
+            return await self._coordinated_refresh()
+        return await self._refresh_once()
+
+    async def _refresh_once(self) -> Credentials:
         snapshot = self._hub.snapshot
         creds = snapshot.credentials
         generation = self._life.generation
@@ -1155,7 +1194,16 @@ class Session:
         pending = snapshot.pending_refresh or self._unsaved_pending
         if pending is None or pending.refresh_token != creds.refresh_token:
             pending = PendingRefresh(creds.refresh_token or "", secrets.token_hex(16), now_wall)
-            if self._durable:
+            if self._shared:
+                # Written now, under the lease, or not sent: a member that dies after
+                # sending leaves the key to whoever takes the lease next.
+                self._hub.commit(pending_refresh=pending)
+                await self._write_shared()
+                if self._hub.snapshot.pending_refresh is not pending:
+                    raise _Conflict  # a sibling wrote meanwhile: reload and decide again
+                if generation != self._life.generation:
+                    return self._stale_refresh()
+            elif self._durable:
                 self._hub.commit(pending_refresh=pending)
                 await self._saver.flush()
                 if generation != self._life.generation:
@@ -1193,6 +1241,14 @@ class Session:
         )
         self._unsaved_pending = None
         self._install(new)
+        if self._shared:
+            self._claim = True  # the service's newest pair: it wins any write conflict
+            try:
+                await self._write_shared()
+            except StoreError as exc:
+                # The pair is ours and valid; the store learns it when it is back
+                # (see _resync), and a sibling retrying the pending key gets it too.
+                self._store_failed(exc)
         return new
 
     def _stale_refresh(self) -> Credentials:
@@ -1226,6 +1282,7 @@ class Session:
         self._life.generation += 1
         self._uninstall()
         self._life.lost_reason = reason
+        self._claim = True
         log.warning("tokensdk: session lost (%s)", reason)
         self._hub.commit(
             self._hub.event(EventType.SESSION_LOST, reason),
@@ -1235,12 +1292,275 @@ class Session:
             pending_refresh=None,
         )
 
+    # -- fleet coordination (a shared store: FileStore, RedisStore) ------------------
+
+    async def _coordinated_refresh(self) -> Credentials:
+        """One refresh per token window fleet-wide: lock, reload, adopt or refresh, save.
+
+        The member holding the refresh lock re-reads the shared state first: a pair
+        a sibling obtained meanwhile is adopted, not refreshed again; a pending
+        refresh a dead sibling left is retried with its idempotency key. Writes are
+        compare-and-set on the stored version, so a member whose lease lapsed cannot
+        overwrite what the next holder saved with something older.
+        """
+        wanted = self._flight_wanted
+        lease = await self._lock_or_adopt(wanted)
+        if lease is None:
+            return self._adopted_result()
+        try:
+            for _ in range(_CONFLICT_RETRIES):
+                await self._reload()
+                if self._moved_on(wanted):
+                    return self._adopted_result()
+                try:
+                    return await self._refresh_once()
+                except _Conflict:
+                    continue
+            raise StoreUnavailable("the shared state kept changing during a refresh")
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._transport.timeout):
+                # A loss or a relogin is in the store before the next holder reloads.
+                await self._saver.flush()
+            with anyio.CancelScope(shield=True):
+                await lease.release()
+
+    async def _lock_or_adopt(self, wanted: Credentials | None) -> Lease | None:
+        """Take the refresh lock, or None once a sibling's newer state was adopted."""
+        clock = self._clock
+        now_wall, now_mono = clock.time(), clock.monotonic()
+        left = wanted.access_left(now_wall, now_mono) if wanted is not None else 0.0
+        give_up = now_mono + max(left, self._transport.timeout) + self._coord.lease
+        while True:
+            adopted = self._adopted
+            lease = await self._coord.try_lock()
+            if lease is not None:
+                return lease
+            if self._moved_on(wanted):
+                return None
+            remaining = await self._coord.lock_remaining()
+            if clock.monotonic() >= give_up:
+                raise StoreUnavailable("another member holds the refresh lock too long")
+            if remaining is None:
+                continue  # released between the two looks
+            # The holder's result arrives as a change (adopted by _watch); a holder
+            # that saved nothing (it failed) or died is found by trying again.
+            with anyio.move_on_after(min(remaining, _LOCK_RECHECK)):
+                await adopted.wait()
+            if self._moved_on(wanted):
+                return None
+
+    def _moved_on(self, wanted: Credentials | None) -> bool:
+        """Whether the state moved past ``wanted`` (a sibling refreshed, logged in, lost it)."""
+        snapshot = self._hub.snapshot
+        current = snapshot.credentials if snapshot.status is SessionStatus.ACTIVE else None
+        if current is None or wanted is None:
+            return current is not wanted
+        # Every refresh brings a new access token (the refresh token may stay).
+        return current.access_token != wanted.access_token
+
+    def _adopted_result(self) -> Credentials:
+        snapshot = self._hub.snapshot
+        if snapshot.status is SessionStatus.ACTIVE and snapshot.credentials is not None:
+            return snapshot.credentials
+        if snapshot.status is SessionStatus.LOGGED_OUT:
+            raise NotLoggedIn("logged out (by another member of the fleet)")
+        raise SessionLost(self._life.lost_reason)
+
+    async def _reload(self) -> None:
+        """Read the shared state; adopt it if it moved, write ours back if it was lost."""
+        async with self._shared_lock:
+            document, version = await self._coord.load()
+            snapshot = self._hub.snapshot
+            if document is None:
+                if (
+                    snapshot.credentials is not None
+                    or snapshot.status is not SessionStatus.LOGGED_OUT
+                ):
+                    # Redis was flushed or restarted, or the file removed, while this
+                    # member held the state: write it back rather than lose the session.
+                    restored = await self._coord.restore(
+                        snapshot_to_document(snapshot), self._version
+                    )
+                    if restored is not None:
+                        log.warning("tokensdk: the shared store lost the state; written back")
+                        self._version, self._saved_rev = restored, snapshot.revision
+                return
+            if version != self._version:
+                self._adopt(document, version)
+            elif snapshot.revision > self._saved_rev:
+                await self._write_locked()
+
+    async def _write_shared(self) -> None:
+        """Write the current state to the shared store (compare-and-set on the version)."""
+        async with self._shared_lock:
+            await self._write_locked()
+
+    async def _write_locked(self) -> None:
+        for _ in range(_CONFLICT_RETRIES):
+            snapshot = self._hub.snapshot
+            if snapshot.revision <= self._saved_rev:
+                return  # already there (or adopted from there)
+            document = snapshot_to_document(snapshot)
+            written = await self._coord.save_if(document, self._version)
+            if written is not None:
+                self._version, self._saved_rev, self._claim = written, snapshot.revision, False
+                return
+            # Somebody wrote first. Ours still wins when it is a login, a loss, a
+            # logout or a new pair (the claim), or when theirs left the pair and status
+            # as ours has them (a MAC token, an asset token): else theirs is newer.
+            stored, version = await self._coord.load()
+            if stored is None:
+                written = await self._coord.restore(document, self._version)
+                if written is not None:
+                    self._version, self._saved_rev = written, snapshot.revision
+                    self._claim = False
+                    return
+                continue
+            theirs = self._decode_shared(stored)
+            if self._claim or _same_activation(theirs, snapshot):
+                self._version = version
+                continue
+            self._adopt(stored, version, theirs)
+            return
+        raise StoreUnavailable("the shared state kept changing under this member's writes")
+
+    def _decode_shared(self, document: Mapping[str, Any]) -> SessionSnapshot:
+        return document_to_snapshot(
+            document, wall=self._clock.time(), monotonic=self._clock.monotonic()
+        )
+
+    def _adopt(
+        self,
+        document: Mapping[str, Any],
+        version: int | None,
+        theirs: SessionSnapshot | None = None,
+    ) -> None:
+        """Make a state another member wrote this member's state, as if it happened here.
+
+        Commits it into the hub (change callbacks and events fire here too) without
+        writing it back, installs an adopted pair and wakes members waiting for it.
+        """
+        theirs = theirs or self._decode_shared(document)
+        self._version = version
+        ours = self._hub.snapshot
+        new, old = theirs.credentials, ours.credentials
+        same_pair = (new is None) == (old is None) and (
+            new is None or old is None or new.access_token == old.access_token
+        )
+        if (
+            same_pair
+            and theirs.status is ours.status
+            and theirs.pending_refresh == ours.pending_refresh
+            and theirs.access_tokens == ours.access_tokens
+            and dict(theirs.mac_tokens) == dict(ours.mac_tokens)
+        ):
+            self._saved_rev = ours.revision
+            return
+        events = []
+        if theirs.status is not ours.status or theirs.username != ours.username:
+            self._life.generation += 1  # another activation: work on the old one is stale
+            if theirs.status is SessionStatus.ACTIVE and new is not None:
+                events.append(self._hub.event(EventType.LOGGED_IN, new.username))
+            elif theirs.status is SessionStatus.LOGGED_OUT:
+                self._life.lost_reason = "logged_out"
+                events.append(self._hub.event(EventType.LOGGED_OUT, ours.username))
+            else:
+                self._life.lost_reason = "stored_session_lost"
+                events.append(self._hub.event(EventType.SESSION_LOST, "stored_session_lost"))
+        elif not same_pair and new is not None:
+            events.append(self._hub.event(EventType.REFRESHED, new.username))
+        self._hub.commit(
+            *events,
+            status=theirs.status,
+            credentials=new,
+            access_tokens=theirs.access_tokens,
+            mac_tokens=theirs.mac_tokens,
+            pending_refresh=theirs.pending_refresh,
+            revision=max(theirs.revision, ours.revision + 1),
+        )
+        self._saved_rev = self._hub.snapshot.revision
+        if theirs.status is SessionStatus.ACTIVE and new is not None:
+            if not same_pair or ours.status is not SessionStatus.ACTIVE:
+                self._install(new)
+        else:
+            self._uninstall()
+        adopted, self._adopted = self._adopted, anyio.Event()
+        adopted.set()
+
+    async def _watch(self) -> None:
+        """Adopt every state another member writes; resynchronise after an outage."""
+        failures = 0
+        while True:
+            try:
+                async with self._coord.changes() as versions:
+                    if failures:
+                        await self._reload()  # messages were missed; the store may be empty
+                        failures = 0
+                    async for version in versions:
+                        if version != self._version:
+                            await self._reload()
+            except SessionClosed:
+                return
+            except StoreError as exc:
+                failures += 1
+                delay = min(_WATCH_BACKOFF * 2 ** (failures - 1), _WATCH_BACKOFF_MAX)
+                delay *= 0.5 + self._rng.random() / 2
+                log.info("tokensdk: watching the shared state failed: %s", type(exc).__name__)
+                await anyio.sleep(delay)
+
     def __repr__(self) -> str:
         snapshot = self._hub.snapshot
         return (
             f"Session({self._backend.base_url!r}, status={snapshot.status.value},"
             f" username={snapshot.username!r})"
         )
+
+
+#: Times a refresh or a write re-reads the shared state after losing a race.
+_CONFLICT_RETRIES = 8
+#: Seconds between two looks at a refresh lock a sibling holds (its result usually
+#: arrives first, as a change).
+_LOCK_RECHECK = 0.25
+#: First and longest pause before watching the shared state again after an outage.
+_WATCH_BACKOFF = 0.1
+_WATCH_BACKOFF_MAX = 1.0
+
+
+class _Conflict(Exception):
+    """A sibling wrote the shared state while this member was about to refresh."""
+
+
+class _SharedWriter:
+    """The saver's store in fleet mode: writes the session's state compare-and-set.
+
+    The saver hands it a snapshot; it writes the session's current state instead
+    (never an older one than a state adopted meanwhile) through the coordinator.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def __repr__(self) -> str:
+        return f"_SharedWriter({self._session._store!r})"
+
+    async def load(self) -> dict[str, Any] | None:
+        return None  # never called: the session loads through its coordinator
+
+    async def save(self, document: Any) -> None:
+        await self._session._write_shared()
+
+    async def clear(self) -> None:
+        await self._session._write_shared()
+
+
+def _same_activation(theirs: SessionSnapshot, ours: SessionSnapshot) -> bool:
+    """Whether two states hold the same pair with the same status (only extras differ)."""
+    if theirs.status is not ours.status:
+        return False
+    a, b = theirs.credentials, ours.credentials
+    return (a is None and b is None) or (
+        a is not None and b is not None and a.access_token == b.access_token
+    )
 
 
 def _clamp_plan(plan: RefreshPlan, now_mono: float, wall_left: float) -> float:

@@ -3,7 +3,8 @@
 A backend implements :class:`StateStore` (``load``/``save``/``clear`` of one
 JSON-able document). Shipped: :class:`MemoryStore`, :class:`FileStore` (one JSON
 file, atomic and durable, mode 0600) and :class:`KeyringStore` (the OS keychain,
-needs the ``keyring`` extra). :func:`read_state_file` reads a ``FileStore``'s
+needs the ``keyring`` extra) and :class:`RedisStore` (one credential shared
+by a fleet, needs the ``redis`` extra). :func:`read_state_file` reads a ``FileStore``'s
 file without changing anything.
 """
 
@@ -13,5 +14,13 @@ from tokensdk.stores._base import StateStore
 from tokensdk.stores._file import FileStore, read_state_file
 from tokensdk.stores._keyring import KeyringStore
 from tokensdk.stores._memory import MemoryStore
+from tokensdk.stores._redis import RedisStore
 
-__all__ = ["FileStore", "KeyringStore", "MemoryStore", "StateStore", "read_state_file"]
+__all__ = [
+    "FileStore",
+    "KeyringStore",
+    "MemoryStore",
+    "RedisStore",
+    "StateStore",
+    "read_state_file",
+]

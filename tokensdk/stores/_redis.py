@@ -28,17 +28,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
-from tokensdk._errors import InvalidInput, StoreCorrupt, StoreError
+from tokensdk._errors import InvalidInput, StoreCorrupt, StoreUnavailable
 from tokensdk.stores._codec import CorruptState, NewerFormat, decode_state, encode_state
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
 __all__ = ["RedisLease", "RedisStore", "StoreUnavailable"]
-
-
-class StoreUnavailable(StoreError):
-    """The shared store (Redis) cannot be reached; nothing was read or written."""
 
 
 # KEYS: state, channel. ARGV: expected version ("" = only if absent), doc.

@@ -1,0 +1,156 @@
+"""The coordination port: the in-process default, and sessions sharing one store.
+
+Several sessions in one process on one FileStore are members of a fleet as separate
+processes are (an flock is per open file, the watch reads the file): these tests
+show the seam; tests/test_fleet.py runs real processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from _service import PASSWORDS, service
+
+from tokensdk import (
+    EventType,
+    FileStore,
+    InvalidInput,
+    LocalCoordinator,
+    ManualClock,
+    MemoryStore,
+    NotLoggedIn,
+    Session,
+    SessionStatus,
+    StoreCoordinator,
+)
+from tokensdk._coordinator import coordinator_for
+from tokensdk.server import RunningService
+
+pytestmark = pytest.mark.anyio
+
+
+def test_the_store_type_chooses_the_coordinator(tmp_path: Path) -> None:
+    memory = MemoryStore()
+    assert isinstance(coordinator_for(memory), LocalCoordinator)
+    assert not coordinator_for(memory).shared
+    shared = coordinator_for(FileStore(tmp_path / "s.json"))
+    assert isinstance(shared, StoreCoordinator)
+    assert shared.shared
+    with pytest.raises(InvalidInput):
+        StoreCoordinator(memory)
+    with pytest.raises(InvalidInput):
+        StoreCoordinator(FileStore(tmp_path / "s.json"), lease=0)
+    with pytest.raises(InvalidInput):  # a coordinator of another store
+        Session("http://127.0.0.1:1", store=memory, coordinator=LocalCoordinator(MemoryStore()))
+
+
+async def test_the_in_process_coordinator_keeps_a_plain_store_as_it_was(
+    clock: ManualClock,
+) -> None:
+    store = MemoryStore()
+    coordinator = LocalCoordinator(store)
+    assert await coordinator.load() == (None, None)
+    assert await coordinator.save_if({"a": 1}, None) == 0
+    assert await coordinator.load() == ({"a": 1}, 0)
+    lease = await coordinator.try_lock()
+    assert lease is not None
+    assert await coordinator.try_lock() is not None
+    await lease.release()
+    assert await coordinator.lock_remaining() is None
+    async with service(clock) as svc:
+        async with Session(svc.url, coordinator=coordinator, clock=clock) as session:
+            await session.login("alice", PASSWORDS["alice"])
+            await session.token_refresh()
+        assert svc.stats.refreshes == 1
+        assert store.document is not None
+
+
+@asynccontextmanager
+async def members(
+    svc: RunningService, clock: ManualClock, path: Path, count: int
+) -> AsyncIterator[list[Session]]:
+    async with AsyncExitStack() as stack:
+        sessions = [
+            await stack.enter_async_context(Session(svc.url, store=FileStore(path), clock=clock))
+            for _ in range(count)
+        ]
+        yield sessions
+
+
+async def test_members_adopt_a_login_and_refresh_once_per_window(
+    clock: ManualClock, tmp_path: Path
+) -> None:
+    async with (
+        service(clock, access_ttl=60) as svc,
+        members(svc, clock, tmp_path / "state.json", 3) as (a, b, c),
+    ):
+        seen: list[SessionStatus] = []
+        b.add_change_callback(lambda snapshot: seen.append(snapshot.status))
+        async with b.events() as events_b, c.events() as events_c:
+            await a.login("alice", PASSWORDS["alice"])
+            with anyio.fail_after(10):
+                assert (await anext(events_b)).type is EventType.LOGGED_IN
+                assert (await anext(events_c)).type is EventType.LOGGED_IN
+        token = await a.access_token()
+        # Adopted: served from memory, no request (the file is not read on this path).
+        assert await b.access_token() == token == await c.access_token()
+        await b.changes_delivered()
+        assert seen[-1] is SessionStatus.ACTIVE
+        for window in range(3):
+            clock.advance(59)  # every member's token is inside its mandatory window
+            tokens: set[str] = set()
+
+            async def get(member: Session, into: set[str] = tokens) -> None:
+                into.add(await member.access_token())
+
+            async with anyio.create_task_group() as tg:
+                for member in (a, b, c):
+                    for _ in range(5):
+                        tg.start_soon(get, member)
+            assert len(tokens) == 1, window
+            assert token not in tokens, window
+            token = tokens.pop()
+            assert svc.stats.refreshes == window + 1
+        assert svc.stats.refresh_reuses == 0
+        assert svc.stats.rejected_bearers == 0
+
+
+async def test_a_logout_in_one_member_logs_out_every_member(
+    clock: ManualClock, tmp_path: Path
+) -> None:
+    async with (
+        service(clock) as svc,
+        members(svc, clock, tmp_path / "state.json", 2) as (a, b),
+    ):
+        async with b.events() as events:
+            await a.login("alice", PASSWORDS["alice"])
+            with anyio.fail_after(10):
+                assert (await anext(events)).type is EventType.LOGGED_IN
+            assert await a.logout()
+            with anyio.fail_after(10):
+                assert (await anext(events)).type is EventType.LOGGED_OUT
+        assert b.status is SessionStatus.LOGGED_OUT
+        assert b.credentials is None
+        assert not b.snapshot.mac_tokens
+        with pytest.raises(NotLoggedIn):
+            await b.access_token()
+
+
+async def test_a_member_holding_the_state_writes_it_back_when_the_file_goes(
+    clock: ManualClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "state.json"
+    async with service(clock, access_ttl=60) as svc, members(svc, clock, path, 1) as (a,):
+        await a.login("alice", PASSWORDS["alice"])
+        await a.flush()
+        path.unlink()
+        clock.advance(59)
+        await a.access_token()  # the refresh reloads under the lock: nothing stored
+        assert svc.stats.refreshes == 1
+        document = await FileStore(path).load()
+        assert document is not None
+        assert document["status"] == "active"
