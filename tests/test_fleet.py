@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _redis import RedisServer, redis_server
 
 from tokensdk import SystemClock
 from tokensdk.server import RunningService
@@ -123,3 +124,23 @@ def test_without_coordination_a_fleet_on_one_file_loses_its_session(tmp_path: Pa
         found = run_fleet(svc.url, f"file:{tmp_path / 'state.json'}", 2, 8.0, "--local")
     assert svc.stats.refresh_reuses >= 1
     assert sum(member.get("lost", 0) for member in found) >= 1, found
+
+
+# -- Redis ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as running:
+        yield running
+
+
+@pytest.mark.parametrize("count", [2, 4, 8])
+def test_a_fleet_on_one_redis_refreshes_once_per_window(
+    redis: RedisServer, request: pytest.FixtureRequest, count: int
+) -> None:
+    store = f"redis:{redis.url}#{request.node.name}"
+    with service_in_thread(access_ttl=ACCESS_TTL) as svc:
+        found = run_fleet(svc.url, store, count, SECONDS)
+        assert_one_refresh_per_window(svc, found, SECONDS)
+    print(f"redis fleet of {count}: {svc.stats.refreshes} refreshes in {SECONDS} s; {found}")
