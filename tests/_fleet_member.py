@@ -20,7 +20,8 @@ its session is active, then runs the callers for
 ``<seconds>`` while a checker presents a fresh token at ``GET /v1/me`` every 100 ms,
 and prints one JSON line of counters: ``tokens``, ``checked``, ``refused``, ``lost``,
 ``errors`` (by type), ``refreshed_events``, ``adopted`` (pairs that arrived as
-changes written by a sibling).
+changes written by a sibling). The SDK's own requests carry an
+``X-Fleet-Member: <pid>`` header.
 """
 
 from __future__ import annotations
@@ -73,8 +74,11 @@ async def _member(args: argparse.Namespace) -> dict[str, object]:
     )
     counts: collections.Counter[str] = collections.Counter()
     errors: collections.Counter[str] = collections.Counter()
+    # The SDK's own calls carry the member's pid, so a proxy can tell who asked.
+    own = aiohttp.ClientSession(headers={"X-Fleet-Member": str(os.getpid())})
     async with (
-        Session(args.url, coordinator=coordinator, timeout=5.0) as session,
+        own,
+        Session(args.url, coordinator=coordinator, timeout=5.0, http=own) as session,
         aiohttp.ClientSession() as http,
     ):
         events = session.events(100_000)

@@ -12,18 +12,31 @@ import asyncio
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from _proxy import Fault, FaultProxy
 from _redis import RedisServer, redis_server
+from aiohttp import web
 
-from tokensdk import SystemClock
+from tokensdk import (
+    EventType,
+    ManualClock,
+    RedisStore,
+    Session,
+    SessionStatus,
+    StoreUnavailable,
+    SystemClock,
+)
 from tokensdk.server import RunningService
 
 MEMBER = str(Path(__file__).with_name("_fleet_member.py"))
@@ -144,3 +157,124 @@ def test_a_fleet_on_one_redis_refreshes_once_per_window(
         found = run_fleet(svc.url, store, count, SECONDS)
         assert_one_refresh_per_window(svc, found, SECONDS)
     print(f"redis fleet of {count}: {svc.stats.refreshes} refreshes in {SECONDS} s; {found}")
+
+
+def _held_refresh(
+    proxy: FaultProxy, holders: list[tuple[int, float, str]], holding: anyio.Event
+) -> Fault:
+    """Forward a refresh (the service rotates the pair), then hold its answer forever."""
+
+    async def fault(request: web.Request) -> web.StreamResponse:
+        status, headers, payload = await proxy.forward(request)
+        key = json.loads(await request.read())["idempotencyKey"]
+        holders.append((int(request.headers["X-Fleet-Member"]), time.monotonic(), key))
+        holding.set()
+        await proxy.released.wait()  # until the client hangs up (killed) or the end
+        return web.Response(body=payload, status=status, headers=headers)
+
+    return fault
+
+
+@pytest.mark.anyio
+async def test_killing_the_lock_holder_mid_refresh_costs_the_fleet_one_lease(
+    redis: RedisServer, request: pytest.FixtureRequest
+) -> None:
+    """kill -9 the member whose refresh reached the service but whose answer is held.
+
+    The pending refresh (refresh token + key) was in Redis before the request left;
+    the lease lapses; the next member retries that refresh with that key and gets the
+    same answer: nobody is logged out, no expired token is presented.
+    """
+    from _service import service
+
+    lease, seconds = 2.0, 12.0
+    store = f"redis:{redis.url}#{request.node.name}"
+    holders: list[tuple[int, float, str]] = []
+    async with (
+        service(SystemClock(), access_ttl=ACCESS_TTL) as svc,
+        FaultProxy(svc.url, cancel_on_hangup=True).running() as proxy,
+    ):
+        proxy.only_paths = {"/v1/refresh"}
+        holding = anyio.Event()
+        proxy.fail_next(1, _held_refresh(proxy, holders, holding))
+        options = ("--lease", str(lease), "--callers", "3")
+        first = start_member(proxy.url, store, seconds, "--login", *options)
+        assert first.stdout is not None
+        line = await anyio.to_thread.run_sync(first.stdout.readline)
+        assert line == b"ready\n"
+        members = [first] + [start_member(proxy.url, store, seconds, *options) for _ in range(2)]
+        with anyio.fail_after(30):
+            await holding.wait()
+        pid, held_at, key = holders[0]
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        survivors = [member for member in members if member.pid != pid]
+        found = await anyio.to_thread.run_sync(results, survivors)
+        next(member for member in members if member.pid == pid).communicate(timeout=_GUARD)
+        retries = [hit for hit in proxy.hits if hit.path == "/v1/refresh" and hit.at > held_at]
+    where = f"members: {found}; service: {svc.stats}"
+    assert all(member.get("lost", 0) == 0 for member in found), where
+    assert all(member.get("refused", 0) == 0 for member in found), where
+    assert all(not member["errors"] for member in found), where
+    assert svc.stats.refresh_reuses == 0, where
+    assert svc.stats.rejected_bearers == 0, where
+    # The first refresh after the kill is the dead member's, retried with its key.
+    assert retries, where
+    assert json.loads(retries[0].body)["idempotencyKey"] == key
+    assert retries[0].status == 200
+    recovered = retries[0].at - killed
+    # One lease (from when the holder took it, before its request) plus one look at
+    # the lock (0.25 s), with a margin for a loaded machine.
+    assert recovered <= lease + 0.25 + 1.0, recovered
+    print(f"killed the lock holder: recovered in {recovered:.2f} s (lease {lease} s)")
+
+
+@pytest.mark.anyio
+async def test_a_redis_restart_loses_no_session_and_refreshes_nothing_without_the_lock(
+    redis: RedisServer, request: pytest.FixtureRequest, clock: ManualClock
+) -> None:
+    """Redis dies and comes back empty while two members hold the state.
+
+    While it is down, members serve the tokens they hold (the hot path never touches
+    Redis); a refresh that becomes necessary cannot take the lock, so it is not sent
+    (no reuse can follow) and callers get StoreUnavailable. Once Redis is back, a
+    member writes the state back, and the next refresh is one refresh, adopted by
+    the other member.
+    """
+    from _service import PASSWORDS, service
+
+    name = request.node.name
+    stores = [RedisStore(redis.url, name=name) for _ in range(3)]
+    async with AsyncExitStack() as stack:
+        for store in stores:
+            stack.push_async_callback(store.aclose)
+        svc = await stack.enter_async_context(service(clock, access_ttl=60))
+        a = await stack.enter_async_context(Session(svc.url, store=stores[0], clock=clock))
+        b = await stack.enter_async_context(Session(svc.url, store=stores[1], clock=clock))
+        async with b.events() as events:
+            await a.login("alice", PASSWORDS["alice"])
+            with anyio.fail_after(10):
+                assert (await anext(events)).type is EventType.LOGGED_IN
+        token = await a.access_token()
+        redis.kill()
+        assert await a.access_token() == token  # still fresh: served from memory
+        assert await b.access_token() == token
+        clock.advance(59)  # inside the mandatory window: a refresh is needed
+        for member in (a, b):
+            with pytest.raises(StoreUnavailable):
+                await member.access_token()
+        assert svc.stats.refreshes == 0  # nothing was sent without the lock
+        redis.start()  # empty
+        with anyio.fail_after(10):  # one watch backoff step (at most 1 s) and a write
+            async with stores[2].changes() as versions:
+                if (await stores[2].load_versioned())[0] is None:
+                    await anext(versions)  # the write-back publishes its version
+        async with b.events() as events:
+            fresh = await a.access_token()
+            assert fresh != token
+            with anyio.fail_after(10):
+                assert (await anext(events)).type is EventType.REFRESHED
+        assert await b.access_token() == fresh
+        assert svc.stats.refreshes == 1
+        assert svc.stats.refresh_reuses == 0
+        assert a.status is b.status is SessionStatus.ACTIVE
