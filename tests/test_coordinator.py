@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import anyio
 import pytest
-from _service import PASSWORDS, service
+from _service import PASSWORDS, call, service
 
 from tokensdk import (
+    Authentication,
     EventType,
     FileStore,
     InvalidInput,
@@ -24,6 +26,7 @@ from tokensdk import (
     MemoryStore,
     NotLoggedIn,
     Session,
+    SessionLost,
     SessionStatus,
     StoreCoordinator,
 )
@@ -154,3 +157,73 @@ async def test_a_member_holding_the_state_writes_it_back_when_the_file_goes(
         document = await FileStore(path).load()
         assert document is not None
         assert document["status"] == "active"
+
+
+async def test_a_loss_reaches_every_member_and_one_relogin_serves_the_fleet(
+    clock: ManualClock, tmp_path: Path
+) -> None:
+    relogins: list[Session] = []
+
+    async def relogin(session: Session) -> tuple[str, str]:
+        relogins.append(session)
+        return "alice", PASSWORDS["alice"]
+
+    path = tmp_path / "state.json"
+    async with (
+        service(clock, access_ttl=60) as svc,
+        Session(svc.url, store=FileStore(path), clock=clock, relogin=relogin) as a,
+        Session(svc.url, store=FileStore(path), clock=clock, relogin=relogin) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        async with b.events() as events:
+            await a.login("alice", PASSWORDS["alice"])
+            with anyio.fail_after(10):
+                assert (await anext(events)).type is EventType.LOGGED_IN
+        async with b.events() as events:
+            await a.token_store.request_access_token("signer", Authentication.possession())
+            with anyio.fail_after(10):
+                assert (await anext(events)).type is EventType.MAC_TOKEN_ADDED
+        assert "signer" in b.snapshot.mac_tokens
+        # The family dies on the service (revoked elsewhere): the next refresh is refused.
+        status, _, _ = await call(http, svc, "POST", "/v1/logout", token=await a.access_token())
+        assert status in (200, 204)
+        clock.advance(59)
+        tokens = set()
+        async with anyio.create_task_group() as tg:
+            for member in (a, b, a, b):
+
+                async def get(member: Session = member) -> None:
+                    tokens.add(await member.access_token())
+
+                tg.start_soon(get)
+        assert len(relogins) == 1  # once, fleet-wide, under the lock
+        assert len(tokens) == 1
+        assert svc.stats.logins == 2
+        for member in (a, b):
+            assert member.status is SessionStatus.ACTIVE
+            assert not member.snapshot.mac_tokens  # they belonged to the lost family
+
+
+async def test_a_loss_without_relogin_moves_every_member_to_needs_login(
+    clock: ManualClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "state.json"
+    async with (
+        service(clock, access_ttl=60) as svc,
+        members(svc, clock, path, 2) as (a, b),
+        aiohttp.ClientSession() as http,
+    ):
+        async with b.events() as events:
+            await a.login("alice", PASSWORDS["alice"])
+            with anyio.fail_after(10):
+                assert (await anext(events)).type is EventType.LOGGED_IN
+            await call(http, svc, "POST", "/v1/logout", token=await a.access_token())
+            clock.advance(59)
+            with pytest.raises(SessionLost):
+                await a.access_token()
+            with anyio.fail_after(10):
+                assert (await anext(events)).type is EventType.SESSION_LOST
+        assert b.status is SessionStatus.NEEDS_LOGIN
+        with pytest.raises(SessionLost):
+            await b.access_token()
+        assert svc.stats.refreshes == 0

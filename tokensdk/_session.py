@@ -1310,7 +1310,7 @@ class Session:
         try:
             for _ in range(_CONFLICT_RETRIES):
                 await self._reload()
-                if self._moved_on(wanted):
+                if self._moved_on(wanted) and not self._relogin_due():
                     return self._adopted_result()
                 try:
                     return await self._refresh_once()
@@ -1335,7 +1335,7 @@ class Session:
             lease = await self._coord.try_lock()
             if lease is not None:
                 return lease
-            if self._moved_on(wanted):
+            if self._moved_on(wanted) and not self._relogin_due():
                 return None
             remaining = await self._coord.lock_remaining()
             if clock.monotonic() >= give_up:
@@ -1346,8 +1346,18 @@ class Session:
             # that saved nothing (it failed) or died is found by trying again.
             with anyio.move_on_after(min(remaining, _LOCK_RECHECK)):
                 await adopted.wait()
-            if self._moved_on(wanted):
+            if self._moved_on(wanted) and not self._relogin_due():
                 return None
+
+    def _relogin_due(self) -> bool:
+        """A sibling lost the session and this member has a relogin hook.
+
+        The hook runs once fleet-wide, under the lock: this member waits for the lock
+        (the sibling's own relogin, if it has one, is then adopted) rather than
+        giving up while a relogin may be on its way.
+        """
+        snapshot = self._hub.snapshot
+        return snapshot.status is SessionStatus.NEEDS_LOGIN and self._relogin is not None
 
     def _moved_on(self, wanted: Credentials | None) -> bool:
         """Whether the state moved past ``wanted`` (a sibling refreshed, logged in, lost it)."""
@@ -1469,6 +1479,11 @@ class Session:
                 events.append(self._hub.event(EventType.SESSION_LOST, "stored_session_lost"))
         elif not same_pair and new is not None:
             events.append(self._hub.event(EventType.REFRESHED, new.username))
+        if theirs.status is ours.status and theirs.username == ours.username:
+            for name in theirs.mac_tokens.keys() - ours.mac_tokens.keys():
+                events.append(self._hub.event(EventType.MAC_TOKEN_ADDED, name))
+            for name in ours.mac_tokens.keys() - theirs.mac_tokens.keys():
+                events.append(self._hub.event(EventType.MAC_TOKEN_REMOVED, name))
         self._hub.commit(
             *events,
             status=theirs.status,
