@@ -24,7 +24,7 @@ RowFn = Callable[[bool], "list[Row] | Awaitable[list[Row]]"]
 def _rows() -> list[tuple[str, str, RowFn]]:
     # Imported here so that `--only` pays only for what it runs... and so that a
     # missing optional module fails its row, not the suite.
-    from benchmarks import _network, _oauth, _pure, _system
+    from benchmarks import _fleet, _network, _oauth, _pure, _system
 
     return [
         ("1", "hot path: access_token()", _network.hot_path_rows),
@@ -37,11 +37,12 @@ def _rows() -> list[tuple[str, str, RowFn]]:
         ("8", "fleet refresh", _network.fleet_rows),
         ("9", "persistence", _system.persistence_rows),
         ("10", "import time", _system.import_rows),
+        ("11", "fleet coordination", _fleet.fleet_coordination_rows),
         ("12", "OAuth 2.0 provider vs Authlib", _oauth.oauth_rows),
     ]
 
 
-ROW_KEYS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "12")
+ROW_KEYS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12")
 
 
 async def _run(quick: bool, only: set[str] | None) -> list[Row]:
