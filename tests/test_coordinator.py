@@ -227,3 +227,43 @@ async def test_a_loss_without_relogin_moves_every_member_to_needs_login(
         with pytest.raises(SessionLost):
             await b.access_token()
         assert svc.stats.refreshes == 0
+
+
+async def test_members_asking_for_one_mac_token_share_one_creation(
+    clock: ManualClock, tmp_path: Path
+) -> None:
+    async with (
+        service(clock, access_ttl=60) as svc,
+        members(svc, clock, tmp_path / "state.json", 3) as sessions,
+    ):
+        async with sessions[1].events() as events_1, sessions[2].events() as events_2:
+            await sessions[0].login("alice", PASSWORDS["alice"])
+            with anyio.fail_after(10):
+                assert (await anext(events_1)).type is EventType.LOGGED_IN
+                assert (await anext(events_2)).type is EventType.LOGGED_IN
+        found: list[str] = []
+
+        async def ask(member: Session, into: list[str] = found) -> None:
+            token = await member.token_store.request_access_token(
+                "signer", Authentication.possession()
+            )
+            into.append(token.token_id)
+
+        async with anyio.create_task_group() as tg:
+            for member in sessions * 2:
+                tg.start_soon(ask, member)
+        assert svc.stats.mac_tokens_created == 1
+        assert len(set(found)) == 1
+        # A member that needs a refresh inside the block refreshes under the lock it
+        # holds (it would otherwise wait for itself).
+        clock.advance(59)
+        async with sessions[0].events() as events:
+            token = await sessions[2].token_store.request_access_token(
+                "other", Authentication.possession()
+            )
+            with anyio.fail_after(10):
+                while (await anext(events)).type is not EventType.MAC_TOKEN_ADDED:
+                    pass
+        assert svc.stats.mac_tokens_created == 2
+        assert svc.stats.refreshes == 1
+        assert sessions[0].snapshot.mac_tokens["other"].token_id == token.token_id

@@ -12,6 +12,7 @@ component reads a private attribute of the Session.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
 import attrs
@@ -24,6 +25,8 @@ from tokensdk._scheduler import Scheduler
 from tokensdk._transport import Transport
 
 __all__ = ["Lifecycle", "SessionContext"]
+
+_NOTHING_TO_SHARE: AbstractAsyncContextManager[None] = nullcontext()
 
 
 @attrs.define
@@ -67,6 +70,10 @@ class SessionContext:
         own_call: Tells whether a URL is one of the session's own unauthenticated
             calls (login, refresh, status, keys), which middleware must pass through.
         dpop: The DPoP key and nonces, when the backend binds tokens with DPoP.
+        exclusive: ``async with exclusive():`` runs a block with the state freshly
+            loaded, under the refresh lock of the members sharing the store (in one
+            process: no lock, nothing loaded); what it commits is saved before the
+            lock is released. One member creates what all share (a MAC token).
     """
 
     hub: StateHub
@@ -81,6 +88,9 @@ class SessionContext:
     on_open: Callable[[Callable[[], Awaitable[None]]], None]
     own_call: Callable[[Any], bool]
     dpop: DPoPState | None = None
+    exclusive: Callable[[], AbstractAsyncContextManager[None]] = attrs.field(
+        default=lambda: _NOTHING_TO_SHARE
+    )
 
     def __repr__(self) -> str:
         return f"SessionContext({self.transport.base_url!r})"

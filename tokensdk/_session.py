@@ -22,7 +22,16 @@ import logging
 import math
 import random
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -178,6 +187,7 @@ class Session:
         self._shared_lock = anyio.Lock()  # one load or write of the shared state at a time
         self._adopted = anyio.Event()  # set (and replaced) when another's state is adopted
         self._flight_wanted: Credentials | None = None  # the pair the flight replaces
+        self._held: Lease | None = None  # the fleet's lock, while this member holds it
         self._policy = policy
         self._rng = rng or random.Random()
         self._relogin = relogin
@@ -247,6 +257,7 @@ class Session:
             # Through self: discovery replaces the backend with one that knows its endpoints.
             own_call=lambda url: self._backend.own_call(url),
             dpop=self._dpop,
+            exclusive=self._exclusive,
         )
         self._discovering = asyncio.Lock()
         self.access_tokens = AccessTokens(self._context)
@@ -1307,6 +1318,11 @@ class Session:
         lease = await self._lock_or_adopt(wanted)
         if lease is None:
             return self._adopted_result()
+        # Borrowed: this member holds the lock already (an exclusive block needs a
+        # bearer); refresh under it, and leave releasing it to the block.
+        own = lease is not _BORROWED
+        if own:
+            self._held = lease
         try:
             for _ in range(_CONFLICT_RETRIES):
                 await self._reload()
@@ -1318,11 +1334,42 @@ class Session:
                     continue
             raise StoreUnavailable("the shared state kept changing during a refresh")
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._transport.timeout):
-                # A loss or a relogin is in the store before the next holder reloads.
-                await self._saver.flush()
-            with anyio.CancelScope(shield=True):
-                await lease.release()
+            if own:
+                await self._release(lease)
+
+    async def _release(self, lease: Lease) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._transport.timeout):
+            # A loss or a relogin is in the store before the next holder reloads.
+            await self._saver.flush()
+        with anyio.CancelScope(shield=True):
+            self._held = None
+            await lease.release()
+
+    @asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        """Run a block under the fleet's lock with the shared state reloaded (see context)."""
+        if not self._shared:
+            yield
+            return
+        snapshot = self._hub.snapshot
+        active = snapshot.status is SessionStatus.ACTIVE
+        wanted = snapshot.credentials if active else None
+        while True:
+            lease = await self._lock_or_adopt(wanted)
+            if lease is not None:
+                break
+            wanted = self._hub.snapshot.credentials  # a sibling refreshed: fine here
+        # Borrowed from a refresh of this member: it releases the lock when it ends,
+        # maybe before this block does (then a sibling may create the same thing).
+        own = lease is not _BORROWED
+        if own:
+            self._held = lease
+        try:
+            await self._reload()
+            yield
+        finally:
+            if own:
+                await self._release(lease)
 
     async def _lock_or_adopt(self, wanted: Credentials | None) -> Lease | None:
         """Take the refresh lock, or None once a sibling's newer state was adopted."""
@@ -1331,6 +1378,8 @@ class Session:
         left = wanted.access_left(now_wall, now_mono) if wanted is not None else 0.0
         give_up = now_mono + max(left, self._transport.timeout) + self._coord.lease
         while True:
+            if self._held is not None:
+                return _BORROWED  # this member holds it (a refresh, an exclusive block)
             adopted = self._adopted
             lease = await self._coord.try_lock()
             if lease is not None:
@@ -1539,6 +1588,16 @@ _LOCK_RECHECK = 0.25
 #: First and longest pause before watching the shared state again after an outage.
 _WATCH_BACKOFF = 0.1
 _WATCH_BACKOFF_MAX = 1.0
+
+
+class _Borrowed:
+    """The lock this member already holds, used by a second piece of its work."""
+
+    async def release(self) -> None:
+        """The owner releases it."""
+
+
+_BORROWED = _Borrowed()
 
 
 class _Conflict(Exception):

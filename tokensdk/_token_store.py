@@ -196,6 +196,25 @@ class MacTokenStore:
 
     async def _create(self, name: str, creation: _Creation, auth: Authentication) -> None:
         try:
+            # Members sharing a store create a token once: under their lock, with
+            # the state reloaded, a token a sibling created meanwhile is taken.
+            async with self._ctx.exclusive():
+                shared = self._hub.snapshot.mac_tokens.get(name)
+                if shared is not None and shared.factors == creation.factors:
+                    creation.finish(shared)
+                    return
+                await self._create_locked(name, creation, auth)
+        except anyio.get_cancelled_exc_class():
+            creation.finish(error=SessionClosed("the session was closed"))
+            raise
+        except Exception as exc:
+            creation.finish(error=exc)
+        finally:
+            if self._creations.get(name) is creation:
+                del self._creations[name]
+
+    async def _create_locked(self, name: str, creation: _Creation, auth: Authentication) -> None:
+        try:
             token = await self._call_create(name, auth)
             if creation.done.is_set():
                 return  # abandoned meanwhile (removed locally, session lost): not kept
@@ -220,9 +239,6 @@ class MacTokenStore:
             creation.finish(error=exc)
         else:
             creation.finish(token)
-        finally:
-            if self._creations.get(name) is creation:
-                del self._creations[name]
 
     async def _call_create(self, name: str, auth: Authentication) -> MacToken:
         body: dict[str, Any] = {"factors": list(auth.factors)}
