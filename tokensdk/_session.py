@@ -1209,7 +1209,12 @@ class Session:
                 # Written now, under the lease, or not sent: a member that dies after
                 # sending leaves the key to whoever takes the lease next.
                 self._hub.commit(pending_refresh=pending)
-                await self._write_shared()
+                try:
+                    await self._write_shared()
+                except StoreUnavailable:
+                    raise
+                except StoreError as exc:
+                    self._store_failed(exc)  # an unusable file: as a single session
                 if self._hub.snapshot.pending_refresh is not pending:
                     raise _Conflict  # a sibling wrote meanwhile: reload and decide again
                 if generation != self._life.generation:
@@ -1315,7 +1320,19 @@ class Session:
         overwrite what the next holder saved with something older.
         """
         wanted = self._flight_wanted
-        lease = await self._lock_or_adopt(wanted)
+        try:
+            lease = await self._lock_or_adopt(wanted)
+        except StoreUnavailable:
+            raise  # Redis is down: no refresh without the lock (see docs/FLEET.md)
+        except StoreError as exc:
+            # The shared file cannot be used at all (its directory is gone, a broken
+            # disk): no member can coordinate through it. A broken store must not
+            # stop the application: carry on as a single session does.
+            self._store_failed(exc)
+            try:
+                return await self._refresh_once()
+            except _Conflict:
+                raise StoreUnavailable("the shared state changed during a refresh") from None
         if lease is None:
             return self._adopted_result()
         # Borrowed: this member holds the lock already (an exclusive block needs a
