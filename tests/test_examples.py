@@ -105,3 +105,16 @@ def test_oauth_bot_renews_client_credentials_and_resumes(
     assert (second.returncode, second.stderr) == (0, "")
     assert "resumed as app" in second.stdout
     assert "app-secret" not in first.stdout + second.stdout
+
+
+def test_fleet_workers_share_one_credential(tmp_path: Path) -> None:
+    # Two worker processes on one RedisStore (a real redis-server on a unix socket).
+    result = example("fleet_workers.py", "--duration", "5", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "logged in as backend; the workers share this session" in result.stdout
+    requests = next(line for line in result.stdout.splitlines() if " requests through " in line)
+    assert requests.endswith("workers: {200: " + requests.split()[0] + "}"), requests
+    seen = next(line for line in result.stdout.splitlines() if "the service saw" in line)
+    assert seen.endswith(" refreshes, 0 refused tokens, 0 reused refresh tokens"), seen
+    refreshes = int(seen.split()[3])
+    assert 2 <= refreshes <= 8, seen  # about one per 2 s token for the whole fleet
