@@ -13,6 +13,11 @@ Run as ``python tests/_fleet_member.py <url> <store> <seconds> [options]``:
     mode (shows what the fleet tests guard against).
 ``--callers N``
     Concurrent ``access_token()`` callers (default 10).
+``--oauth``
+    ``<url>`` is an OAuth 2.0 provider (the tests' oidc-provider): the session speaks
+    ``tokensdk.OAuth2`` (client ``app``, password grant with ``offline_access``,
+    rotating refresh tokens) and the checker presents tokens at the provider's
+    ``/_harness/resource``.
 
 A member without ``--login`` expects the session in the shared state (the test
 starts it after the first member said ``ready``). The member reports ``ready`` once
@@ -40,6 +45,7 @@ from tokensdk import (
     EventType,
     FileStore,
     LocalCoordinator,
+    OAuth2,
     RedisStore,
     Session,
     SessionLost,
@@ -67,6 +73,15 @@ def _store(spec: str) -> StateStore:
     raise SystemExit(f"unknown store {spec!r}")
 
 
+def _backend(args: argparse.Namespace) -> str | OAuth2:
+    if not args.oauth:
+        return str(args.url)
+    # The harness's confidential client and its scopes; offline_access for a refresh token.
+    return OAuth2(
+        args.url, client_id="app", client_secret="app-secret", scope="openid offline_access"
+    )
+
+
 async def _member(args: argparse.Namespace) -> dict[str, object]:
     store = _store(args.store)
     coordinator: Coordinator = (
@@ -78,7 +93,7 @@ async def _member(args: argparse.Namespace) -> dict[str, object]:
     own = aiohttp.ClientSession(headers={"X-Fleet-Member": str(os.getpid())})
     async with (
         own,
-        Session(args.url, coordinator=coordinator, timeout=5.0, http=own) as session,
+        Session(_backend(args), coordinator=coordinator, timeout=5.0, http=own) as session,
         aiohttp.ClientSession() as http,
     ):
         events = session.events(100_000)
@@ -87,6 +102,7 @@ async def _member(args: argparse.Namespace) -> dict[str, object]:
         if session.status is not SessionStatus.ACTIVE:
             raise SystemExit("the shared state holds no session: start a --login member first")
         _report("ready")
+        check_path = "/_harness/resource" if args.oauth else "/v1/me"
         stop = time.monotonic() + args.seconds
         lost = anyio.Event()
 
@@ -111,7 +127,7 @@ async def _member(args: argparse.Namespace) -> dict[str, object]:
                 token = await call()
                 if token is not None:
                     headers = {"Authorization": f"Bearer {token}"}
-                    async with http.get(f"{args.url}/v1/me", headers=headers) as reply:
+                    async with http.get(args.url + check_path, headers=headers) as reply:
                         counts["checked" if reply.status == 200 else "refused"] += 1
                 await anyio.sleep(0.1)
 
@@ -137,6 +153,7 @@ def main() -> None:
     parser.add_argument("--local", action="store_true")
     parser.add_argument("--lease", type=float, default=10.0)
     parser.add_argument("--callers", type=int, default=10)
+    parser.add_argument("--oauth", action="store_true")
     args = parser.parse_args()
     result = anyio.run(_member, args)
     _report(json.dumps(result))

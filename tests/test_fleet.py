@@ -278,3 +278,29 @@ async def test_a_redis_restart_loses_no_session_and_refreshes_nothing_without_th
         assert svc.stats.refreshes == 1
         assert svc.stats.refresh_reuses == 0
         assert a.status is b.status is SessionStatus.ACTIVE
+
+
+# -- OAuth 2.0: the same fleet against a real provider ------------------------------------
+
+
+def test_a_fleet_on_one_redis_refreshes_once_per_window_at_a_real_oauth_provider(
+    redis: RedisServer, oidc_provider: Any, request: pytest.FixtureRequest
+) -> None:
+    """panva's oidc-provider revokes the whole grant when a rotated refresh token is used
+    twice: any double refresh by two members would end every member's session."""
+    provider = oidc_provider({"accessTokenTTL": ACCESS_TTL}, shared=False)
+    store = f"redis:{redis.url}#{request.node.name}"
+    found = run_fleet(provider.issuer, store, 4, SECONDS, "--oauth")
+    stats = anyio.run(provider.stats)
+    where = f"members: {found}; provider: {stats}"
+    assert all(member.get("lost", 0) == 0 for member in found), where
+    assert all(member.get("refused", 0) == 0 for member in found), where
+    assert all(not member["errors"] for member in found), where
+    assert all(member.get("checked", 0) > 0 for member in found), where
+    assert stats["errors"] == [], where  # no invalid_grant: no refresh token used twice
+    assert stats["grants_revoked"] == 0, where
+    refreshes = sum(stats["grants"].get("refresh_token", {}).values())
+    most = math.ceil(SECONDS / (0.4 * ACCESS_TTL)) + 2
+    least = math.floor(SECONDS / ACCESS_TTL) - 1
+    assert least <= refreshes <= most, where
+    print(f"oauth redis fleet of 4: {refreshes} refreshes in {SECONDS} s; {found}")
