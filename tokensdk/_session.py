@@ -15,7 +15,6 @@ awaits it, flushes the store and closes the HTTP session.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import inspect
 import logging
@@ -43,16 +42,15 @@ from anyio.abc import TaskGroup
 from tokensdk._assets import AccessTokens
 from tokensdk._backend import AccessExpired, AuthBackend, Call, GrantBackend, Lost, NativeBackend
 from tokensdk._clock import Clock, SystemClock
+from tokensdk._clocksync import read_clock
 from tokensdk._context import Lifecycle, SessionContext
 from tokensdk._coordinator import Coordinator, Lease, coordinator_for
 from tokensdk._dpop import DPoPState
 from tokensdk._errors import (
     InvalidClient,
-    InvalidCredentials,
     InvalidInput,
     NotFound,
     NotLoggedIn,
-    ProtocolError,
     ServiceError,
     SessionClosed,
     SessionLost,
@@ -61,7 +59,18 @@ from tokensdk._errors import (
     StoreUnavailable,
     TokenSDKError,
 )
+from tokensdk._fleet import (
+    BORROWED,
+    CONFLICT_RETRIES,
+    LOCK_RECHECK,
+    WATCH_BACKOFF,
+    WATCH_BACKOFF_MAX,
+    Conflict,
+    SharedWriter,
+    same_activation,
+)
 from tokensdk._flight import Flight
+from tokensdk._logins import check_text, pkce_pair, poll_device
 from tokensdk._loopback import LoopbackRedirect
 from tokensdk._models import (
     AssetToken,
@@ -78,6 +87,7 @@ from tokensdk._observable import ChangeCallback, EventStream, StateHub
 from tokensdk._paseto import AccessTokenInfo
 from tokensdk._persist import CoalescingSaver
 from tokensdk._policy import RefreshPlan, RefreshPolicy, plan_refresh
+from tokensdk._restore import asset_list, restore_state
 from tokensdk._scheduler import Scheduler, Timer
 from tokensdk._token_store import MacTokenStore
 from tokensdk._transport import AttemptHook, Backoff, Reply, RetryConfig, Transport
@@ -215,10 +225,10 @@ class Session:
         callbacks = [] if on_change is None else [on_change] if callable(on_change) else on_change
         for callback in callbacks:
             self._hub.add_callback(callback)
-        self._restore_tokens = None if access_tokens is None else _asset_list(access_tokens)
+        self._restore_tokens = None if access_tokens is None else asset_list(access_tokens)
         self._scheduler = Scheduler(self._clock)
         self._saver = CoalescingSaver(
-            _SharedWriter(self) if self._shared else self._store,
+            SharedWriter(self._store, self._write_shared) if self._shared else self._store,
             on_error=self._store_failed,
             encode=None if self._shared else snapshot_to_document,
         )
@@ -561,47 +571,33 @@ class Session:
             # A broken store must not stop the application: start empty and say so.
             log.warning("tokensdk: the stored state could not be loaded: %s", exc)
             self._hub.emit(self._hub.event(EventType.STORE_FAILED, type(exc).__name__, exc))
-        changes: dict[str, Any] = {}
-        if snapshot is not None:
-            changes = {
-                "status": snapshot.status,
-                "credentials": snapshot.credentials,
-                "access_tokens": snapshot.access_tokens,
-                "mac_tokens": snapshot.mac_tokens,
-                "pending_refresh": snapshot.pending_refresh,
-                "revision": max(snapshot.revision, self._hub.snapshot.revision + 1),
-            }
-        if self._restore_tokens is not None:
-            changes["access_tokens"] = self._restore_tokens
-        if not changes:
+        restored = restore_state(
+            snapshot,
+            self._restore_tokens,
+            next_revision=self._hub.snapshot.revision + 1,
+            wall=self._clock.time(),
+            monotonic=self._clock.monotonic(),
+        )
+        if restored is None:
             return
-        creds = changes.get("credentials")
-        if (
-            creds is not None
-            and creds.refresh_left(self._clock.time(), self._clock.monotonic()) <= 0
-        ):
-            # The activation expired while we were away: what belonged to it goes.
-            changes.update(
-                status=SessionStatus.NEEDS_LOGIN,
-                credentials=None,
-                mac_tokens={},
-                pending_refresh=None,
-            )
+        if restored.expired:
             self._life.lost_reason = "token_expired"
-            self._hub.commit(self._hub.event(EventType.SESSION_LOST, "token_expired"), **changes)
+            self._hub.commit(
+                self._hub.event(EventType.SESSION_LOST, "token_expired"), **restored.changes
+            )
             return
+        creds = restored.credentials
         events = [self._hub.event(EventType.RESUMED, creds.username)] if creds else []
-        self._hub.commit(*events, **changes)
-        if snapshot is not None and self._restore_tokens is None:
+        self._hub.commit(*events, **restored.changes)
+        if restored.matches_store:
             self._saved_rev = self._hub.snapshot.revision  # it is what the store holds
-        if creds is not None and changes.get("status") is SessionStatus.ACTIVE:
+        if restored.serve and creds is not None:
             self._install(creds)
-            if changes.get("pending_refresh") is not None:
-                # A refresh was under way when the last process stopped: the service
-                # may have rotated the pair already. Retry it now, with its key, while
-                # the service still recognises the retry (its window is short).
+            if restored.retry_pending:
+                # The service may have rotated the pair already: retry the refresh
+                # now, with its key, while the service still recognises the retry.
                 self._schedule_refresh(self._clock.monotonic())
-        elif changes.get("status") is SessionStatus.NEEDS_LOGIN:
+        elif restored.lost:
             self._life.lost_reason = "stored_session_lost"
 
     # -- the hot path ----------------------------------------------------------------
@@ -660,8 +656,8 @@ class Session:
             RateLimited: Too many attempts; see ``retry_after``.
             ServiceUnavailable: The service could not be reached.
         """
-        _check_text("username", username)
-        _check_text("password", password)
+        check_text("username", username)
+        check_text("password", password)
         self._require_open()
         await self._discover()
         reply = await self._send(self._backend.password_login(username, password))
@@ -710,7 +706,7 @@ class Session:
                 revoked, used).
             InvalidClient: The provider refused the client.
         """
-        _check_text("refresh_token", refresh_token)
+        check_text("refresh_token", refresh_token)
         self._require_open()
         self._grant_backend()
         await self._discover()
@@ -754,25 +750,7 @@ class Session:
         shown = on_code(code)
         if inspect.isawaitable(shown):
             await shown
-        interval = code.interval
-        while True:
-            if self._clock.monotonic() + interval >= expires:
-                raise InvalidCredentials(
-                    "the device code expired before the user approved it",
-                    status=400,
-                    error="expired_token",
-                )
-            await self._clock.sleep_until(self._clock.monotonic() + interval)
-            try:
-                reply = await self._send(backend.device_poll(code))
-            except ServiceError as exc:
-                if exc.error == "authorization_pending":
-                    continue
-                if exc.error == "slow_down":
-                    interval += 5  # RFC 8628 §3.5: for this and every later poll
-                    continue
-                raise
-            break
+        reply = await poll_device(self._send, self._clock, backend, code, expires)
         await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic, username or "")
 
     async def login_authorization_code(
@@ -808,12 +786,7 @@ class Session:
         self._require_open()
         await self._discover()
         backend = self._oauth2()
-        verifier = secrets.token_urlsafe(64)
-        challenge = (
-            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-            .rstrip(b"=")
-            .decode("ascii")
-        )
+        verifier, challenge = pkce_pair()
         state = secrets.token_urlsafe(24)
         async with LoopbackRedirect(state, port) as listener:
             url = backend.authorization_url(listener.redirect_uri, state, challenge, prompt=prompt)
@@ -851,7 +824,7 @@ class Session:
             InvalidCredentials: The answer was wrong, or the key expired.
             RateLimited: Too many keys requested.
         """
-        _check_text("username", username)
+        check_text("username", username)
         self._require_open()
         reply = await self._send(self._backend.one_time_key(username))
         key = self._backend.one_time_key_from(reply.body)
@@ -1011,18 +984,9 @@ class Session:
         before = self._clock.monotonic()
         reply = await self._send(self._backend.status())
         rtt = self._clock.monotonic() - before
-        server_ms = reply.body.get("serverTime")
-        # 0 < t < 2**53 also turns away NaN, infinities and 400-digit integers.
-        if (
-            not isinstance(server_ms, int | float)
-            or isinstance(server_ms, bool)
-            or not 0 < server_ms < 2**53
-        ):
-            raise ProtocolError("status has no valid serverTime")
-        realm = reply.body.get("realm")
-        self.realm = realm if isinstance(realm, str) else self.realm
-        offset = server_ms / 1000 + rtt / 2 - (reply.sent_wall + rtt)
-        self.clock_offset = 0.0 if abs(offset) < 2.0 else offset
+        reading = read_clock(reply.body, reply.sent_wall, rtt)
+        self.realm = reading.realm if reading.realm is not None else self.realm
+        self.clock_offset = reading.offset
         self._hub.emit(self._hub.event(EventType.CLOCK_SYNCED, f"{self.clock_offset:+.3f}s"))
         return self.clock_offset
 
@@ -1216,7 +1180,7 @@ class Session:
                 except StoreError as exc:
                     self._store_failed(exc)  # an unusable file: as a single session
                 if self._hub.snapshot.pending_refresh is not pending:
-                    raise _Conflict  # a sibling wrote meanwhile: reload and decide again
+                    raise Conflict  # a sibling wrote meanwhile: reload and decide again
                 if generation != self._life.generation:
                     return self._stale_refresh()
             elif self._durable:
@@ -1331,23 +1295,23 @@ class Session:
             self._store_failed(exc)
             try:
                 return await self._refresh_once()
-            except _Conflict:
+            except Conflict:
                 raise StoreUnavailable("the shared state changed during a refresh") from None
         if lease is None:
             return self._adopted_result()
         # Borrowed: this member holds the lock already (an exclusive block needs a
         # bearer); refresh under it, and leave releasing it to the block.
-        own = lease is not _BORROWED
+        own = lease is not BORROWED
         if own:
             self._held = lease
         try:
-            for _ in range(_CONFLICT_RETRIES):
+            for _ in range(CONFLICT_RETRIES):
                 await self._reload()
                 if self._moved_on(wanted) and not self._relogin_due():
                     return self._adopted_result()
                 try:
                     return await self._refresh_once()
-                except _Conflict:
+                except Conflict:
                     continue
             raise StoreUnavailable("the shared state kept changing during a refresh")
         finally:
@@ -1378,7 +1342,7 @@ class Session:
             wanted = self._hub.snapshot.credentials  # a sibling refreshed: fine here
         # Borrowed from a refresh of this member: it releases the lock when it ends,
         # maybe before this block does (then a sibling may create the same thing).
-        own = lease is not _BORROWED
+        own = lease is not BORROWED
         if own:
             self._held = lease
         try:
@@ -1396,7 +1360,7 @@ class Session:
         give_up = now_mono + max(left, self._transport.timeout) + self._coord.lease
         while True:
             if self._held is not None:
-                return _BORROWED  # this member holds it (a refresh, an exclusive block)
+                return BORROWED  # this member holds it (a refresh, an exclusive block)
             adopted = self._adopted
             lease = await self._coord.try_lock()
             if lease is not None:
@@ -1410,7 +1374,7 @@ class Session:
                 continue  # released between the two looks
             # The holder's result arrives as a change (adopted by _watch); a holder
             # that saved nothing (it failed) or died is found by trying again.
-            with anyio.move_on_after(min(remaining, _LOCK_RECHECK)):
+            with anyio.move_on_after(min(remaining, LOCK_RECHECK)):
                 await adopted.wait()
             if self._moved_on(wanted) and not self._relogin_due():
                 return None
@@ -1472,7 +1436,7 @@ class Session:
             await self._write_locked()
 
     async def _write_locked(self) -> None:
-        for _ in range(_CONFLICT_RETRIES):
+        for _ in range(CONFLICT_RETRIES):
             snapshot = self._hub.snapshot
             if snapshot.revision <= self._saved_rev:
                 return  # already there (or adopted from there)
@@ -1493,7 +1457,7 @@ class Session:
                     return
                 continue
             theirs = self._decode_shared(stored)
-            if self._claim or _same_activation(theirs, snapshot):
+            if self._claim or same_activation(theirs, snapshot):
                 self._version = version
                 continue
             self._adopt(stored, version, theirs)
@@ -1584,7 +1548,7 @@ class Session:
                 return
             except StoreError as exc:
                 failures += 1
-                delay = min(_WATCH_BACKOFF * 2 ** (failures - 1), _WATCH_BACKOFF_MAX)
+                delay = min(WATCH_BACKOFF * 2 ** (failures - 1), WATCH_BACKOFF_MAX)
                 delay *= 0.5 + self._rng.random() / 2
                 log.info("tokensdk: watching the shared state failed: %s", type(exc).__name__)
                 await anyio.sleep(delay)
@@ -1597,90 +1561,9 @@ class Session:
         )
 
 
-#: Times a refresh or a write re-reads the shared state after losing a race.
-_CONFLICT_RETRIES = 8
-#: Seconds between two looks at a refresh lock a sibling holds (its result usually
-#: arrives first, as a change).
-_LOCK_RECHECK = 0.25
-#: First and longest pause before watching the shared state again after an outage.
-_WATCH_BACKOFF = 0.1
-_WATCH_BACKOFF_MAX = 1.0
-
-
-class _Borrowed:
-    """The lock this member already holds, used by a second piece of its work."""
-
-    async def release(self) -> None:
-        """The owner releases it."""
-
-
-_BORROWED = _Borrowed()
-
-
-class _Conflict(Exception):
-    """A sibling wrote the shared state while this member was about to refresh."""
-
-
-class _SharedWriter:
-    """The saver's store in fleet mode: writes the session's state compare-and-set.
-
-    The saver hands it a snapshot; it writes the session's current state instead
-    (never an older one than a state adopted meanwhile) through the coordinator.
-    """
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-
-    def __repr__(self) -> str:
-        return f"_SharedWriter({self._session._store!r})"
-
-    async def load(self) -> dict[str, Any] | None:
-        return None  # never called: the session loads through its coordinator
-
-    async def save(self, document: Any) -> None:
-        await self._session._write_shared()
-
-    async def clear(self) -> None:
-        await self._session._write_shared()
-
-
-def _same_activation(theirs: SessionSnapshot, ours: SessionSnapshot) -> bool:
-    """Whether two states hold the same pair with the same status (only extras differ)."""
-    if theirs.status is not ours.status:
-        return False
-    a, b = theirs.credentials, ours.credentials
-    return (a is None and b is None) or (
-        a is not None and b is not None and a.access_token == b.access_token
-    )
-
-
 def _clamp_plan(plan: RefreshPlan, now_mono: float, wall_left: float) -> float:
     # If the wall clock says the token has less time than the monotonic one (a
     # suspended machine, a clock step), refresh by the earlier of the two.
     at = plan.refresh_at
     wall_refresh_at = now_mono + wall_left - (plan.expires - plan.refresh_at)
     return min(at, wall_refresh_at)
-
-
-def _check_text(name: str, value: object) -> None:
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"{name} must be a non-empty string")
-    if len(value) > 4096:
-        raise InvalidInput(f"{name} is too long")
-
-
-def _asset_list(items: Iterable[AssetToken | Mapping[str, Any]]) -> tuple[AssetToken, ...]:
-    tokens = []
-    for item in items:
-        if isinstance(item, AssetToken):
-            tokens.append(item)
-            continue
-        asset_id = item.get("assetId", item.get("asset_id")) if isinstance(item, Mapping) else None
-        token = item.get("token") if isinstance(item, Mapping) else None
-        if not isinstance(asset_id, str) or not isinstance(token, str):
-            raise InvalidInput("each saved access token needs a string assetId and token")
-        expires = item.get("expiresAt", item.get("expires_at"))
-        tokens.append(
-            AssetToken(asset_id, token, expires if isinstance(expires, int | float) else None)
-        )
-    return tuple(tokens)
