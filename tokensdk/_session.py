@@ -32,7 +32,7 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
@@ -40,7 +40,8 @@ import attrs
 from anyio.abc import TaskGroup
 
 from tokensdk._assets import AccessTokens
-from tokensdk._backend import AccessExpired, AuthBackend, Call, GrantBackend, Lost, NativeBackend
+from tokensdk._backend import AuthBackend, GrantBackend, Lost, NativeBackend
+from tokensdk._calls import BackendCalls
 from tokensdk._clock import Clock, SystemClock
 from tokensdk._clocksync import read_clock
 from tokensdk._context import Lifecycle, SessionContext
@@ -49,9 +50,7 @@ from tokensdk._dpop import DPoPState
 from tokensdk._errors import (
     InvalidClient,
     InvalidInput,
-    NotFound,
     NotLoggedIn,
-    ServiceError,
     SessionClosed,
     SessionLost,
     StoreCorrupt,
@@ -90,7 +89,7 @@ from tokensdk._policy import RefreshPlan, RefreshPolicy, plan_refresh
 from tokensdk._restore import asset_list, restore_state
 from tokensdk._scheduler import Scheduler, Timer
 from tokensdk._token_store import MacTokenStore
-from tokensdk._transport import AttemptHook, Backoff, Reply, RetryConfig, Transport
+from tokensdk._transport import AttemptHook, Backoff, RetryConfig, Transport
 from tokensdk.stores import MemoryStore, StateStore
 
 if TYPE_CHECKING:
@@ -201,24 +200,22 @@ class Session:
         self._policy = policy
         self._rng = rng or random.Random()
         self._relogin = relogin
-        self._backend: AuthBackend = NativeBackend(backend) if isinstance(backend, str) else backend
-        if not isinstance(self._backend, AuthBackend):
+        auth: AuthBackend = NativeBackend(backend) if isinstance(backend, str) else backend
+        if not isinstance(auth, AuthBackend):
             raise InvalidInput("backend must be a URL or an AuthBackend")
         self._transport = Transport(
-            self._backend.base_url + self._backend.api_path,
+            auth.base_url + auth.api_path,
             self._clock,
             http=http,
             timeout=timeout,
             retry=retry,
             hook=attempt_hook,
-            error_details=self._backend.error_details,
+            error_details=auth.error_details,
         )
-        # Checked once: a runtime Protocol check costs tens of microseconds, and the
-        # refresh path asks on every refresh.
-        self._grants = isinstance(self._backend, GrantBackend)
-        signer = getattr(self._backend, "dpop", None)
+        signer = getattr(auth, "dpop", None)
         self._dpop = None if signer is None else DPoPState(signer, self._clock.time)
         self._transport.dpop = self._dpop
+        self._calls = BackendCalls(auth, self._transport, self._dpop)
         # The same backoff as a call's retries, jittered by the session's random source.
         self._backoff = Backoff(retry, self._rng)
         self._hub = StateHub(self._clock)
@@ -265,11 +262,10 @@ class Session:
             sync_clock=self.sync_clock,
             on_open=self._on_open.append,
             # Through self: discovery replaces the backend with one that knows its endpoints.
-            own_call=lambda url: self._backend.own_call(url),
+            own_call=lambda url: self._calls.backend.own_call(url),
             dpop=self._dpop,
             exclusive=self._exclusive,
         )
-        self._discovering = asyncio.Lock()
         self.access_tokens = AccessTokens(self._context)
         self.token_store = MacTokenStore(self._context)
 
@@ -364,77 +360,6 @@ class Session:
         self._require_open()
         assert self._tg is not None
         self._tg.start_soon(func, *args)
-
-    async def _send(
-        self, call: Call, *, bearer: str | None = None, deadline: float | None = None
-    ) -> Reply:
-        headers: Any = call.headers
-        dpop = self._dpop
-        if dpop is not None and call.path == getattr(self._backend, "token_endpoint", None):
-
-            async def headers() -> Mapping[str, str]:
-                # A fresh proof (new jti, the latest nonce) for every attempt.
-                return {**(call.headers or {}), "DPoP": await dpop.proof(call.method, call.path)}
-
-        try:
-            try:
-                return await self._transport.call(
-                    call.method,
-                    call.path,
-                    call.body,
-                    bearer=bearer,
-                    deadline=deadline,
-                    retry=call.retry,
-                    headers=headers,
-                    form=call.form,
-                )
-            except ServiceError as exc:
-                if dpop is None or exc.error != "use_dpop_nonce":
-                    raise
-            # RFC 9449 §8: the server wants its nonce in the proof (the transport kept
-            # the DPoP-Nonce it sent); once, so a server that keeps refusing fails.
-            return await self._transport.call(
-                call.method,
-                call.path,
-                call.body,
-                bearer=bearer,
-                deadline=deadline,
-                retry=call.retry,
-                headers=headers,
-                form=call.form,
-            )
-        except TokenSDKError as exc:
-            backend = self._backend
-            if isinstance(backend, GrantBackend):
-                refined = backend.refine(exc)
-                if refined is not exc:
-                    raise refined from None
-            raise
-
-    async def _discover(self) -> None:
-        """Read the backend's endpoint metadata once (OAuth 2.0 discovery), if it needs any."""
-        if not self._grants:
-            return
-        backend = cast(GrantBackend, self._backend)
-        if not backend.discovery():
-            return
-        async with self._discovering:
-            backend = cast(GrantBackend, self._backend)  # another call may have resolved it
-            calls = backend.discovery()
-            for index, call in enumerate(calls):
-                try:
-                    reply = await self._send(call)
-                except NotFound:
-                    if index == len(calls) - 1:
-                        raise
-                    continue  # no OpenID Connect document: try RFC 8414's
-                self._backend = backend.discovered(reply.body)
-                return
-
-    def _gone(self, error: TokenSDKError) -> Lost | AccessExpired | None:
-        """The backend's word on a failed call, when it means the activation is at stake."""
-        outcome = self._backend.classify(error)
-        return outcome if isinstance(outcome, Lost | AccessExpired) else None
 
     @property
     def clock_offset(self) -> float:
@@ -659,8 +584,8 @@ class Session:
         check_text("username", username)
         check_text("password", password)
         self._require_open()
-        await self._discover()
-        reply = await self._send(self._backend.password_login(username, password))
+        await self._calls.discover()
+        reply = await self._calls.send(self._calls.backend.password_login(username, password))
         await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic, username)
 
     async def login_client_credentials(self) -> None:
@@ -677,9 +602,9 @@ class Session:
         """
         self._require_open()
         backend = self._grant_backend()
-        await self._discover()
+        await self._calls.discover()
         backend = self._grant_backend()
-        reply = await self._send(backend.client_credentials())
+        reply = await self._calls.send(backend.client_credentials())
         client = getattr(backend, "client_id", "") or ""
         await self._logged_in(
             reply.body,
@@ -709,8 +634,8 @@ class Session:
         check_text("refresh_token", refresh_token)
         self._require_open()
         self._grant_backend()
-        await self._discover()
-        reply = await self._send(self._grant_backend().refresh_token_login(refresh_token))
+        await self._calls.discover()
+        reply = await self._calls.send(self._grant_backend().refresh_token_login(refresh_token))
         await self._logged_in(
             reply.body,
             reply.sent_wall,
@@ -742,15 +667,15 @@ class Session:
             InvalidInput: The backend has no device authorization endpoint.
         """
         self._require_open()
-        await self._discover()
+        await self._calls.discover()
         backend = self._oauth2()
-        reply = await self._send(backend.device_authorization())
+        reply = await self._calls.send(backend.device_authorization())
         code = backend.device_code_from(reply.body)
         expires = reply.sent_monotonic + code.expires_in
         shown = on_code(code)
         if inspect.isawaitable(shown):
             await shown
-        reply = await poll_device(self._send, self._clock, backend, code, expires)
+        reply = await poll_device(self._calls.send, self._clock, backend, code, expires)
         await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic, username or "")
 
     async def login_authorization_code(
@@ -784,7 +709,7 @@ class Session:
             ProtocolError: The redirect's state or issuer did not match.
         """
         self._require_open()
-        await self._discover()
+        await self._calls.discover()
         backend = self._oauth2()
         verifier, challenge = pkce_pair()
         state = secrets.token_urlsafe(24)
@@ -797,17 +722,17 @@ class Session:
                 query = await listener.wait()
         code = backend.authorization_response(query, state)
         call = backend.authorization_code(code, listener.redirect_uri, verifier)
-        reply = await self._send(call)
+        reply = await self._calls.send(call)
         await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic, username or "")
 
     def _oauth2(self) -> OAuth2:
-        backend = self._backend
+        backend = self._calls.backend
         if not isinstance(backend, OAuth2):
             raise InvalidInput("this login needs an OAuth 2.0 backend (tokensdk.OAuth2)")
         return backend
 
     def _grant_backend(self) -> GrantBackend:
-        backend = self._backend
+        backend = self._calls.backend
         if not isinstance(backend, GrantBackend):
             raise InvalidInput("this login needs an OAuth 2.0 backend (tokensdk.OAuth2)")
         return backend
@@ -826,13 +751,13 @@ class Session:
         """
         check_text("username", username)
         self._require_open()
-        reply = await self._send(self._backend.one_time_key(username))
-        key = self._backend.one_time_key_from(reply.body)
+        reply = await self._calls.send(self._calls.backend.one_time_key(username))
+        key = self._calls.backend.one_time_key_from(reply.body)
         result = answer(key)
         digest = await result if inspect.isawaitable(result) else result
         if not isinstance(digest, str):
             raise InvalidInput("the one-time key answer must be a string")
-        reply = await self._send(self._backend.with_one_time_key(username, digest))
+        reply = await self._calls.send(self._calls.backend.with_one_time_key(username, digest))
         await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic)
 
     async def login_with_token(self, credentials: Credentials | None = None) -> None:
@@ -857,14 +782,14 @@ class Session:
         if creds is not self._hub.snapshot.credentials:
             self._uninstall()
             self._hub.commit(status=SessionStatus.ACTIVE, credentials=creds, pending_refresh=None)
-        if isinstance(self._backend, GrantBackend):
+        if isinstance(self._calls.backend, GrantBackend):
             # OAuth 2.0 has no "check this pair" call: a refresh proves (and renews) it.
             await self._refresh()
             return
         try:
-            reply = await self._send(self._backend.with_token(creds))
+            reply = await self._calls.send(self._calls.backend.with_token(creds))
         except TokenSDKError as exc:
-            gone = self._gone(exc)
+            gone = self._calls.gone(exc)
             if gone is None:
                 raise
             if isinstance(gone, Lost):
@@ -873,7 +798,7 @@ class Session:
             await self._refresh()  # the access token expired: the refresh token may not have
             self._sync_clock_soon()
             return
-        ttl = self._backend.resumed_lifetime(reply.body)
+        ttl = self._calls.backend.resumed_lifetime(reply.body)
         resumed = attrs.evolve(
             creds,
             access_expires_at=reply.sent_wall + ttl,
@@ -907,7 +832,7 @@ class Session:
         if snapshot.credentials is not None and snapshot.status is SessionStatus.ACTIVE:
             self._life.logging_out = True  # a refresh on the way must not call relogin
             try:
-                if isinstance(self._backend, GrantBackend):
+                if isinstance(self._calls.backend, GrantBackend):
                     revoked = await self._revoke_grant(snapshot.credentials)
                 else:
                     revoked = await self._revoke_family()
@@ -930,13 +855,13 @@ class Session:
     async def _revoke_grant(self, creds: Credentials) -> bool:
         # RFC 7009 with the refresh token: the provider revokes the whole grant.
         try:
-            await self._discover()
+            await self._calls.discover()
             backend = self._grant_backend()
             call = backend.revocation(self._hub.snapshot.credentials or creds)
             if call is None:
                 log.warning("tokensdk: the provider has no revocation endpoint; cleared locally")
                 return False
-            await self._send(call)
+            await self._calls.send(call)
         except TokenSDKError as exc:
             log.warning(
                 "tokensdk: logout could not revoke the grant (%s); cleared locally only",
@@ -949,21 +874,21 @@ class Session:
         try:
             # A valid bearer, refreshed first if the access token is about to die:
             # an expired one would be refused and leave the family alive.
-            revoke = self._backend.revoke()
+            revoke = self._calls.backend.revoke()
             bearer = await self.access_token()
             try:
-                await self._send(revoke, bearer=bearer)
+                await self._calls.send(revoke, bearer=bearer)
             except TokenSDKError as exc:
-                if self._gone(exc) is None:
+                if self._calls.gone(exc) is None:
                     raise
                 # Refused: expired by the service's clock (not ours), or the family is
                 # gone. A refresh tells which (SessionLost: gone); then once more.
                 bearer = (await self.token_refresh()).access_token
-                await self._send(revoke, bearer=bearer)
+                await self._calls.send(revoke, bearer=bearer)
         except SessionLost:
             return True  # the family is dead already: nothing left to revoke
         except TokenSDKError as exc:
-            if self._gone(exc) is not None:
+            if self._calls.gone(exc) is not None:
                 return True
 
             log.warning(
@@ -982,7 +907,7 @@ class Session:
             The offset in seconds to add to local wall time.
         """
         before = self._clock.monotonic()
-        reply = await self._send(self._backend.status())
+        reply = await self._calls.send(self._calls.backend.status())
         rtt = self._clock.monotonic() - before
         reading = read_clock(reply.body, reply.sent_wall, rtt)
         self.realm = reading.realm if reading.realm is not None else self.realm
@@ -1000,7 +925,7 @@ class Session:
         extra: Mapping[str, str] | None = None,
         refresh_token: str | None = None,
     ) -> None:
-        creds = self._backend.grant(body, wall=sent_wall, monotonic=sent_mono)
+        creds = self._calls.backend.grant(body, wall=sent_wall, monotonic=sent_mono)
         changes: dict[str, Any] = {}
         if not creds.username and username:
             changes["username"] = username  # an OAuth 2.0 answer does not name the user
@@ -1027,7 +952,7 @@ class Session:
     def _sync_clock_soon(self) -> None:
         # MAC headers carry our wall time: learn the service's offset after a login.
         # (A backend may have no clock to read: OAuth 2.0 providers.)
-        if self._tg is not None and getattr(self._backend, "syncs_clock", True):
+        if self._tg is not None and getattr(self._calls.backend, "syncs_clock", True):
             self._tg.start_soon(self._background_sync_clock)
 
     async def _background_sync_clock(self) -> None:
@@ -1146,7 +1071,7 @@ class Session:
         generation = self._life.generation
         if snapshot.status is SessionStatus.NEEDS_LOGIN or creds is None:
             return await self._try_relogin(self._life.lost_reason)
-        await self._discover()
+        await self._calls.discover()
         now_mono, now_wall = self._clock.monotonic(), self._clock.time()
         if creds.refresh_left(now_wall, now_mono) <= 0:
             await self._lose("token_expired", generation)
@@ -1159,7 +1084,7 @@ class Session:
         # is installed, so any retry after a lost answer, by this call, a later one or
         # the next process after a crash, gets the same answer instead of tripping
         # reuse detection. A durable store has it before the request leaves.
-        if creds.refresh_token is None and self._backend.refresh(creds, "") is None:
+        if creds.refresh_token is None and self._calls.backend.refresh(creds, "") is None:
             # An access token alone (a password grant without offline_access): nothing
             # to renew it with. Serve it while it lives; the session ends with it.
             if creds.access_left(now_wall, now_mono) > 0:
@@ -1194,19 +1119,21 @@ class Session:
                 # store at close if the refresh is still unfinished (see __aexit__), for
                 # a later session of this process on the same store.
                 self._unsaved_pending = pending
-        call = self._backend.refresh(creds, pending.idempotency_key)
+        call = self._calls.backend.refresh(creds, pending.idempotency_key)
         if call is None:  # a backend that cannot renew these credentials
             await self._lose("token_expired", generation)
             return await self._try_relogin("token_expired")
         try:
-            reply = await self._send(call, deadline=deadline)
+            reply = await self._calls.send(call, deadline=deadline)
         except TokenSDKError as exc:
-            gone = self._gone(exc)
+            gone = self._calls.gone(exc)
             if gone is None:
                 raise
             await self._lose(gone.reason, generation)
             return await self._try_relogin(gone.reason)
-        new = self._backend.grant(reply.body, wall=reply.sent_wall, monotonic=reply.sent_monotonic)
+        new = self._calls.backend.grant(
+            reply.body, wall=reply.sent_wall, monotonic=reply.sent_monotonic
+        )
         new = new.renewed_from(creds)
         if generation != self._life.generation:
             return self._stale_refresh()
@@ -1556,7 +1483,7 @@ class Session:
     def __repr__(self) -> str:
         snapshot = self._hub.snapshot
         return (
-            f"Session({self._backend.base_url!r}, status={snapshot.status.value},"
+            f"Session({self._calls.backend.base_url!r}, status={snapshot.status.value},"
             f" username={snapshot.username!r})"
         )
 
