@@ -48,7 +48,6 @@ from tokensdk._context import Lifecycle, SessionContext
 from tokensdk._coordinator import Coordinator, Lease, coordinator_for
 from tokensdk._dpop import DPoPState
 from tokensdk._errors import (
-    InvalidClient,
     InvalidInput,
     NotLoggedIn,
     SessionClosed,
@@ -68,7 +67,6 @@ from tokensdk._fleet import (
     SharedWriter,
     same_activation,
 )
-from tokensdk._flight import Flight
 from tokensdk._logins import check_text, pkce_pair, poll_device
 from tokensdk._loopback import LoopbackRedirect
 from tokensdk._models import (
@@ -86,8 +84,9 @@ from tokensdk._observable import ChangeCallback, EventStream, StateHub
 from tokensdk._paseto import AccessTokenInfo
 from tokensdk._persist import CoalescingSaver
 from tokensdk._policy import RefreshPlan, RefreshPolicy, plan_refresh
+from tokensdk._refresh import RefreshEngine
 from tokensdk._restore import asset_list, restore_state
-from tokensdk._scheduler import Scheduler, Timer
+from tokensdk._scheduler import Scheduler
 from tokensdk._token_store import MacTokenStore
 from tokensdk._transport import AttemptHook, Backoff, RetryConfig, Transport
 from tokensdk.stores import MemoryStore, StateStore
@@ -195,7 +194,6 @@ class Session:
         self._claim = False  # the latest change wins a write conflict (login, loss)
         self._shared_lock = anyio.Lock()  # one load or write of the shared state at a time
         self._adopted = anyio.Event()  # set (and replaced) when another's state is adopted
-        self._flight_wanted: Credentials | None = None  # the pair the flight replaces
         self._held: Lease | None = None  # the fleet's lock, while this member holds it
         self._policy = policy
         self._rng = rng or random.Random()
@@ -216,8 +214,6 @@ class Session:
         self._dpop = None if signer is None else DPoPState(signer, self._clock.time)
         self._transport.dpop = self._dpop
         self._calls = BackendCalls(auth, self._transport, self._dpop)
-        # The same backoff as a call's retries, jittered by the session's random source.
-        self._backoff = Backoff(retry, self._rng)
         self._hub = StateHub(self._clock)
         callbacks = [] if on_change is None else [on_change] if callable(on_change) else on_change
         for callback in callbacks:
@@ -233,16 +229,21 @@ class Session:
         self._tg: TaskGroup | None = None
         self._runner: asyncio.Future[None] | None = None
         self._closed = False
-        self._flight: Flight[Credentials] | None = None
-        # Set when a flight waits for the refresher task (see _refresher). asyncio's,
-        # for speed: an anyio.Event cannot be cleared (see StateHub).
-        self._flight_posted = asyncio.Event()
-        self._refresh_timer: Timer | None = None
+        self._engine = RefreshEngine(
+            self._do_refresh,
+            hub=self._hub,
+            clock=self._clock,
+            scheduler=self._scheduler,
+            # The same backoff as a call's retries, jittered by the session's random source.
+            backoff=Backoff(retry, self._rng),
+            shared=self._shared,
+            require_open=self._require_open,
+            start_soon=self._soon,
+        )
         # A store that cannot outlive the process gets the pending refresh only at
         # close (see _do_refresh); until then it is kept here.
         self._durable = getattr(self._store, "durable", True) is not False
         self._unsaved_pending: PendingRefresh | None = None
-        self._failures = 0
         # The hot path reads these three attributes and the two clocks, nothing else.
         self._token: str | None = None
         self._fresh_mono = -math.inf
@@ -301,7 +302,7 @@ class Session:
                 tg.start_soon(self._scheduler.run)
                 tg.start_soon(self._hub.run)
                 tg.start_soon(self._saver.run)
-                tg.start_soon(self._refresher)
+                tg.start_soon(self._engine.run)
                 started.set_result(None)
         finally:
             if not started.done():
@@ -331,8 +332,7 @@ class Session:
                     raise error
         finally:
             with anyio.CancelScope(shield=True):
-                if self._flight is not None:
-                    self._finish_flight(self._flight, error=SessionClosed("the session was closed"))
+                self._engine.abandon(SessionClosed("the session was closed"))
                 await self._saver.flush()
                 await self._hub.drain()
                 self._hub.close()
@@ -354,6 +354,11 @@ class Session:
     def _require_open(self) -> None:
         if self._tg is None:
             raise SessionClosed("use the session inside 'async with'")
+
+    def _soon(self, func: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Start ``func()`` in the session's task group, unless it is closed."""
+        if self._tg is not None:
+            self._tg.start_soon(func)
 
     def _spawn(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start ``func(*args)`` in the session's task group (SessionClosed if not open)."""
@@ -395,8 +400,7 @@ class Session:
     @property
     def next_refresh(self) -> float | None:
         """Monotonic time of the next scheduled background refresh, if any."""
-        timer = self._refresh_timer
-        return None if timer is None or timer.cancelled else timer.deadline
+        return self._engine.next_refresh
 
     def events(self, buffer: int = 1024) -> EventStream:
         """Subscribe to this session's events (an async iterator of :class:`Event`).
@@ -521,7 +525,7 @@ class Session:
             if restored.retry_pending:
                 # The service may have rotated the pair already: retry the refresh
                 # now, with its key, while the service still recognises the retry.
-                self._schedule_refresh(self._clock.monotonic())
+                self._engine.schedule(self._clock.monotonic())
         elif restored.lost:
             self._life.lost_reason = "stored_session_lost"
 
@@ -551,7 +555,7 @@ class Session:
             raise SessionLost(self._life.lost_reason)
         if snapshot.status is SessionStatus.LOGGED_OUT:
             raise NotLoggedIn("log in first")
-        return await self._refresh()
+        return await self._engine.refresh()
 
     async def token_refresh(self) -> Credentials:
         """Refresh the token pair now (joining a refresh already under way).
@@ -784,7 +788,7 @@ class Session:
             self._hub.commit(status=SessionStatus.ACTIVE, credentials=creds, pending_refresh=None)
         if isinstance(self._calls.backend, GrantBackend):
             # OAuth 2.0 has no "check this pair" call: a refresh proves (and renews) it.
-            await self._refresh()
+            await self._engine.refresh()
             return
         try:
             reply = await self._calls.send(self._calls.backend.with_token(creds))
@@ -795,7 +799,7 @@ class Session:
             if isinstance(gone, Lost):
                 await self._lose(gone.reason, generation)
                 raise SessionLost(gone.reason) from None
-            await self._refresh()  # the access token expired: the refresh token may not have
+            await self._engine.refresh()  # the access token expired: the refresh token may not have
             self._sync_clock_soon()
             return
         ttl = self._calls.backend.resumed_lifetime(reply.body)
@@ -971,94 +975,13 @@ class Session:
         self._token = creds.access_token
         self._fresh_mono = plan.mandatory_at
         self._fresh_wall = creds.access_expires_at - window
-        self._failures = 0
-        self._schedule_refresh(_clamp_plan(plan, now_mono, creds.access_expires_at - now_wall))
+        self._engine.failures = 0
+        self._engine.schedule(_clamp_plan(plan, now_mono, creds.access_expires_at - now_wall))
 
     def _uninstall(self) -> None:
         self._token = None
         self._fresh_mono = self._fresh_wall = -math.inf
-        if self._refresh_timer is not None:
-            self._refresh_timer.cancel()
-            self._refresh_timer = None
-
-    def _schedule_refresh(self, at: float) -> None:
-        if self._refresh_timer is not None:
-            self._refresh_timer.cancel()
-        self._refresh_timer = self._scheduler.call_at(at, self._refresh_due)
-
-    def _refresh_due(self) -> None:
-        if self._tg is not None:
-            self._tg.start_soon(self._background_refresh)
-
-    async def _background_refresh(self) -> None:
-        try:
-            await self._refresh()
-        except SessionLost:
-            pass  # already reported by _lose
-        except InvalidClient as exc:
-            # Configuration, not weather: trying again later cannot help. Callers of
-            # access_token() get the error; nothing is scheduled.
-            log.warning("tokensdk: background refresh refused: the client is not accepted")
-            self._hub.emit(self._hub.event(EventType.REFRESH_FAILED, type(exc).__name__, exc))
-        except TokenSDKError as exc:
-            self._failures += 1
-            delay = self._backoff.after(self._failures, exc)
-            log.warning(
-                "tokensdk: background refresh failed (%s); next try in %.1fs",
-                type(exc).__name__,
-                delay,
-            )
-            self._hub.emit(self._hub.event(EventType.REFRESH_FAILED, type(exc).__name__, exc))
-            if self._hub.snapshot.status is SessionStatus.ACTIVE:
-                self._schedule_refresh(self._clock.monotonic() + delay)
-
-    async def _refresh(self) -> Credentials:
-        flight = self._flight
-        if flight is None:
-            self._require_open()
-            flight = self._flight = Flight[Credentials]()
-            if self._shared:
-                snapshot = self._hub.snapshot
-                active = snapshot.status is SessionStatus.ACTIVE
-                self._flight_wanted = snapshot.credentials if active else None
-            self._flight_posted.set()
-        return await flight.wait()
-
-    async def _refresher(self) -> None:
-        """Fly every posted refresh, one at a time, until the session closes.
-
-        One long-lived task in the session's task group runs the refreshes: waking it
-        costs a fifth of starting a task per refresh, and a caller's cancellation
-        still only stops that caller's wait.
-        """
-        while True:
-            await self._flight_posted.wait()
-            self._flight_posted.clear()
-            flight = self._flight
-            if flight is not None and not flight.done.is_set():
-                await self._fly(flight)
-
-    def _finish_flight(
-        self,
-        flight: Flight[Credentials],
-        *,
-        value: Credentials | None = None,
-        error: BaseException | None = None,
-    ) -> None:
-        if self._flight is flight:
-            self._flight = None
-        flight.finish(value, error)
-
-    async def _fly(self, flight: Flight[Credentials]) -> None:
-        try:
-            value = await self._do_refresh()
-        except anyio.get_cancelled_exc_class():
-            self._finish_flight(flight, error=SessionClosed("the session was closed"))
-            raise
-        except Exception as exc:
-            self._finish_flight(flight, error=exc)
-        else:
-            self._finish_flight(flight, value=value)
+        self._engine.unschedule()
 
     async def _do_refresh(self) -> Credentials:
         if self._shared:
@@ -1210,7 +1133,7 @@ class Session:
         compare-and-set on the stored version, so a member whose lease lapsed cannot
         overwrite what the next holder saved with something older.
         """
-        wanted = self._flight_wanted
+        wanted = self._engine.wanted
         try:
             lease = await self._lock_or_adopt(wanted)
         except StoreUnavailable:
