@@ -22,7 +22,6 @@ import math
 import random
 import secrets
 from collections.abc import (
-    AsyncIterator,
     Awaitable,
     Callable,
     Coroutine,
@@ -30,7 +29,6 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +43,7 @@ from tokensdk._calls import BackendCalls
 from tokensdk._clock import Clock, SystemClock
 from tokensdk._clocksync import read_clock
 from tokensdk._context import Lifecycle, SessionContext
-from tokensdk._coordinator import Coordinator, Lease, coordinator_for
+from tokensdk._coordinator import Coordinator, coordinator_for
 from tokensdk._dpop import DPoPState
 from tokensdk._errors import (
     InvalidInput,
@@ -58,14 +56,9 @@ from tokensdk._errors import (
     TokenSDKError,
 )
 from tokensdk._fleet import (
-    BORROWED,
-    CONFLICT_RETRIES,
-    LOCK_RECHECK,
-    WATCH_BACKOFF,
-    WATCH_BACKOFF_MAX,
     Conflict,
+    Fleet,
     SharedWriter,
-    same_activation,
 )
 from tokensdk._logins import check_text, pkce_pair, poll_device
 from tokensdk._loopback import LoopbackRedirect
@@ -189,12 +182,6 @@ class Session:
             raise InvalidInput("coordinator must be a Coordinator of the session's store")
         # Fleet mode: other members write the same state (see _coordinated_refresh).
         self._shared = self._coord.shared
-        self._version: int | None = None  # the stored version this member's state is
-        self._saved_rev = -1  # the hub revision known to be in the shared store
-        self._claim = False  # the latest change wins a write conflict (login, loss)
-        self._shared_lock = anyio.Lock()  # one load or write of the shared state at a time
-        self._adopted = anyio.Event()  # set (and replaced) when another's state is adopted
-        self._held: Lease | None = None  # the fleet's lock, while this member holds it
         self._policy = policy
         self._rng = rng or random.Random()
         self._relogin = relogin
@@ -220,8 +207,24 @@ class Session:
             self._hub.add_callback(callback)
         self._restore_tokens = None if access_tokens is None else asset_list(access_tokens)
         self._scheduler = Scheduler(self._clock)
+        self._life = Lifecycle()
+        self._fleet = Fleet(
+            coord=self._coord,
+            shared=self._shared,
+            hub=self._hub,
+            clock=self._clock,
+            life=self._life,
+            flush=lambda: self._saver.flush(),
+            timeout=timeout,
+            rng=self._rng,
+            has_relogin=relogin is not None,
+            install=self._install,
+            uninstall=self._uninstall,
+            refresh_once=self._refresh_once,
+            store_failed=self._store_failed,
+        )
         self._saver = CoalescingSaver(
-            SharedWriter(self._store, self._write_shared) if self._shared else self._store,
+            SharedWriter(self._store, self._fleet.write) if self._shared else self._store,
             on_error=self._store_failed,
             encode=None if self._shared else snapshot_to_document,
         )
@@ -249,7 +252,6 @@ class Session:
         self._fresh_mono = -math.inf
         self._fresh_wall = -math.inf
         self.realm: str | None = None
-        self._life = Lifecycle()
         self._on_open: list[Callable[[], Awaitable[None]]] = []
         self._context = SessionContext(
             hub=self._hub,
@@ -265,7 +267,7 @@ class Session:
             # Through self: discovery replaces the backend with one that knows its endpoints.
             own_call=lambda url: self._calls.backend.own_call(url),
             dpop=self._dpop,
-            exclusive=self._exclusive,
+            exclusive=self._fleet.exclusive,
         )
         self.access_tokens = AccessTokens(self._context)
         self.token_store = MacTokenStore(self._context)
@@ -287,7 +289,7 @@ class Session:
             await started
             await self._load()
             if self._shared:
-                self._spawn(self._watch)
+                self._spawn(self._fleet.watch)
             for opened in self._on_open:
                 await opened()
         except BaseException:
@@ -487,7 +489,7 @@ class Session:
     async def _load(self) -> None:
         snapshot = None
         try:
-            document, self._version = await self._coord.load()
+            document, self._fleet.version = await self._coord.load()
             if document is not None:
                 try:
                     snapshot = document_to_snapshot(
@@ -519,7 +521,7 @@ class Session:
         events = [self._hub.event(EventType.RESUMED, creds.username)] if creds else []
         self._hub.commit(*events, **restored.changes)
         if restored.matches_store:
-            self._saved_rev = self._hub.snapshot.revision  # it is what the store holds
+            self._fleet.saved_rev = self._hub.snapshot.revision  # it is what the store holds
         if restored.serve and creds is not None:
             self._install(creds)
             if restored.retry_pending:
@@ -846,7 +848,7 @@ class Session:
         self._life.generation += 1
         self._uninstall()
         self._life.lost_reason = "logged_out"
-        self._claim = True  # fleet-wide: a logout wins over a sibling's concurrent write
+        self._fleet.claim = True  # fleet-wide: a logout wins over a sibling's concurrent write
         self._hub.commit(
             self._hub.event(EventType.LOGGED_OUT, creds.username if creds else None),
             status=SessionStatus.LOGGED_OUT,
@@ -940,7 +942,7 @@ class Session:
         if changes:
             creds = attrs.evolve(creds, **changes)
         self._life.generation += 1
-        self._claim = True
+        self._fleet.claim = True
         # A new login is a new token family: the MAC tokens of the previous one
         # belong to it (the service kills them with it), never to this one.
         self._hub.commit(
@@ -985,7 +987,7 @@ class Session:
 
     async def _do_refresh(self) -> Credentials:
         if self._shared:
-            return await self._coordinated_refresh()
+            return await self._fleet.refresh(self._engine.wanted)
         return await self._refresh_once()
 
     async def _refresh_once(self) -> Credentials:
@@ -1022,7 +1024,7 @@ class Session:
                 # sending leaves the key to whoever takes the lease next.
                 self._hub.commit(pending_refresh=pending)
                 try:
-                    await self._write_shared()
+                    await self._fleet.write()
                 except StoreUnavailable:
                     raise
                 except StoreError as exc:
@@ -1072,9 +1074,9 @@ class Session:
         self._unsaved_pending = None
         self._install(new)
         if self._shared:
-            self._claim = True  # the service's newest pair: it wins any write conflict
+            self._fleet.claim = True  # the service's newest pair: it wins any write conflict
             try:
-                await self._write_shared()
+                await self._fleet.write()
             except StoreError as exc:
                 # The pair is ours and valid; the store learns it when it is back
                 # (see _resync), and a sibling retrying the pending key gets it too.
@@ -1112,7 +1114,7 @@ class Session:
         self._life.generation += 1
         self._uninstall()
         self._life.lost_reason = reason
-        self._claim = True
+        self._fleet.claim = True
         log.warning("tokensdk: session lost (%s)", reason)
         self._hub.commit(
             self._hub.event(EventType.SESSION_LOST, reason),
@@ -1121,287 +1123,6 @@ class Session:
             mac_tokens={},
             pending_refresh=None,
         )
-
-    # -- fleet coordination (a shared store: FileStore, RedisStore) ------------------
-
-    async def _coordinated_refresh(self) -> Credentials:
-        """One refresh per token window fleet-wide: lock, reload, adopt or refresh, save.
-
-        The member holding the refresh lock re-reads the shared state first: a pair
-        a sibling obtained meanwhile is adopted, not refreshed again; a pending
-        refresh a dead sibling left is retried with its idempotency key. Writes are
-        compare-and-set on the stored version, so a member whose lease lapsed cannot
-        overwrite what the next holder saved with something older.
-        """
-        wanted = self._engine.wanted
-        try:
-            lease = await self._lock_or_adopt(wanted)
-        except StoreUnavailable:
-            raise  # Redis is down: no refresh without the lock (see docs/FLEET.md)
-        except StoreError as exc:
-            # The shared file cannot be used at all (its directory is gone, a broken
-            # disk): no member can coordinate through it. A broken store must not
-            # stop the application: carry on as a single session does.
-            self._store_failed(exc)
-            try:
-                return await self._refresh_once()
-            except Conflict:
-                raise StoreUnavailable("the shared state changed during a refresh") from None
-        if lease is None:
-            return self._adopted_result()
-        # Borrowed: this member holds the lock already (an exclusive block needs a
-        # bearer); refresh under it, and leave releasing it to the block.
-        own = lease is not BORROWED
-        if own:
-            self._held = lease
-        try:
-            for _ in range(CONFLICT_RETRIES):
-                await self._reload()
-                if self._moved_on(wanted) and not self._relogin_due():
-                    return self._adopted_result()
-                try:
-                    return await self._refresh_once()
-                except Conflict:
-                    continue
-            raise StoreUnavailable("the shared state kept changing during a refresh")
-        finally:
-            if own:
-                await self._release(lease)
-
-    async def _release(self, lease: Lease) -> None:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self._transport.timeout):
-            # A loss or a relogin is in the store before the next holder reloads.
-            await self._saver.flush()
-        with anyio.CancelScope(shield=True):
-            self._held = None
-            await lease.release()
-
-    @asynccontextmanager
-    async def _exclusive(self) -> AsyncIterator[None]:
-        """Run a block under the fleet's lock with the shared state reloaded (see context)."""
-        if not self._shared:
-            yield
-            return
-        snapshot = self._hub.snapshot
-        active = snapshot.status is SessionStatus.ACTIVE
-        wanted = snapshot.credentials if active else None
-        while True:
-            lease = await self._lock_or_adopt(wanted)
-            if lease is not None:
-                break
-            wanted = self._hub.snapshot.credentials  # a sibling refreshed: fine here
-        # Borrowed from a refresh of this member: it releases the lock when it ends,
-        # maybe before this block does (then a sibling may create the same thing).
-        own = lease is not BORROWED
-        if own:
-            self._held = lease
-        try:
-            await self._reload()
-            yield
-        finally:
-            if own:
-                await self._release(lease)
-
-    async def _lock_or_adopt(self, wanted: Credentials | None) -> Lease | None:
-        """Take the refresh lock, or None once a sibling's newer state was adopted."""
-        clock = self._clock
-        now_wall, now_mono = clock.time(), clock.monotonic()
-        left = wanted.access_left(now_wall, now_mono) if wanted is not None else 0.0
-        give_up = now_mono + max(left, self._transport.timeout) + self._coord.lease
-        while True:
-            if self._held is not None:
-                return BORROWED  # this member holds it (a refresh, an exclusive block)
-            adopted = self._adopted
-            lease = await self._coord.try_lock()
-            if lease is not None:
-                return lease
-            if self._moved_on(wanted) and not self._relogin_due():
-                return None
-            remaining = await self._coord.lock_remaining()
-            if clock.monotonic() >= give_up:
-                raise StoreUnavailable("another member holds the refresh lock too long")
-            if remaining is None:
-                continue  # released between the two looks
-            # The holder's result arrives as a change (adopted by _watch); a holder
-            # that saved nothing (it failed) or died is found by trying again.
-            with anyio.move_on_after(min(remaining, LOCK_RECHECK)):
-                await adopted.wait()
-            if self._moved_on(wanted) and not self._relogin_due():
-                return None
-
-    def _relogin_due(self) -> bool:
-        """A sibling lost the session and this member has a relogin hook.
-
-        The hook runs once fleet-wide, under the lock: this member waits for the lock
-        (the sibling's own relogin, if it has one, is then adopted) rather than
-        giving up while a relogin may be on its way.
-        """
-        snapshot = self._hub.snapshot
-        return snapshot.status is SessionStatus.NEEDS_LOGIN and self._relogin is not None
-
-    def _moved_on(self, wanted: Credentials | None) -> bool:
-        """Whether the state moved past ``wanted`` (a sibling refreshed, logged in, lost it)."""
-        snapshot = self._hub.snapshot
-        current = snapshot.credentials if snapshot.status is SessionStatus.ACTIVE else None
-        if current is None or wanted is None:
-            return current is not wanted
-        # Every refresh brings a new access token (the refresh token may stay).
-        return current.access_token != wanted.access_token
-
-    def _adopted_result(self) -> Credentials:
-        snapshot = self._hub.snapshot
-        if snapshot.status is SessionStatus.ACTIVE and snapshot.credentials is not None:
-            return snapshot.credentials
-        if snapshot.status is SessionStatus.LOGGED_OUT:
-            raise NotLoggedIn("logged out (by another member of the fleet)")
-        raise SessionLost(self._life.lost_reason)
-
-    async def _reload(self) -> None:
-        """Read the shared state; adopt it if it moved, write ours back if it was lost."""
-        async with self._shared_lock:
-            document, version = await self._coord.load()
-            snapshot = self._hub.snapshot
-            if document is None:
-                if (
-                    snapshot.credentials is not None
-                    or snapshot.status is not SessionStatus.LOGGED_OUT
-                ):
-                    # Redis was flushed or restarted, or the file removed, while this
-                    # member held the state: write it back rather than lose the session.
-                    restored = await self._coord.restore(
-                        snapshot_to_document(snapshot), self._version
-                    )
-                    if restored is not None:
-                        log.warning("tokensdk: the shared store lost the state; written back")
-                        self._version, self._saved_rev = restored, snapshot.revision
-                return
-            if version != self._version:
-                self._adopt(document, version)
-            elif snapshot.revision > self._saved_rev:
-                await self._write_locked()
-
-    async def _write_shared(self) -> None:
-        """Write the current state to the shared store (compare-and-set on the version)."""
-        async with self._shared_lock:
-            await self._write_locked()
-
-    async def _write_locked(self) -> None:
-        for _ in range(CONFLICT_RETRIES):
-            snapshot = self._hub.snapshot
-            if snapshot.revision <= self._saved_rev:
-                return  # already there (or adopted from there)
-            document = snapshot_to_document(snapshot)
-            written = await self._coord.save_if(document, self._version)
-            if written is not None:
-                self._version, self._saved_rev, self._claim = written, snapshot.revision, False
-                return
-            # Somebody wrote first. Ours still wins when it is a login, a loss, a
-            # logout or a new pair (the claim), or when theirs left the pair and status
-            # as ours has them (a MAC token, an asset token): else theirs is newer.
-            stored, version = await self._coord.load()
-            if stored is None:
-                written = await self._coord.restore(document, self._version)
-                if written is not None:
-                    self._version, self._saved_rev = written, snapshot.revision
-                    self._claim = False
-                    return
-                continue
-            theirs = self._decode_shared(stored)
-            if self._claim or same_activation(theirs, snapshot):
-                self._version = version
-                continue
-            self._adopt(stored, version, theirs)
-            return
-        raise StoreUnavailable("the shared state kept changing under this member's writes")
-
-    def _decode_shared(self, document: Mapping[str, Any]) -> SessionSnapshot:
-        return document_to_snapshot(
-            document, wall=self._clock.time(), monotonic=self._clock.monotonic()
-        )
-
-    def _adopt(
-        self,
-        document: Mapping[str, Any],
-        version: int | None,
-        theirs: SessionSnapshot | None = None,
-    ) -> None:
-        """Make a state another member wrote this member's state, as if it happened here.
-
-        Commits it into the hub (change callbacks and events fire here too) without
-        writing it back, installs an adopted pair and wakes members waiting for it.
-        """
-        theirs = theirs or self._decode_shared(document)
-        self._version = version
-        ours = self._hub.snapshot
-        new, old = theirs.credentials, ours.credentials
-        same_pair = (new is None) == (old is None) and (
-            new is None or old is None or new.access_token == old.access_token
-        )
-        if (
-            same_pair
-            and theirs.status is ours.status
-            and theirs.pending_refresh == ours.pending_refresh
-            and theirs.access_tokens == ours.access_tokens
-            and dict(theirs.mac_tokens) == dict(ours.mac_tokens)
-        ):
-            self._saved_rev = ours.revision
-            return
-        events = []
-        if theirs.status is not ours.status or theirs.username != ours.username:
-            self._life.generation += 1  # another activation: work on the old one is stale
-            if theirs.status is SessionStatus.ACTIVE and new is not None:
-                events.append(self._hub.event(EventType.LOGGED_IN, new.username))
-            elif theirs.status is SessionStatus.LOGGED_OUT:
-                self._life.lost_reason = "logged_out"
-                events.append(self._hub.event(EventType.LOGGED_OUT, ours.username))
-            else:
-                self._life.lost_reason = "stored_session_lost"
-                events.append(self._hub.event(EventType.SESSION_LOST, "stored_session_lost"))
-        elif not same_pair and new is not None:
-            events.append(self._hub.event(EventType.REFRESHED, new.username))
-        if theirs.status is ours.status and theirs.username == ours.username:
-            for name in theirs.mac_tokens.keys() - ours.mac_tokens.keys():
-                events.append(self._hub.event(EventType.MAC_TOKEN_ADDED, name))
-            for name in ours.mac_tokens.keys() - theirs.mac_tokens.keys():
-                events.append(self._hub.event(EventType.MAC_TOKEN_REMOVED, name))
-        self._hub.commit(
-            *events,
-            status=theirs.status,
-            credentials=new,
-            access_tokens=theirs.access_tokens,
-            mac_tokens=theirs.mac_tokens,
-            pending_refresh=theirs.pending_refresh,
-            revision=max(theirs.revision, ours.revision + 1),
-        )
-        self._saved_rev = self._hub.snapshot.revision
-        if theirs.status is SessionStatus.ACTIVE and new is not None:
-            if not same_pair or ours.status is not SessionStatus.ACTIVE:
-                self._install(new)
-        else:
-            self._uninstall()
-        adopted, self._adopted = self._adopted, anyio.Event()
-        adopted.set()
-
-    async def _watch(self) -> None:
-        """Adopt every state another member writes; resynchronise after an outage."""
-        failures = 0
-        while True:
-            try:
-                async with self._coord.changes() as versions:
-                    if failures:
-                        await self._reload()  # messages were missed; the store may be empty
-                        failures = 0
-                    async for version in versions:
-                        if version != self._version:
-                            await self._reload()
-            except SessionClosed:
-                return
-            except StoreError as exc:
-                failures += 1
-                delay = min(WATCH_BACKOFF * 2 ** (failures - 1), WATCH_BACKOFF_MAX)
-                delay *= 0.5 + self._rng.random() / 2
-                log.info("tokensdk: watching the shared state failed: %s", type(exc).__name__)
-                await anyio.sleep(delay)
 
     def __repr__(self) -> str:
         snapshot = self._hub.snapshot
