@@ -180,7 +180,7 @@ class Session:
         self._coord = coordinator if coordinator is not None else coordinator_for(store)
         if not isinstance(self._coord, Coordinator) or self._coord.store is not store:
             raise InvalidInput("coordinator must be a Coordinator of the session's store")
-        # Fleet mode: other members write the same state (see _coordinated_refresh).
+        # Fleet mode: other members write the same state (see _fleet.Fleet.refresh).
         self._shared = self._coord.shared
         self._policy = policy
         self._rng = rng or random.Random()
@@ -244,7 +244,7 @@ class Session:
             start_soon=self._soon,
         )
         # A store that cannot outlive the process gets the pending refresh only at
-        # close (see _do_refresh); until then it is kept here.
+        # close (see _refresh_once); until then it is kept here.
         self._durable = getattr(self._store, "durable", True) is not False
         self._unsaved_pending: PendingRefresh | None = None
         # The hot path reads these three attributes and the two clocks, nothing else.
