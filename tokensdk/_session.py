@@ -15,7 +15,6 @@ awaits it, flushes the store and closes the HTTP session.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import inspect
 import logging
@@ -23,7 +22,6 @@ import math
 import random
 import secrets
 from collections.abc import (
-    AsyncIterator,
     Awaitable,
     Callable,
     Coroutine,
@@ -31,9 +29,8 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
@@ -41,19 +38,16 @@ import attrs
 from anyio.abc import TaskGroup
 
 from tokensdk._assets import AccessTokens
-from tokensdk._backend import AccessExpired, AuthBackend, Call, GrantBackend, Lost, NativeBackend
+from tokensdk._backend import AuthBackend, GrantBackend, Lost, NativeBackend
+from tokensdk._calls import BackendCalls
 from tokensdk._clock import Clock, SystemClock
+from tokensdk._clocksync import read_clock
 from tokensdk._context import Lifecycle, SessionContext
-from tokensdk._coordinator import Coordinator, Lease, coordinator_for
+from tokensdk._coordinator import Coordinator, coordinator_for
 from tokensdk._dpop import DPoPState
 from tokensdk._errors import (
-    InvalidClient,
-    InvalidCredentials,
     InvalidInput,
-    NotFound,
     NotLoggedIn,
-    ProtocolError,
-    ServiceError,
     SessionClosed,
     SessionLost,
     StoreCorrupt,
@@ -61,7 +55,12 @@ from tokensdk._errors import (
     StoreUnavailable,
     TokenSDKError,
 )
-from tokensdk._flight import Flight
+from tokensdk._fleet import (
+    Conflict,
+    Fleet,
+    SharedWriter,
+)
+from tokensdk._logins import check_text, pkce_pair, poll_device
 from tokensdk._loopback import LoopbackRedirect
 from tokensdk._models import (
     AssetToken,
@@ -78,9 +77,11 @@ from tokensdk._observable import ChangeCallback, EventStream, StateHub
 from tokensdk._paseto import AccessTokenInfo
 from tokensdk._persist import CoalescingSaver
 from tokensdk._policy import RefreshPlan, RefreshPolicy, plan_refresh
-from tokensdk._scheduler import Scheduler, Timer
+from tokensdk._refresh import RefreshEngine
+from tokensdk._restore import asset_list, restore_state
+from tokensdk._scheduler import Scheduler
 from tokensdk._token_store import MacTokenStore
-from tokensdk._transport import AttemptHook, Backoff, Reply, RetryConfig, Transport
+from tokensdk._transport import AttemptHook, Backoff, RetryConfig, Transport
 from tokensdk.stores import MemoryStore, StateStore
 
 if TYPE_CHECKING:
@@ -179,46 +180,51 @@ class Session:
         self._coord = coordinator if coordinator is not None else coordinator_for(store)
         if not isinstance(self._coord, Coordinator) or self._coord.store is not store:
             raise InvalidInput("coordinator must be a Coordinator of the session's store")
-        # Fleet mode: other members write the same state (see _coordinated_refresh).
+        # Fleet mode: other members write the same state (see _fleet.Fleet.refresh).
         self._shared = self._coord.shared
-        self._version: int | None = None  # the stored version this member's state is
-        self._saved_rev = -1  # the hub revision known to be in the shared store
-        self._claim = False  # the latest change wins a write conflict (login, loss)
-        self._shared_lock = anyio.Lock()  # one load or write of the shared state at a time
-        self._adopted = anyio.Event()  # set (and replaced) when another's state is adopted
-        self._flight_wanted: Credentials | None = None  # the pair the flight replaces
-        self._held: Lease | None = None  # the fleet's lock, while this member holds it
         self._policy = policy
         self._rng = rng or random.Random()
         self._relogin = relogin
-        self._backend: AuthBackend = NativeBackend(backend) if isinstance(backend, str) else backend
-        if not isinstance(self._backend, AuthBackend):
+        auth: AuthBackend = NativeBackend(backend) if isinstance(backend, str) else backend
+        if not isinstance(auth, AuthBackend):
             raise InvalidInput("backend must be a URL or an AuthBackend")
         self._transport = Transport(
-            self._backend.base_url + self._backend.api_path,
+            auth.base_url + auth.api_path,
             self._clock,
             http=http,
             timeout=timeout,
             retry=retry,
             hook=attempt_hook,
-            error_details=self._backend.error_details,
+            error_details=auth.error_details,
         )
-        # Checked once: a runtime Protocol check costs tens of microseconds, and the
-        # refresh path asks on every refresh.
-        self._grants = isinstance(self._backend, GrantBackend)
-        signer = getattr(self._backend, "dpop", None)
+        signer = getattr(auth, "dpop", None)
         self._dpop = None if signer is None else DPoPState(signer, self._clock.time)
         self._transport.dpop = self._dpop
-        # The same backoff as a call's retries, jittered by the session's random source.
-        self._backoff = Backoff(retry, self._rng)
+        self._calls = BackendCalls(auth, self._transport, self._dpop)
         self._hub = StateHub(self._clock)
         callbacks = [] if on_change is None else [on_change] if callable(on_change) else on_change
         for callback in callbacks:
             self._hub.add_callback(callback)
-        self._restore_tokens = None if access_tokens is None else _asset_list(access_tokens)
+        self._restore_tokens = None if access_tokens is None else asset_list(access_tokens)
         self._scheduler = Scheduler(self._clock)
+        self._life = Lifecycle()
+        self._fleet = Fleet(
+            coord=self._coord,
+            shared=self._shared,
+            hub=self._hub,
+            clock=self._clock,
+            life=self._life,
+            flush=lambda: self._saver.flush(),
+            timeout=timeout,
+            rng=self._rng,
+            has_relogin=relogin is not None,
+            install=self._install,
+            uninstall=self._uninstall,
+            refresh_once=self._refresh_once,
+            store_failed=self._store_failed,
+        )
         self._saver = CoalescingSaver(
-            _SharedWriter(self) if self._shared else self._store,
+            SharedWriter(self._store, self._fleet.write) if self._shared else self._store,
             on_error=self._store_failed,
             encode=None if self._shared else snapshot_to_document,
         )
@@ -226,22 +232,26 @@ class Session:
         self._tg: TaskGroup | None = None
         self._runner: asyncio.Future[None] | None = None
         self._closed = False
-        self._flight: Flight[Credentials] | None = None
-        # Set when a flight waits for the refresher task (see _refresher). asyncio's,
-        # for speed: an anyio.Event cannot be cleared (see StateHub).
-        self._flight_posted = asyncio.Event()
-        self._refresh_timer: Timer | None = None
+        self._engine = RefreshEngine(
+            self._do_refresh,
+            hub=self._hub,
+            clock=self._clock,
+            scheduler=self._scheduler,
+            # The same backoff as a call's retries, jittered by the session's random source.
+            backoff=Backoff(retry, self._rng),
+            shared=self._shared,
+            require_open=self._require_open,
+            start_soon=self._soon,
+        )
         # A store that cannot outlive the process gets the pending refresh only at
-        # close (see _do_refresh); until then it is kept here.
+        # close (see _refresh_once); until then it is kept here.
         self._durable = getattr(self._store, "durable", True) is not False
         self._unsaved_pending: PendingRefresh | None = None
-        self._failures = 0
         # The hot path reads these three attributes and the two clocks, nothing else.
         self._token: str | None = None
         self._fresh_mono = -math.inf
         self._fresh_wall = -math.inf
         self.realm: str | None = None
-        self._life = Lifecycle()
         self._on_open: list[Callable[[], Awaitable[None]]] = []
         self._context = SessionContext(
             hub=self._hub,
@@ -255,11 +265,10 @@ class Session:
             sync_clock=self.sync_clock,
             on_open=self._on_open.append,
             # Through self: discovery replaces the backend with one that knows its endpoints.
-            own_call=lambda url: self._backend.own_call(url),
+            own_call=lambda url: self._calls.backend.own_call(url),
             dpop=self._dpop,
-            exclusive=self._exclusive,
+            exclusive=self._fleet.exclusive,
         )
-        self._discovering = asyncio.Lock()
         self.access_tokens = AccessTokens(self._context)
         self.token_store = MacTokenStore(self._context)
 
@@ -280,7 +289,7 @@ class Session:
             await started
             await self._load()
             if self._shared:
-                self._spawn(self._watch)
+                self._spawn(self._fleet.watch)
             for opened in self._on_open:
                 await opened()
         except BaseException:
@@ -295,7 +304,7 @@ class Session:
                 tg.start_soon(self._scheduler.run)
                 tg.start_soon(self._hub.run)
                 tg.start_soon(self._saver.run)
-                tg.start_soon(self._refresher)
+                tg.start_soon(self._engine.run)
                 started.set_result(None)
         finally:
             if not started.done():
@@ -325,8 +334,7 @@ class Session:
                     raise error
         finally:
             with anyio.CancelScope(shield=True):
-                if self._flight is not None:
-                    self._finish_flight(self._flight, error=SessionClosed("the session was closed"))
+                self._engine.abandon(SessionClosed("the session was closed"))
                 await self._saver.flush()
                 await self._hub.drain()
                 self._hub.close()
@@ -349,82 +357,16 @@ class Session:
         if self._tg is None:
             raise SessionClosed("use the session inside 'async with'")
 
+    def _soon(self, func: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Start ``func()`` in the session's task group, unless it is closed."""
+        if self._tg is not None:
+            self._tg.start_soon(func)
+
     def _spawn(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Start ``func(*args)`` in the session's task group (SessionClosed if not open)."""
         self._require_open()
         assert self._tg is not None
         self._tg.start_soon(func, *args)
-
-    async def _send(
-        self, call: Call, *, bearer: str | None = None, deadline: float | None = None
-    ) -> Reply:
-        headers: Any = call.headers
-        dpop = self._dpop
-        if dpop is not None and call.path == getattr(self._backend, "token_endpoint", None):
-
-            async def headers() -> Mapping[str, str]:
-                # A fresh proof (new jti, the latest nonce) for every attempt.
-                return {**(call.headers or {}), "DPoP": await dpop.proof(call.method, call.path)}
-
-        try:
-            try:
-                return await self._transport.call(
-                    call.method,
-                    call.path,
-                    call.body,
-                    bearer=bearer,
-                    deadline=deadline,
-                    retry=call.retry,
-                    headers=headers,
-                    form=call.form,
-                )
-            except ServiceError as exc:
-                if dpop is None or exc.error != "use_dpop_nonce":
-                    raise
-            # RFC 9449 §8: the server wants its nonce in the proof (the transport kept
-            # the DPoP-Nonce it sent); once, so a server that keeps refusing fails.
-            return await self._transport.call(
-                call.method,
-                call.path,
-                call.body,
-                bearer=bearer,
-                deadline=deadline,
-                retry=call.retry,
-                headers=headers,
-                form=call.form,
-            )
-        except TokenSDKError as exc:
-            backend = self._backend
-            if isinstance(backend, GrantBackend):
-                refined = backend.refine(exc)
-                if refined is not exc:
-                    raise refined from None
-            raise
-
-    async def _discover(self) -> None:
-        """Read the backend's endpoint metadata once (OAuth 2.0 discovery), if it needs any."""
-        if not self._grants:
-            return
-        backend = cast(GrantBackend, self._backend)
-        if not backend.discovery():
-            return
-        async with self._discovering:
-            backend = cast(GrantBackend, self._backend)  # another call may have resolved it
-            calls = backend.discovery()
-            for index, call in enumerate(calls):
-                try:
-                    reply = await self._send(call)
-                except NotFound:
-                    if index == len(calls) - 1:
-                        raise
-                    continue  # no OpenID Connect document: try RFC 8414's
-                self._backend = backend.discovered(reply.body)
-                return
-
-    def _gone(self, error: TokenSDKError) -> Lost | AccessExpired | None:
-        """The backend's word on a failed call, when it means the activation is at stake."""
-        outcome = self._backend.classify(error)
-        return outcome if isinstance(outcome, Lost | AccessExpired) else None
 
     @property
     def clock_offset(self) -> float:
@@ -460,8 +402,7 @@ class Session:
     @property
     def next_refresh(self) -> float | None:
         """Monotonic time of the next scheduled background refresh, if any."""
-        timer = self._refresh_timer
-        return None if timer is None or timer.cancelled else timer.deadline
+        return self._engine.next_refresh
 
     def events(self, buffer: int = 1024) -> EventStream:
         """Subscribe to this session's events (an async iterator of :class:`Event`).
@@ -548,7 +489,7 @@ class Session:
     async def _load(self) -> None:
         snapshot = None
         try:
-            document, self._version = await self._coord.load()
+            document, self._fleet.version = await self._coord.load()
             if document is not None:
                 try:
                     snapshot = document_to_snapshot(
@@ -561,47 +502,33 @@ class Session:
             # A broken store must not stop the application: start empty and say so.
             log.warning("tokensdk: the stored state could not be loaded: %s", exc)
             self._hub.emit(self._hub.event(EventType.STORE_FAILED, type(exc).__name__, exc))
-        changes: dict[str, Any] = {}
-        if snapshot is not None:
-            changes = {
-                "status": snapshot.status,
-                "credentials": snapshot.credentials,
-                "access_tokens": snapshot.access_tokens,
-                "mac_tokens": snapshot.mac_tokens,
-                "pending_refresh": snapshot.pending_refresh,
-                "revision": max(snapshot.revision, self._hub.snapshot.revision + 1),
-            }
-        if self._restore_tokens is not None:
-            changes["access_tokens"] = self._restore_tokens
-        if not changes:
+        restored = restore_state(
+            snapshot,
+            self._restore_tokens,
+            next_revision=self._hub.snapshot.revision + 1,
+            wall=self._clock.time(),
+            monotonic=self._clock.monotonic(),
+        )
+        if restored is None:
             return
-        creds = changes.get("credentials")
-        if (
-            creds is not None
-            and creds.refresh_left(self._clock.time(), self._clock.monotonic()) <= 0
-        ):
-            # The activation expired while we were away: what belonged to it goes.
-            changes.update(
-                status=SessionStatus.NEEDS_LOGIN,
-                credentials=None,
-                mac_tokens={},
-                pending_refresh=None,
-            )
+        if restored.expired:
             self._life.lost_reason = "token_expired"
-            self._hub.commit(self._hub.event(EventType.SESSION_LOST, "token_expired"), **changes)
+            self._hub.commit(
+                self._hub.event(EventType.SESSION_LOST, "token_expired"), **restored.changes
+            )
             return
+        creds = restored.credentials
         events = [self._hub.event(EventType.RESUMED, creds.username)] if creds else []
-        self._hub.commit(*events, **changes)
-        if snapshot is not None and self._restore_tokens is None:
-            self._saved_rev = self._hub.snapshot.revision  # it is what the store holds
-        if creds is not None and changes.get("status") is SessionStatus.ACTIVE:
+        self._hub.commit(*events, **restored.changes)
+        if restored.matches_store:
+            self._fleet.saved_rev = self._hub.snapshot.revision  # it is what the store holds
+        if restored.serve and creds is not None:
             self._install(creds)
-            if changes.get("pending_refresh") is not None:
-                # A refresh was under way when the last process stopped: the service
-                # may have rotated the pair already. Retry it now, with its key, while
-                # the service still recognises the retry (its window is short).
-                self._schedule_refresh(self._clock.monotonic())
-        elif changes.get("status") is SessionStatus.NEEDS_LOGIN:
+            if restored.retry_pending:
+                # The service may have rotated the pair already: retry the refresh
+                # now, with its key, while the service still recognises the retry.
+                self._engine.schedule(self._clock.monotonic())
+        elif restored.lost:
             self._life.lost_reason = "stored_session_lost"
 
     # -- the hot path ----------------------------------------------------------------
@@ -630,7 +557,7 @@ class Session:
             raise SessionLost(self._life.lost_reason)
         if snapshot.status is SessionStatus.LOGGED_OUT:
             raise NotLoggedIn("log in first")
-        return await self._refresh()
+        return await self._engine.refresh()
 
     async def token_refresh(self) -> Credentials:
         """Refresh the token pair now (joining a refresh already under way).
@@ -660,11 +587,11 @@ class Session:
             RateLimited: Too many attempts; see ``retry_after``.
             ServiceUnavailable: The service could not be reached.
         """
-        _check_text("username", username)
-        _check_text("password", password)
+        check_text("username", username)
+        check_text("password", password)
         self._require_open()
-        await self._discover()
-        reply = await self._send(self._backend.password_login(username, password))
+        await self._calls.discover()
+        reply = await self._calls.send(self._calls.backend.password_login(username, password))
         await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic, username)
 
     async def login_client_credentials(self) -> None:
@@ -681,9 +608,9 @@ class Session:
         """
         self._require_open()
         backend = self._grant_backend()
-        await self._discover()
+        await self._calls.discover()
         backend = self._grant_backend()
-        reply = await self._send(backend.client_credentials())
+        reply = await self._calls.send(backend.client_credentials())
         client = getattr(backend, "client_id", "") or ""
         await self._logged_in(
             reply.body,
@@ -710,11 +637,11 @@ class Session:
                 revoked, used).
             InvalidClient: The provider refused the client.
         """
-        _check_text("refresh_token", refresh_token)
+        check_text("refresh_token", refresh_token)
         self._require_open()
         self._grant_backend()
-        await self._discover()
-        reply = await self._send(self._grant_backend().refresh_token_login(refresh_token))
+        await self._calls.discover()
+        reply = await self._calls.send(self._grant_backend().refresh_token_login(refresh_token))
         await self._logged_in(
             reply.body,
             reply.sent_wall,
@@ -746,33 +673,15 @@ class Session:
             InvalidInput: The backend has no device authorization endpoint.
         """
         self._require_open()
-        await self._discover()
+        await self._calls.discover()
         backend = self._oauth2()
-        reply = await self._send(backend.device_authorization())
+        reply = await self._calls.send(backend.device_authorization())
         code = backend.device_code_from(reply.body)
         expires = reply.sent_monotonic + code.expires_in
         shown = on_code(code)
         if inspect.isawaitable(shown):
             await shown
-        interval = code.interval
-        while True:
-            if self._clock.monotonic() + interval >= expires:
-                raise InvalidCredentials(
-                    "the device code expired before the user approved it",
-                    status=400,
-                    error="expired_token",
-                )
-            await self._clock.sleep_until(self._clock.monotonic() + interval)
-            try:
-                reply = await self._send(backend.device_poll(code))
-            except ServiceError as exc:
-                if exc.error == "authorization_pending":
-                    continue
-                if exc.error == "slow_down":
-                    interval += 5  # RFC 8628 §3.5: for this and every later poll
-                    continue
-                raise
-            break
+        reply = await poll_device(self._calls.send, self._clock, backend, code, expires)
         await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic, username or "")
 
     async def login_authorization_code(
@@ -806,14 +715,9 @@ class Session:
             ProtocolError: The redirect's state or issuer did not match.
         """
         self._require_open()
-        await self._discover()
+        await self._calls.discover()
         backend = self._oauth2()
-        verifier = secrets.token_urlsafe(64)
-        challenge = (
-            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-            .rstrip(b"=")
-            .decode("ascii")
-        )
+        verifier, challenge = pkce_pair()
         state = secrets.token_urlsafe(24)
         async with LoopbackRedirect(state, port) as listener:
             url = backend.authorization_url(listener.redirect_uri, state, challenge, prompt=prompt)
@@ -824,17 +728,17 @@ class Session:
                 query = await listener.wait()
         code = backend.authorization_response(query, state)
         call = backend.authorization_code(code, listener.redirect_uri, verifier)
-        reply = await self._send(call)
+        reply = await self._calls.send(call)
         await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic, username or "")
 
     def _oauth2(self) -> OAuth2:
-        backend = self._backend
+        backend = self._calls.backend
         if not isinstance(backend, OAuth2):
             raise InvalidInput("this login needs an OAuth 2.0 backend (tokensdk.OAuth2)")
         return backend
 
     def _grant_backend(self) -> GrantBackend:
-        backend = self._backend
+        backend = self._calls.backend
         if not isinstance(backend, GrantBackend):
             raise InvalidInput("this login needs an OAuth 2.0 backend (tokensdk.OAuth2)")
         return backend
@@ -851,15 +755,15 @@ class Session:
             InvalidCredentials: The answer was wrong, or the key expired.
             RateLimited: Too many keys requested.
         """
-        _check_text("username", username)
+        check_text("username", username)
         self._require_open()
-        reply = await self._send(self._backend.one_time_key(username))
-        key = self._backend.one_time_key_from(reply.body)
+        reply = await self._calls.send(self._calls.backend.one_time_key(username))
+        key = self._calls.backend.one_time_key_from(reply.body)
         result = answer(key)
         digest = await result if inspect.isawaitable(result) else result
         if not isinstance(digest, str):
             raise InvalidInput("the one-time key answer must be a string")
-        reply = await self._send(self._backend.with_one_time_key(username, digest))
+        reply = await self._calls.send(self._calls.backend.with_one_time_key(username, digest))
         await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic)
 
     async def login_with_token(self, credentials: Credentials | None = None) -> None:
@@ -884,23 +788,23 @@ class Session:
         if creds is not self._hub.snapshot.credentials:
             self._uninstall()
             self._hub.commit(status=SessionStatus.ACTIVE, credentials=creds, pending_refresh=None)
-        if isinstance(self._backend, GrantBackend):
+        if isinstance(self._calls.backend, GrantBackend):
             # OAuth 2.0 has no "check this pair" call: a refresh proves (and renews) it.
-            await self._refresh()
+            await self._engine.refresh()
             return
         try:
-            reply = await self._send(self._backend.with_token(creds))
+            reply = await self._calls.send(self._calls.backend.with_token(creds))
         except TokenSDKError as exc:
-            gone = self._gone(exc)
+            gone = self._calls.gone(exc)
             if gone is None:
                 raise
             if isinstance(gone, Lost):
                 await self._lose(gone.reason, generation)
                 raise SessionLost(gone.reason) from None
-            await self._refresh()  # the access token expired: the refresh token may not have
+            await self._engine.refresh()  # the access token expired: the refresh token may not have
             self._sync_clock_soon()
             return
-        ttl = self._backend.resumed_lifetime(reply.body)
+        ttl = self._calls.backend.resumed_lifetime(reply.body)
         resumed = attrs.evolve(
             creds,
             access_expires_at=reply.sent_wall + ttl,
@@ -934,7 +838,7 @@ class Session:
         if snapshot.credentials is not None and snapshot.status is SessionStatus.ACTIVE:
             self._life.logging_out = True  # a refresh on the way must not call relogin
             try:
-                if isinstance(self._backend, GrantBackend):
+                if isinstance(self._calls.backend, GrantBackend):
                     revoked = await self._revoke_grant(snapshot.credentials)
                 else:
                     revoked = await self._revoke_family()
@@ -944,7 +848,7 @@ class Session:
         self._life.generation += 1
         self._uninstall()
         self._life.lost_reason = "logged_out"
-        self._claim = True  # fleet-wide: a logout wins over a sibling's concurrent write
+        self._fleet.claim = True  # fleet-wide: a logout wins over a sibling's concurrent write
         self._hub.commit(
             self._hub.event(EventType.LOGGED_OUT, creds.username if creds else None),
             status=SessionStatus.LOGGED_OUT,
@@ -957,13 +861,13 @@ class Session:
     async def _revoke_grant(self, creds: Credentials) -> bool:
         # RFC 7009 with the refresh token: the provider revokes the whole grant.
         try:
-            await self._discover()
+            await self._calls.discover()
             backend = self._grant_backend()
             call = backend.revocation(self._hub.snapshot.credentials or creds)
             if call is None:
                 log.warning("tokensdk: the provider has no revocation endpoint; cleared locally")
                 return False
-            await self._send(call)
+            await self._calls.send(call)
         except TokenSDKError as exc:
             log.warning(
                 "tokensdk: logout could not revoke the grant (%s); cleared locally only",
@@ -976,21 +880,21 @@ class Session:
         try:
             # A valid bearer, refreshed first if the access token is about to die:
             # an expired one would be refused and leave the family alive.
-            revoke = self._backend.revoke()
+            revoke = self._calls.backend.revoke()
             bearer = await self.access_token()
             try:
-                await self._send(revoke, bearer=bearer)
+                await self._calls.send(revoke, bearer=bearer)
             except TokenSDKError as exc:
-                if self._gone(exc) is None:
+                if self._calls.gone(exc) is None:
                     raise
                 # Refused: expired by the service's clock (not ours), or the family is
                 # gone. A refresh tells which (SessionLost: gone); then once more.
                 bearer = (await self.token_refresh()).access_token
-                await self._send(revoke, bearer=bearer)
+                await self._calls.send(revoke, bearer=bearer)
         except SessionLost:
             return True  # the family is dead already: nothing left to revoke
         except TokenSDKError as exc:
-            if self._gone(exc) is not None:
+            if self._calls.gone(exc) is not None:
                 return True
 
             log.warning(
@@ -1009,20 +913,11 @@ class Session:
             The offset in seconds to add to local wall time.
         """
         before = self._clock.monotonic()
-        reply = await self._send(self._backend.status())
+        reply = await self._calls.send(self._calls.backend.status())
         rtt = self._clock.monotonic() - before
-        server_ms = reply.body.get("serverTime")
-        # 0 < t < 2**53 also turns away NaN, infinities and 400-digit integers.
-        if (
-            not isinstance(server_ms, int | float)
-            or isinstance(server_ms, bool)
-            or not 0 < server_ms < 2**53
-        ):
-            raise ProtocolError("status has no valid serverTime")
-        realm = reply.body.get("realm")
-        self.realm = realm if isinstance(realm, str) else self.realm
-        offset = server_ms / 1000 + rtt / 2 - (reply.sent_wall + rtt)
-        self.clock_offset = 0.0 if abs(offset) < 2.0 else offset
+        reading = read_clock(reply.body, reply.sent_wall, rtt)
+        self.realm = reading.realm if reading.realm is not None else self.realm
+        self.clock_offset = reading.offset
         self._hub.emit(self._hub.event(EventType.CLOCK_SYNCED, f"{self.clock_offset:+.3f}s"))
         return self.clock_offset
 
@@ -1036,7 +931,7 @@ class Session:
         extra: Mapping[str, str] | None = None,
         refresh_token: str | None = None,
     ) -> None:
-        creds = self._backend.grant(body, wall=sent_wall, monotonic=sent_mono)
+        creds = self._calls.backend.grant(body, wall=sent_wall, monotonic=sent_mono)
         changes: dict[str, Any] = {}
         if not creds.username and username:
             changes["username"] = username  # an OAuth 2.0 answer does not name the user
@@ -1047,7 +942,7 @@ class Session:
         if changes:
             creds = attrs.evolve(creds, **changes)
         self._life.generation += 1
-        self._claim = True
+        self._fleet.claim = True
         # A new login is a new token family: the MAC tokens of the previous one
         # belong to it (the service kills them with it), never to this one.
         self._hub.commit(
@@ -1063,7 +958,7 @@ class Session:
     def _sync_clock_soon(self) -> None:
         # MAC headers carry our wall time: learn the service's offset after a login.
         # (A backend may have no clock to read: OAuth 2.0 providers.)
-        if self._tg is not None and getattr(self._backend, "syncs_clock", True):
+        if self._tg is not None and getattr(self._calls.backend, "syncs_clock", True):
             self._tg.start_soon(self._background_sync_clock)
 
     async def _background_sync_clock(self) -> None:
@@ -1082,98 +977,17 @@ class Session:
         self._token = creds.access_token
         self._fresh_mono = plan.mandatory_at
         self._fresh_wall = creds.access_expires_at - window
-        self._failures = 0
-        self._schedule_refresh(_clamp_plan(plan, now_mono, creds.access_expires_at - now_wall))
+        self._engine.failures = 0
+        self._engine.schedule(_clamp_plan(plan, now_mono, creds.access_expires_at - now_wall))
 
     def _uninstall(self) -> None:
         self._token = None
         self._fresh_mono = self._fresh_wall = -math.inf
-        if self._refresh_timer is not None:
-            self._refresh_timer.cancel()
-            self._refresh_timer = None
-
-    def _schedule_refresh(self, at: float) -> None:
-        if self._refresh_timer is not None:
-            self._refresh_timer.cancel()
-        self._refresh_timer = self._scheduler.call_at(at, self._refresh_due)
-
-    def _refresh_due(self) -> None:
-        if self._tg is not None:
-            self._tg.start_soon(self._background_refresh)
-
-    async def _background_refresh(self) -> None:
-        try:
-            await self._refresh()
-        except SessionLost:
-            pass  # already reported by _lose
-        except InvalidClient as exc:
-            # Configuration, not weather: trying again later cannot help. Callers of
-            # access_token() get the error; nothing is scheduled.
-            log.warning("tokensdk: background refresh refused: the client is not accepted")
-            self._hub.emit(self._hub.event(EventType.REFRESH_FAILED, type(exc).__name__, exc))
-        except TokenSDKError as exc:
-            self._failures += 1
-            delay = self._backoff.after(self._failures, exc)
-            log.warning(
-                "tokensdk: background refresh failed (%s); next try in %.1fs",
-                type(exc).__name__,
-                delay,
-            )
-            self._hub.emit(self._hub.event(EventType.REFRESH_FAILED, type(exc).__name__, exc))
-            if self._hub.snapshot.status is SessionStatus.ACTIVE:
-                self._schedule_refresh(self._clock.monotonic() + delay)
-
-    async def _refresh(self) -> Credentials:
-        flight = self._flight
-        if flight is None:
-            self._require_open()
-            flight = self._flight = Flight[Credentials]()
-            if self._shared:
-                snapshot = self._hub.snapshot
-                active = snapshot.status is SessionStatus.ACTIVE
-                self._flight_wanted = snapshot.credentials if active else None
-            self._flight_posted.set()
-        return await flight.wait()
-
-    async def _refresher(self) -> None:
-        """Fly every posted refresh, one at a time, until the session closes.
-
-        One long-lived task in the session's task group runs the refreshes: waking it
-        costs a fifth of starting a task per refresh, and a caller's cancellation
-        still only stops that caller's wait.
-        """
-        while True:
-            await self._flight_posted.wait()
-            self._flight_posted.clear()
-            flight = self._flight
-            if flight is not None and not flight.done.is_set():
-                await self._fly(flight)
-
-    def _finish_flight(
-        self,
-        flight: Flight[Credentials],
-        *,
-        value: Credentials | None = None,
-        error: BaseException | None = None,
-    ) -> None:
-        if self._flight is flight:
-            self._flight = None
-        flight.finish(value, error)
-
-    async def _fly(self, flight: Flight[Credentials]) -> None:
-        try:
-            value = await self._do_refresh()
-        except anyio.get_cancelled_exc_class():
-            self._finish_flight(flight, error=SessionClosed("the session was closed"))
-            raise
-        except Exception as exc:
-            self._finish_flight(flight, error=exc)
-        else:
-            self._finish_flight(flight, value=value)
+        self._engine.unschedule()
 
     async def _do_refresh(self) -> Credentials:
         if self._shared:
-            return await self._coordinated_refresh()
+            return await self._fleet.refresh(self._engine.wanted)
         return await self._refresh_once()
 
     async def _refresh_once(self) -> Credentials:
@@ -1182,7 +996,7 @@ class Session:
         generation = self._life.generation
         if snapshot.status is SessionStatus.NEEDS_LOGIN or creds is None:
             return await self._try_relogin(self._life.lost_reason)
-        await self._discover()
+        await self._calls.discover()
         now_mono, now_wall = self._clock.monotonic(), self._clock.time()
         if creds.refresh_left(now_wall, now_mono) <= 0:
             await self._lose("token_expired", generation)
@@ -1195,7 +1009,7 @@ class Session:
         # is installed, so any retry after a lost answer, by this call, a later one or
         # the next process after a crash, gets the same answer instead of tripping
         # reuse detection. A durable store has it before the request leaves.
-        if creds.refresh_token is None and self._backend.refresh(creds, "") is None:
+        if creds.refresh_token is None and self._calls.backend.refresh(creds, "") is None:
             # An access token alone (a password grant without offline_access): nothing
             # to renew it with. Serve it while it lives; the session ends with it.
             if creds.access_left(now_wall, now_mono) > 0:
@@ -1210,13 +1024,13 @@ class Session:
                 # sending leaves the key to whoever takes the lease next.
                 self._hub.commit(pending_refresh=pending)
                 try:
-                    await self._write_shared()
+                    await self._fleet.write()
                 except StoreUnavailable:
                     raise
                 except StoreError as exc:
                     self._store_failed(exc)  # an unusable file: as a single session
                 if self._hub.snapshot.pending_refresh is not pending:
-                    raise _Conflict  # a sibling wrote meanwhile: reload and decide again
+                    raise Conflict  # a sibling wrote meanwhile: reload and decide again
                 if generation != self._life.generation:
                     return self._stale_refresh()
             elif self._durable:
@@ -1230,19 +1044,21 @@ class Session:
                 # store at close if the refresh is still unfinished (see __aexit__), for
                 # a later session of this process on the same store.
                 self._unsaved_pending = pending
-        call = self._backend.refresh(creds, pending.idempotency_key)
+        call = self._calls.backend.refresh(creds, pending.idempotency_key)
         if call is None:  # a backend that cannot renew these credentials
             await self._lose("token_expired", generation)
             return await self._try_relogin("token_expired")
         try:
-            reply = await self._send(call, deadline=deadline)
+            reply = await self._calls.send(call, deadline=deadline)
         except TokenSDKError as exc:
-            gone = self._gone(exc)
+            gone = self._calls.gone(exc)
             if gone is None:
                 raise
             await self._lose(gone.reason, generation)
             return await self._try_relogin(gone.reason)
-        new = self._backend.grant(reply.body, wall=reply.sent_wall, monotonic=reply.sent_monotonic)
+        new = self._calls.backend.grant(
+            reply.body, wall=reply.sent_wall, monotonic=reply.sent_monotonic
+        )
         new = new.renewed_from(creds)
         if generation != self._life.generation:
             return self._stale_refresh()
@@ -1258,9 +1074,9 @@ class Session:
         self._unsaved_pending = None
         self._install(new)
         if self._shared:
-            self._claim = True  # the service's newest pair: it wins any write conflict
+            self._fleet.claim = True  # the service's newest pair: it wins any write conflict
             try:
-                await self._write_shared()
+                await self._fleet.write()
             except StoreError as exc:
                 # The pair is ours and valid; the store learns it when it is back
                 # (see _resync), and a sibling retrying the pending key gets it too.
@@ -1298,7 +1114,7 @@ class Session:
         self._life.generation += 1
         self._uninstall()
         self._life.lost_reason = reason
-        self._claim = True
+        self._fleet.claim = True
         log.warning("tokensdk: session lost (%s)", reason)
         self._hub.commit(
             self._hub.event(EventType.SESSION_LOST, reason),
@@ -1308,350 +1124,12 @@ class Session:
             pending_refresh=None,
         )
 
-    # -- fleet coordination (a shared store: FileStore, RedisStore) ------------------
-
-    async def _coordinated_refresh(self) -> Credentials:
-        """One refresh per token window fleet-wide: lock, reload, adopt or refresh, save.
-
-        The member holding the refresh lock re-reads the shared state first: a pair
-        a sibling obtained meanwhile is adopted, not refreshed again; a pending
-        refresh a dead sibling left is retried with its idempotency key. Writes are
-        compare-and-set on the stored version, so a member whose lease lapsed cannot
-        overwrite what the next holder saved with something older.
-        """
-        wanted = self._flight_wanted
-        try:
-            lease = await self._lock_or_adopt(wanted)
-        except StoreUnavailable:
-            raise  # Redis is down: no refresh without the lock (see docs/FLEET.md)
-        except StoreError as exc:
-            # The shared file cannot be used at all (its directory is gone, a broken
-            # disk): no member can coordinate through it. A broken store must not
-            # stop the application: carry on as a single session does.
-            self._store_failed(exc)
-            try:
-                return await self._refresh_once()
-            except _Conflict:
-                raise StoreUnavailable("the shared state changed during a refresh") from None
-        if lease is None:
-            return self._adopted_result()
-        # Borrowed: this member holds the lock already (an exclusive block needs a
-        # bearer); refresh under it, and leave releasing it to the block.
-        own = lease is not _BORROWED
-        if own:
-            self._held = lease
-        try:
-            for _ in range(_CONFLICT_RETRIES):
-                await self._reload()
-                if self._moved_on(wanted) and not self._relogin_due():
-                    return self._adopted_result()
-                try:
-                    return await self._refresh_once()
-                except _Conflict:
-                    continue
-            raise StoreUnavailable("the shared state kept changing during a refresh")
-        finally:
-            if own:
-                await self._release(lease)
-
-    async def _release(self, lease: Lease) -> None:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self._transport.timeout):
-            # A loss or a relogin is in the store before the next holder reloads.
-            await self._saver.flush()
-        with anyio.CancelScope(shield=True):
-            self._held = None
-            await lease.release()
-
-    @asynccontextmanager
-    async def _exclusive(self) -> AsyncIterator[None]:
-        """Run a block under the fleet's lock with the shared state reloaded (see context)."""
-        if not self._shared:
-            yield
-            return
-        snapshot = self._hub.snapshot
-        active = snapshot.status is SessionStatus.ACTIVE
-        wanted = snapshot.credentials if active else None
-        while True:
-            lease = await self._lock_or_adopt(wanted)
-            if lease is not None:
-                break
-            wanted = self._hub.snapshot.credentials  # a sibling refreshed: fine here
-        # Borrowed from a refresh of this member: it releases the lock when it ends,
-        # maybe before this block does (then a sibling may create the same thing).
-        own = lease is not _BORROWED
-        if own:
-            self._held = lease
-        try:
-            await self._reload()
-            yield
-        finally:
-            if own:
-                await self._release(lease)
-
-    async def _lock_or_adopt(self, wanted: Credentials | None) -> Lease | None:
-        """Take the refresh lock, or None once a sibling's newer state was adopted."""
-        clock = self._clock
-        now_wall, now_mono = clock.time(), clock.monotonic()
-        left = wanted.access_left(now_wall, now_mono) if wanted is not None else 0.0
-        give_up = now_mono + max(left, self._transport.timeout) + self._coord.lease
-        while True:
-            if self._held is not None:
-                return _BORROWED  # this member holds it (a refresh, an exclusive block)
-            adopted = self._adopted
-            lease = await self._coord.try_lock()
-            if lease is not None:
-                return lease
-            if self._moved_on(wanted) and not self._relogin_due():
-                return None
-            remaining = await self._coord.lock_remaining()
-            if clock.monotonic() >= give_up:
-                raise StoreUnavailable("another member holds the refresh lock too long")
-            if remaining is None:
-                continue  # released between the two looks
-            # The holder's result arrives as a change (adopted by _watch); a holder
-            # that saved nothing (it failed) or died is found by trying again.
-            with anyio.move_on_after(min(remaining, _LOCK_RECHECK)):
-                await adopted.wait()
-            if self._moved_on(wanted) and not self._relogin_due():
-                return None
-
-    def _relogin_due(self) -> bool:
-        """A sibling lost the session and this member has a relogin hook.
-
-        The hook runs once fleet-wide, under the lock: this member waits for the lock
-        (the sibling's own relogin, if it has one, is then adopted) rather than
-        giving up while a relogin may be on its way.
-        """
-        snapshot = self._hub.snapshot
-        return snapshot.status is SessionStatus.NEEDS_LOGIN and self._relogin is not None
-
-    def _moved_on(self, wanted: Credentials | None) -> bool:
-        """Whether the state moved past ``wanted`` (a sibling refreshed, logged in, lost it)."""
-        snapshot = self._hub.snapshot
-        current = snapshot.credentials if snapshot.status is SessionStatus.ACTIVE else None
-        if current is None or wanted is None:
-            return current is not wanted
-        # Every refresh brings a new access token (the refresh token may stay).
-        return current.access_token != wanted.access_token
-
-    def _adopted_result(self) -> Credentials:
-        snapshot = self._hub.snapshot
-        if snapshot.status is SessionStatus.ACTIVE and snapshot.credentials is not None:
-            return snapshot.credentials
-        if snapshot.status is SessionStatus.LOGGED_OUT:
-            raise NotLoggedIn("logged out (by another member of the fleet)")
-        raise SessionLost(self._life.lost_reason)
-
-    async def _reload(self) -> None:
-        """Read the shared state; adopt it if it moved, write ours back if it was lost."""
-        async with self._shared_lock:
-            document, version = await self._coord.load()
-            snapshot = self._hub.snapshot
-            if document is None:
-                if (
-                    snapshot.credentials is not None
-                    or snapshot.status is not SessionStatus.LOGGED_OUT
-                ):
-                    # Redis was flushed or restarted, or the file removed, while this
-                    # member held the state: write it back rather than lose the session.
-                    restored = await self._coord.restore(
-                        snapshot_to_document(snapshot), self._version
-                    )
-                    if restored is not None:
-                        log.warning("tokensdk: the shared store lost the state; written back")
-                        self._version, self._saved_rev = restored, snapshot.revision
-                return
-            if version != self._version:
-                self._adopt(document, version)
-            elif snapshot.revision > self._saved_rev:
-                await self._write_locked()
-
-    async def _write_shared(self) -> None:
-        """Write the current state to the shared store (compare-and-set on the version)."""
-        async with self._shared_lock:
-            await self._write_locked()
-
-    async def _write_locked(self) -> None:
-        for _ in range(_CONFLICT_RETRIES):
-            snapshot = self._hub.snapshot
-            if snapshot.revision <= self._saved_rev:
-                return  # already there (or adopted from there)
-            document = snapshot_to_document(snapshot)
-            written = await self._coord.save_if(document, self._version)
-            if written is not None:
-                self._version, self._saved_rev, self._claim = written, snapshot.revision, False
-                return
-            # Somebody wrote first. Ours still wins when it is a login, a loss, a
-            # logout or a new pair (the claim), or when theirs left the pair and status
-            # as ours has them (a MAC token, an asset token): else theirs is newer.
-            stored, version = await self._coord.load()
-            if stored is None:
-                written = await self._coord.restore(document, self._version)
-                if written is not None:
-                    self._version, self._saved_rev = written, snapshot.revision
-                    self._claim = False
-                    return
-                continue
-            theirs = self._decode_shared(stored)
-            if self._claim or _same_activation(theirs, snapshot):
-                self._version = version
-                continue
-            self._adopt(stored, version, theirs)
-            return
-        raise StoreUnavailable("the shared state kept changing under this member's writes")
-
-    def _decode_shared(self, document: Mapping[str, Any]) -> SessionSnapshot:
-        return document_to_snapshot(
-            document, wall=self._clock.time(), monotonic=self._clock.monotonic()
-        )
-
-    def _adopt(
-        self,
-        document: Mapping[str, Any],
-        version: int | None,
-        theirs: SessionSnapshot | None = None,
-    ) -> None:
-        """Make a state another member wrote this member's state, as if it happened here.
-
-        Commits it into the hub (change callbacks and events fire here too) without
-        writing it back, installs an adopted pair and wakes members waiting for it.
-        """
-        theirs = theirs or self._decode_shared(document)
-        self._version = version
-        ours = self._hub.snapshot
-        new, old = theirs.credentials, ours.credentials
-        same_pair = (new is None) == (old is None) and (
-            new is None or old is None or new.access_token == old.access_token
-        )
-        if (
-            same_pair
-            and theirs.status is ours.status
-            and theirs.pending_refresh == ours.pending_refresh
-            and theirs.access_tokens == ours.access_tokens
-            and dict(theirs.mac_tokens) == dict(ours.mac_tokens)
-        ):
-            self._saved_rev = ours.revision
-            return
-        events = []
-        if theirs.status is not ours.status or theirs.username != ours.username:
-            self._life.generation += 1  # another activation: work on the old one is stale
-            if theirs.status is SessionStatus.ACTIVE and new is not None:
-                events.append(self._hub.event(EventType.LOGGED_IN, new.username))
-            elif theirs.status is SessionStatus.LOGGED_OUT:
-                self._life.lost_reason = "logged_out"
-                events.append(self._hub.event(EventType.LOGGED_OUT, ours.username))
-            else:
-                self._life.lost_reason = "stored_session_lost"
-                events.append(self._hub.event(EventType.SESSION_LOST, "stored_session_lost"))
-        elif not same_pair and new is not None:
-            events.append(self._hub.event(EventType.REFRESHED, new.username))
-        if theirs.status is ours.status and theirs.username == ours.username:
-            for name in theirs.mac_tokens.keys() - ours.mac_tokens.keys():
-                events.append(self._hub.event(EventType.MAC_TOKEN_ADDED, name))
-            for name in ours.mac_tokens.keys() - theirs.mac_tokens.keys():
-                events.append(self._hub.event(EventType.MAC_TOKEN_REMOVED, name))
-        self._hub.commit(
-            *events,
-            status=theirs.status,
-            credentials=new,
-            access_tokens=theirs.access_tokens,
-            mac_tokens=theirs.mac_tokens,
-            pending_refresh=theirs.pending_refresh,
-            revision=max(theirs.revision, ours.revision + 1),
-        )
-        self._saved_rev = self._hub.snapshot.revision
-        if theirs.status is SessionStatus.ACTIVE and new is not None:
-            if not same_pair or ours.status is not SessionStatus.ACTIVE:
-                self._install(new)
-        else:
-            self._uninstall()
-        adopted, self._adopted = self._adopted, anyio.Event()
-        adopted.set()
-
-    async def _watch(self) -> None:
-        """Adopt every state another member writes; resynchronise after an outage."""
-        failures = 0
-        while True:
-            try:
-                async with self._coord.changes() as versions:
-                    if failures:
-                        await self._reload()  # messages were missed; the store may be empty
-                        failures = 0
-                    async for version in versions:
-                        if version != self._version:
-                            await self._reload()
-            except SessionClosed:
-                return
-            except StoreError as exc:
-                failures += 1
-                delay = min(_WATCH_BACKOFF * 2 ** (failures - 1), _WATCH_BACKOFF_MAX)
-                delay *= 0.5 + self._rng.random() / 2
-                log.info("tokensdk: watching the shared state failed: %s", type(exc).__name__)
-                await anyio.sleep(delay)
-
     def __repr__(self) -> str:
         snapshot = self._hub.snapshot
         return (
-            f"Session({self._backend.base_url!r}, status={snapshot.status.value},"
+            f"Session({self._calls.backend.base_url!r}, status={snapshot.status.value},"
             f" username={snapshot.username!r})"
         )
-
-
-#: Times a refresh or a write re-reads the shared state after losing a race.
-_CONFLICT_RETRIES = 8
-#: Seconds between two looks at a refresh lock a sibling holds (its result usually
-#: arrives first, as a change).
-_LOCK_RECHECK = 0.25
-#: First and longest pause before watching the shared state again after an outage.
-_WATCH_BACKOFF = 0.1
-_WATCH_BACKOFF_MAX = 1.0
-
-
-class _Borrowed:
-    """The lock this member already holds, used by a second piece of its work."""
-
-    async def release(self) -> None:
-        """The owner releases it."""
-
-
-_BORROWED = _Borrowed()
-
-
-class _Conflict(Exception):
-    """A sibling wrote the shared state while this member was about to refresh."""
-
-
-class _SharedWriter:
-    """The saver's store in fleet mode: writes the session's state compare-and-set.
-
-    The saver hands it a snapshot; it writes the session's current state instead
-    (never an older one than a state adopted meanwhile) through the coordinator.
-    """
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-
-    def __repr__(self) -> str:
-        return f"_SharedWriter({self._session._store!r})"
-
-    async def load(self) -> dict[str, Any] | None:
-        return None  # never called: the session loads through its coordinator
-
-    async def save(self, document: Any) -> None:
-        await self._session._write_shared()
-
-    async def clear(self) -> None:
-        await self._session._write_shared()
-
-
-def _same_activation(theirs: SessionSnapshot, ours: SessionSnapshot) -> bool:
-    """Whether two states hold the same pair with the same status (only extras differ)."""
-    if theirs.status is not ours.status:
-        return False
-    a, b = theirs.credentials, ours.credentials
-    return (a is None and b is None) or (
-        a is not None and b is not None and a.access_token == b.access_token
-    )
 
 
 def _clamp_plan(plan: RefreshPlan, now_mono: float, wall_left: float) -> float:
@@ -1660,27 +1138,3 @@ def _clamp_plan(plan: RefreshPlan, now_mono: float, wall_left: float) -> float:
     at = plan.refresh_at
     wall_refresh_at = now_mono + wall_left - (plan.expires - plan.refresh_at)
     return min(at, wall_refresh_at)
-
-
-def _check_text(name: str, value: object) -> None:
-    if not isinstance(value, str) or not value:
-        raise InvalidInput(f"{name} must be a non-empty string")
-    if len(value) > 4096:
-        raise InvalidInput(f"{name} is too long")
-
-
-def _asset_list(items: Iterable[AssetToken | Mapping[str, Any]]) -> tuple[AssetToken, ...]:
-    tokens = []
-    for item in items:
-        if isinstance(item, AssetToken):
-            tokens.append(item)
-            continue
-        asset_id = item.get("assetId", item.get("asset_id")) if isinstance(item, Mapping) else None
-        token = item.get("token") if isinstance(item, Mapping) else None
-        if not isinstance(asset_id, str) or not isinstance(token, str):
-            raise InvalidInput("each saved access token needs a string assetId and token")
-        expires = item.get("expiresAt", item.get("expires_at"))
-        tokens.append(
-            AssetToken(asset_id, token, expires if isinstance(expires, int | float) else None)
-        )
-    return tuple(tokens)

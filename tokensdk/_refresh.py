@@ -1,0 +1,181 @@
+"""The refresh engine: one refresh at a time, run by one task, on a timer, retried.
+
+:class:`RefreshEngine` is the machinery around a refresh, not the refresh itself
+(the session gives it ``do_refresh``, which talks to the service or the fleet):
+
+- **single flight**: callers that need a refresh while one is under way join it;
+- **the refresher task**: one long-lived task in the session's task group flies
+  every posted refresh, so a caller's cancellation only stops that caller's wait;
+- **the refresh timer**: the background refresh scheduled before the token expires;
+- **background retries**: a failed background refresh is tried again after the
+  same backoff as a call's retries, while the session is active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import anyio
+
+from tokensdk._clock import Clock
+from tokensdk._errors import InvalidClient, SessionClosed, SessionLost, TokenSDKError
+from tokensdk._flight import Flight
+from tokensdk._models import Credentials, EventType, SessionStatus
+from tokensdk._observable import StateHub
+from tokensdk._scheduler import Scheduler, Timer
+from tokensdk._transport import Backoff
+
+__all__ = ["RefreshEngine"]
+
+log = logging.getLogger("tokensdk")
+
+
+class RefreshEngine:
+    """Single flight, the refresher task, the refresh timer and background retries.
+
+    Args:
+        do_refresh: Performs one refresh (the session's; it raises what callers get).
+        hub: The session's state hub.
+        clock: The session's clock.
+        scheduler: The session's timer heap.
+        backoff: The backoff between background retries.
+        shared: The session is a fleet member (a flight remembers the pair it replaces).
+        require_open: Raises SessionClosed unless the session is open.
+        start_soon: Starts a background task if the session is open (else nothing).
+
+    Attributes:
+        wanted: In fleet mode, the active pair the current flight replaces.
+        failures: Background refreshes failed in a row since the pair was installed.
+    """
+
+    def __init__(
+        self,
+        do_refresh: Callable[[], Awaitable[Credentials]],
+        *,
+        hub: StateHub,
+        clock: Clock,
+        scheduler: Scheduler,
+        backoff: Backoff,
+        shared: bool,
+        require_open: Callable[[], None],
+        start_soon: Callable[[Callable[[], Coroutine[Any, Any, Any]]], None],
+    ) -> None:
+        self._do_refresh = do_refresh
+        self._hub = hub
+        self._clock = clock
+        self._scheduler = scheduler
+        self._backoff = backoff
+        self._shared = shared
+        self._require_open = require_open
+        self._start_soon = start_soon
+        self.wanted: Credentials | None = None
+        self.failures = 0
+        self._flight: Flight[Credentials] | None = None
+        # Set when a flight waits for the refresher task (see run). asyncio's, for
+        # speed: an anyio.Event cannot be cleared (see StateHub).
+        self._posted = asyncio.Event()
+        self._timer: Timer | None = None
+
+    # -- single flight ---------------------------------------------------------------
+
+    async def refresh(self) -> Credentials:
+        """Refresh, or join the refresh under way (SessionClosed if the session is not open)."""
+        flight = self._flight
+        if flight is None:
+            self._require_open()
+            flight = self._flight = Flight[Credentials]()
+            if self._shared:
+                snapshot = self._hub.snapshot
+                active = snapshot.status is SessionStatus.ACTIVE
+                self.wanted = snapshot.credentials if active else None
+            self._posted.set()
+        return await flight.wait()
+
+    async def run(self) -> None:
+        """Fly every posted refresh, one at a time, until the session closes.
+
+        One long-lived task in the session's task group runs the refreshes: waking it
+        costs a fifth of starting a task per refresh, and a caller's cancellation
+        still only stops that caller's wait.
+        """
+        while True:
+            await self._posted.wait()
+            self._posted.clear()
+            flight = self._flight
+            if flight is not None and not flight.done.is_set():
+                await self._fly(flight)
+
+    def abandon(self, error: BaseException) -> None:
+        """End the refresh under way, if any, with ``error`` (the session closes)."""
+        if self._flight is not None:
+            self._finish(self._flight, error=error)
+
+    def _finish(
+        self,
+        flight: Flight[Credentials],
+        *,
+        value: Credentials | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        if self._flight is flight:
+            self._flight = None
+        flight.finish(value, error)
+
+    async def _fly(self, flight: Flight[Credentials]) -> None:
+        try:
+            value = await self._do_refresh()
+        except anyio.get_cancelled_exc_class():
+            self._finish(flight, error=SessionClosed("the session was closed"))
+            raise
+        except Exception as exc:
+            self._finish(flight, error=exc)
+        else:
+            self._finish(flight, value=value)
+
+    # -- the timer and background retries ---------------------------------------------
+
+    @property
+    def next_refresh(self) -> float | None:
+        """Monotonic time of the next scheduled background refresh, if any."""
+        timer = self._timer
+        return None if timer is None or timer.cancelled else timer.deadline
+
+    def schedule(self, at: float) -> None:
+        """Run a background refresh at monotonic time ``at`` (replacing the one scheduled)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._scheduler.call_at(at, self._due)
+
+    def unschedule(self) -> None:
+        """Cancel the scheduled background refresh, if any."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _due(self) -> None:
+        self._start_soon(self._background)
+
+    async def _background(self) -> None:
+        try:
+            await self.refresh()
+        except SessionLost:
+            pass  # already reported by the session's loss
+        except InvalidClient as exc:
+            # Configuration, not weather: trying again later cannot help. Callers of
+            # access_token() get the error; nothing is scheduled.
+            log.warning("tokensdk: background refresh refused: the client is not accepted")
+            self._hub.emit(self._hub.event(EventType.REFRESH_FAILED, type(exc).__name__, exc))
+        except TokenSDKError as exc:
+            self.failures += 1
+            delay = self._backoff.after(self.failures, exc)
+            log.warning(
+                "tokensdk: background refresh failed (%s); next try in %.1fs",
+                type(exc).__name__,
+                delay,
+            )
+            self._hub.emit(self._hub.event(EventType.REFRESH_FAILED, type(exc).__name__, exc))
+            if self._hub.snapshot.status is SessionStatus.ACTIVE:
+                self.schedule(self._clock.monotonic() + delay)
