@@ -8,12 +8,13 @@ show the seam; tests/test_fleet.py runs real processes.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 import anyio
 import pytest
+from _redis import redis_server
 from _service import PASSWORDS, call, service
 
 from tokensdk import (
@@ -25,11 +26,13 @@ from tokensdk import (
     ManualClock,
     MemoryStore,
     NotLoggedIn,
+    RedisStore,
     Session,
     SessionLost,
     SessionStatus,
     StoreCoordinator,
 )
+from tokensdk._assets import Ed25519Signer
 from tokensdk._coordinator import coordinator_for
 from tokensdk.server import RunningService
 
@@ -267,3 +270,71 @@ async def test_members_asking_for_one_mac_token_share_one_creation(
         assert svc.stats.mac_tokens_created == 2
         assert svc.stats.refreshes == 1
         assert sessions[0].snapshot.mac_tokens["other"].token_id == token.token_id
+
+
+@pytest.mark.parametrize("kind", ["file", "redis"])
+async def test_members_asking_for_one_asset_token_share_one_proof_of_key(
+    clock: ManualClock, tmp_path: Path, kind: str
+) -> None:
+    signer = Ed25519Signer.from_seed(bytes(range(32)))
+    with ExitStack() as servers:
+        async with AsyncExitStack() as stack:
+            if kind == "redis":
+                url = servers.enter_context(redis_server(tmp_path / "redis")).url
+                stores = [RedisStore(url, name="assets") for _ in range(3)]
+                for store in stores:
+                    stack.push_async_callback(store.aclose)
+            else:
+                stores = [FileStore(tmp_path / "state.json") for _ in range(3)]
+            svc = await stack.enter_async_context(
+                service(clock, assets={"sensor-1": signer.public_key_hex})
+            )
+            sessions = [
+                await stack.enter_async_context(Session(svc.url, store=store, clock=clock))
+                for store in stores
+            ]
+            streams = [await stack.enter_async_context(s.events()) for s in sessions]
+            found: list[str] = []
+
+            async def ask(member: Session, into: list[str] = found) -> None:
+                into.append((await member.access_tokens.request("sensor-1", signer)).token)
+
+            async with anyio.create_task_group() as tg:
+                for member in sessions:
+                    tg.start_soon(ask, member)
+            assert svc.stats.asset_tokens_issued == 1
+            assert len(set(found)) == 1
+            for member, events in zip(sessions, streams, strict=True):
+                assert [t.token for t in member.access_tokens] == found[:1]
+                with anyio.fail_after(10):  # the change fires in every member
+                    event = await anext(events)
+                assert (event.type, event.detail) == (EventType.ACCESS_TOKEN_ADDED, "sensor-1")
+            # Asking again for a token the member holds still gets a new one (as in one
+            # process); the others adopt it. (A second later: a token of the same second
+            # would be the same text.)
+            clock.advance(1)
+            fresh = await sessions[2].access_tokens.request("sensor-1", signer)
+            assert svc.stats.asset_tokens_issued == 2
+            with anyio.fail_after(10):
+                event = await anext(streams[0])
+            assert event.type is EventType.ACCESS_TOKEN_REPLACED
+            assert sessions[0].access_tokens.find("sensor-1") == fresh
+
+
+async def test_an_asset_token_is_still_obtained_while_redis_is_down(
+    clock: ManualClock, tmp_path: Path
+) -> None:
+    # Sharing only saves calls: a member that cannot take the fleet's lock asks alone.
+    signer = Ed25519Signer.from_seed(bytes(range(32)))
+    with redis_server(tmp_path / "redis") as redis:
+        store = RedisStore(redis.url, name="assets-down")
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(store.aclose)
+            svc = await stack.enter_async_context(
+                service(clock, assets={"sensor-1": signer.public_key_hex})
+            )
+            member = await stack.enter_async_context(Session(svc.url, store=store, clock=clock))
+            redis.kill()
+            item = await member.access_tokens.request("sensor-1", signer)
+            assert member.access_tokens.find("sensor-1") == item
+            assert svc.stats.asset_tokens_issued == 1

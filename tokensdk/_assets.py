@@ -35,6 +35,7 @@ from tokensdk._errors import (
     ProtocolError,
     ServiceError,
     SessionClosed,
+    StoreError,
     TokenExpired,
     TokenInvalid,
     TokenMalformed,
@@ -505,7 +506,9 @@ class AccessTokens(Sequence[AssetToken]):
         """Obtain a token for ``asset_id`` by proof of key and put it in the array.
 
         Runs challenge -> sign -> token, validates the answer locally, then adds it
-        (or replaces the asset's previous token).
+        (or replaces the asset's previous token). Members sharing a store (a fleet)
+        ask once: under their lock, a member takes a live token for the asset that
+        a sibling obtained since it asked.
 
         Args:
             asset_id: The asset.
@@ -521,6 +524,34 @@ class AccessTokens(Sequence[AssetToken]):
             raise InvalidInput("asset_id must be a non-empty string")
         if not isinstance(signer, Signer):
             raise InvalidInput("signer must implement Signer (async sign(message) -> bytes)")
+        had = self.find(asset_id)
+        had_token = had.token if had is not None else None
+        # Members sharing a store ask once: under their lock, with the state reloaded,
+        # a live token a sibling obtained since this member asked is taken (in one
+        # process the block is a no-op and nothing can have changed: always a request).
+        entered = False
+        try:
+            async with self._ctx.exclusive():
+                entered = True
+                shared = self.find(asset_id)
+                if shared is not None and shared.token != had_token and self._live(shared):
+                    if renew:
+                        self._signers[asset_id] = signer
+                    self._schedule(shared)
+                    return shared
+                return await self._request_locked(asset_id, signer, renew)
+        except StoreError as exc:
+            if entered:
+                raise
+            # The shared store cannot coordinate (Redis down): sharing only saves calls,
+            # and an asset token does not depend on the shared state, so ask alone.
+            log.info("tokensdk: asking for an asset token unshared: %s", type(exc).__name__)
+            return await self._request_locked(asset_id, signer, renew)
+
+    def _live(self, item: AssetToken) -> bool:
+        return item.expires_at is None or item.expires_at > self._ctx.clock.time()
+
+    async def _request_locked(self, asset_id: str, signer: Signer, renew: bool) -> AssetToken:
         transport = self._ctx.transport
         reply = await transport.call("POST", "/assets/challenge", {"assetId": asset_id})
         challenge = reply.body

@@ -420,6 +420,15 @@ class Fleet:
                 events.append(self._hub.event(EventType.MAC_TOKEN_ADDED, name))
             for name in ours.mac_tokens.keys() - theirs.mac_tokens.keys():
                 events.append(self._hub.event(EventType.MAC_TOKEN_REMOVED, name))
+        # Asset tokens do not depend on the login: a sibling's change is announced here too.
+        mine = {t.asset_id: t.token for t in ours.access_tokens}
+        for item in theirs.access_tokens:
+            if item.asset_id not in mine:
+                events.append(self._hub.event(EventType.ACCESS_TOKEN_ADDED, item.asset_id))
+            elif mine[item.asset_id] != item.token:
+                events.append(self._hub.event(EventType.ACCESS_TOKEN_REPLACED, item.asset_id))
+        for asset_id in mine.keys() - {t.asset_id for t in theirs.access_tokens}:
+            events.append(self._hub.event(EventType.ACCESS_TOKEN_REMOVED, asset_id))
         self._hub.commit(
             *events,
             status=theirs.status,
