@@ -61,7 +61,6 @@ from tokensdk._fleet import (
     SharedWriter,
 )
 from tokensdk._logins import check_text, pkce_pair, poll_device
-from tokensdk._loopback import LoopbackRedirect
 from tokensdk._models import (
     AssetToken,
     Credentials,
@@ -719,6 +718,9 @@ class Session:
         backend = self._oauth2()
         verifier, challenge = pkce_pair()
         state = secrets.token_urlsafe(24)
+        # aiohttp.web is imported here, not by `import tokensdk` (row 10).
+        from tokensdk._loopback import LoopbackRedirect
+
         async with LoopbackRedirect(state, port) as listener:
             url = backend.authorization_url(listener.redirect_uri, state, challenge, prompt=prompt)
             opened = open_browser(url)
