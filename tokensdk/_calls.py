@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, cast
 
 from tokensdk._backend import AccessExpired, AuthBackend, Call, GrantBackend, Lost
@@ -53,33 +54,26 @@ class BackendCalls:
                 # A fresh proof (new jti, the latest nonce) for every attempt.
                 return {**(call.headers or {}), "DPoP": await dpop.proof(call.method, call.path)}
 
+        send = partial(
+            self._transport.call,
+            call.method,
+            call.path,
+            call.body,
+            bearer=bearer,
+            deadline=deadline,
+            retry=call.retry,
+            headers=headers,
+            form=call.form,
+        )
         try:
             try:
-                return await self._transport.call(
-                    call.method,
-                    call.path,
-                    call.body,
-                    bearer=bearer,
-                    deadline=deadline,
-                    retry=call.retry,
-                    headers=headers,
-                    form=call.form,
-                )
+                return await send()
             except ServiceError as exc:
                 if dpop is None or exc.error != "use_dpop_nonce":
                     raise
             # RFC 9449 §8: the server wants its nonce in the proof (the transport kept
             # the DPoP-Nonce it sent); once, so a server that keeps refusing fails.
-            return await self._transport.call(
-                call.method,
-                call.path,
-                call.body,
-                bearer=bearer,
-                deadline=deadline,
-                retry=call.retry,
-                headers=headers,
-                form=call.form,
-            )
+            return await send()
         except TokenSDKError as exc:
             backend = self.backend
             if isinstance(backend, GrantBackend):

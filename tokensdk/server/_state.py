@@ -84,21 +84,7 @@ __all__ = [
 class ServiceState(Sessions, OneTimeKeys, MacTokens, Assets):
     """Users, families, tokens, keys and assets, with the contract's rules.
 
-    Args:
-        realm: The service realm.
-        access_ttl: Access token lifetime in seconds.
-        refresh_ttl: Refresh token lifetime in seconds.
-        one_time_key_ttl: One-time key lifetime in seconds.
-        challenge_ttl: Asset challenge lifetime in seconds.
-        db: Where records are mirrored (memory by default).
-        idempotency_window: How long after its first success a refresh may be
-            retried with the same idempotency key, in seconds (more than 0, at most
-            :attr:`MAX_IDEMPOTENCY_WINDOW`).
-        vault: The service key that seals secrets in the records; required with a
-            persistent ``db`` (memory mode: a random key in memory by default).
-
-    Raises:
-        ValueError: ``idempotency_window`` is out of range, or a persistent ``db``
-            came without a ``vault``.
-        ServiceKeyError: The vault's key is missing or wrong for ``db``'s secrets.
+    Assembled from one part per concept (sessions, one-time keys, MAC tokens,
+    assets); the constructor and its arguments are
+    :class:`~tokensdk.server._core.StateCore`'s.
     """
