@@ -530,7 +530,10 @@ def _check_asset(
     # A caller whose key fetch was cancelled must not fail the ones waiting for it.
     ok = _check_outcomes(plan, outcomes, where)
     items = session.snapshot.access_tokens
-    assert deltas["asset_tokens_issued"] >= len(ok), where
+    # Each token a caller got was issued once; on a shared store (a FileStore) the
+    # requests for one asset run under the fleet's lock, and a later caller may take
+    # the token an earlier one just obtained instead of asking again.
+    assert deltas["asset_tokens_issued"] >= len({item.token for item in ok}), where
     # One key fetch, and another only after a fetching caller went away.
     assert deltas["keys"] <= 1 + len(plan.cancelled), where
     if ok and not plan.close:
