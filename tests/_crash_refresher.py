@@ -19,23 +19,15 @@ SDK once, then serves commands read from stdin, like ``_crash_writer.py``:
 
 from __future__ import annotations
 
-import gc
-import os
-import signal
 import sys
 import time
-import traceback
 
 import anyio
+from _forkserver import report, serve
 
 from tokensdk import FileStore, Session, SessionLost, SessionStatus, TokenSDKError
 
 PASSWORD = "wonderland"  # alice's, as in _service.PASSWORDS
-
-
-def _report(line: str) -> None:
-    # One unbuffered write: a line is in the pipe, whole, before the next step runs.
-    os.write(1, f"{line}\n".encode())
 
 
 async def _refresh_forever(url: str, path: str) -> None:
@@ -44,73 +36,32 @@ async def _refresh_forever(url: str, path: str) -> None:
         # getattr: the same helper runs against a tokensdk without the field, to show
         # that this test fails there.
         pending = getattr(snapshot, "pending_refresh", None) is not None
-        _report(f"ready {snapshot.status.value} {int(pending)}")
+        report(f"ready {snapshot.status.value} {int(pending)}")
         if snapshot.status is SessionStatus.LOGGED_OUT:
             await session.login("alice", PASSWORD)
-            _report("login")
+            report("login")
         elif snapshot.status is SessionStatus.NEEDS_LOGIN:
-            _report("lost stored")
+            report("lost stored")
             await anyio.sleep_forever()
         seq = 0
         while True:
             seq += 1
-            _report(f"begin {seq}")
+            report(f"begin {seq}")
             started = time.perf_counter_ns()
             try:
                 await session.token_refresh()
             except SessionLost as exc:
-                _report(f"lost {exc.reason}")
+                report(f"lost {exc.reason}")
                 await anyio.sleep_forever()
             except TokenSDKError as exc:
-                _report(f"error {type(exc).__name__}")
+                report(f"error {type(exc).__name__}")
                 continue
             took = time.perf_counter_ns() - started
-            _report(f"ack {seq} {took}")
+            report(f"ack {seq} {took}")
             # Idle about as long as a refresh takes: a kill then lands between
             # refreshes about as often as inside one.
             await anyio.sleep(took / 1e9)
 
 
-def _bot(url: str, path: str) -> None:
-    """The forked child: refresh until killed; never return into the server loop."""
-    try:
-        anyio.run(_refresh_forever, url, path)
-    except BaseException:
-        traceback.print_exc()
-    os._exit(1)
-
-
-async def _nothing() -> None:
-    pass
-
-
-def _serve(url: str, path: str) -> None:
-    anyio.run(_nothing)  # warm up the event loop backend before any fork
-    gc.freeze()
-    child = 0
-    try:
-        for command in sys.stdin:
-            command = command.strip()
-            if command == "run" and not child:
-                child = os.fork()
-                if child == 0:
-                    _bot(url, path)
-            elif command == "kill" and child:
-                status = _kill(child)
-                child = 0
-                _report(f"killed {status}")
-            else:
-                raise SystemExit(f"crash refresher: unexpected command {command!r}")
-    finally:
-        if child:
-            _kill(child)
-
-
-def _kill(child: int) -> int:
-    os.kill(child, signal.SIGKILL)
-    _, status = os.waitpid(child, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
 if __name__ == "__main__":
-    _serve(sys.argv[1], sys.argv[2])
+    serve("crash refresher", _refresh_forever, sys.argv[1], sys.argv[2])

@@ -19,22 +19,15 @@ service ``serve`` runs (``running_service`` with a database), killed for real.
 
 from __future__ import annotations
 
-import gc
-import os
-import signal
 import sys
-import traceback
 
 import anyio
+from _forkserver import report, serve
 
 from tokensdk.server import ServiceConfig, running_service
 
 #: The one user of the crash service.
 USER, PASSWORD = "alice", "wonderland"
-
-
-def _report(line: str) -> None:
-    os.write(1, f"{line}\n".encode())
 
 
 async def _run(db: str) -> None:
@@ -48,52 +41,9 @@ async def _run(db: str) -> None:
         login_rate_limit=10**6,
     )
     async with running_service(config) as svc:
-        _report(f"ready {svc.url}")
+        report(f"ready {svc.url}")
         await anyio.sleep_forever()
 
 
-def _child(db: str) -> None:
-    """The forked child: serve until killed; never return into the command loop."""
-    try:
-        anyio.run(_run, db)
-    except BaseException:
-        traceback.print_exc()  # into the log the test shows when a child ends by itself
-    os._exit(1)
-
-
-async def _nothing() -> None:
-    pass
-
-
-def _kill(child: int) -> int:
-    os.kill(child, signal.SIGKILL)
-    _, status = os.waitpid(child, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
-def _serve(db: str) -> None:
-    # anyio imports its event loop backend on the first run: do it once, before any
-    # fork (the loop is closed again and no thread is left).
-    anyio.run(_nothing)
-    gc.freeze()  # keep the collector from copying every page of the parent per child
-    child = 0
-    try:
-        for command in sys.stdin:
-            command = command.strip()
-            if command == "run" and not child:
-                child = os.fork()
-                if child == 0:
-                    _child(db)
-            elif command == "kill" and child:
-                status = _kill(child)
-                child = 0
-                _report(f"killed {status}")
-            else:
-                raise SystemExit(f"crash service: unexpected command {command!r}")
-    finally:
-        if child:  # the test went away: no service outlives us
-            _kill(child)
-
-
 if __name__ == "__main__":
-    _serve(sys.argv[1])
+    serve("crash service", _run, sys.argv[1])

@@ -22,14 +22,11 @@ makes a kill cost milliseconds, so a test can afford hundreds of them.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import importlib.util
 import os
-import signal
 import sys
 import time
-import traceback
 import types
 
 import anyio
@@ -52,6 +49,8 @@ def _bare_package(name: str) -> None:
 if __name__ == "__main__":
     _bare_package("tokensdk")
 
+from _forkserver import report, serve  # noqa: E402
+
 from tokensdk._errors import StoreError  # noqa: E402
 from tokensdk.stores import FileStore, KeyringStore, StateStore  # noqa: E402
 
@@ -61,84 +60,36 @@ def payload_for(seq: int) -> str:
     return hashlib.sha256(str(seq).encode()).hexdigest() * (20 + seq % 80)
 
 
-def _report(line: str) -> None:
-    # One unbuffered write: a line is in the pipe, whole, before the next step runs.
-    os.write(1, f"{line}\n".encode())
-
-
 async def _write_forever(kind: str, target: str) -> None:
     store: StateStore = FileStore(target) if kind == "file" else KeyringStore(target)
     try:
         document = await store.load()
     except StoreError as exc:
         # Reported, not fatal: the test decides whether this store may fail to load.
-        _report(f"ready 0 {type(exc).__name__}")
+        report(f"ready 0 {type(exc).__name__}")
         seq = 0
     else:
         seq = 0 if document is None else int(document["seq"])
-        _report(f"ready {seq}")
+        report(f"ready {seq}")
     while True:
         seq += 1
         document = {"seq": seq, "payload": payload_for(seq)}
-        _report(f"begin {seq}")
+        report(f"begin {seq}")
         started = time.perf_counter_ns()
         await store.save(document)
         took = time.perf_counter_ns() - started
-        _report(f"ack {seq} {took}")
+        report(f"ack {seq} {took}")
         # Idle as long as the save took, as an application does between changes: a
         # kill then lands between saves about as often as inside one.
         await anyio.sleep(took / 1e9)
 
 
-def _writer(kind: str, target: str) -> None:
-    """The forked child: write until killed; never return into the server loop."""
-    try:
-        anyio.run(_write_forever, kind, target)
-    except BaseException:
-        traceback.print_exc()  # into the log the test shows when a writer ends by itself
-    os._exit(1)
-
-
-async def _nothing() -> None:
-    pass
-
-
 def _serve(kind: str, target: str) -> None:
-    # Warm up once what every writer needs, so that forking it costs milliseconds:
-    # anyio imports its event loop backend on the first run (a loop that is closed
-    # again, and no thread, before any fork).
-    anyio.run(_nothing)
     if kind == "keyring":
         import keyring
 
-        keyring.get_keyring()  # resolves the backend from the environment
-    # Nothing the writers share is garbage: keep the collector from touching (and so
-    # copying) every page of the parent in every child.
-    gc.freeze()
-    child = 0
-    try:
-        for command in sys.stdin:
-            command = command.strip()
-            if command == "run" and not child:
-                child = os.fork()
-                if child == 0:
-                    _writer(kind, target)
-            elif command == "kill" and child:
-                status = _kill(child)
-                child = 0
-                _report(f"killed {status}")
-            else:
-                raise SystemExit(f"crash writer: unexpected command {command!r}")
-    finally:
-        # The test went away (stdin closed, or it failed): no writer outlives us.
-        if child:
-            _kill(child)
-
-
-def _kill(child: int) -> int:
-    os.kill(child, signal.SIGKILL)
-    _, status = os.waitpid(child, 0)
-    return os.waitstatus_to_exitcode(status)
+        keyring.get_keyring()  # resolves the backend from the environment, once
+    serve("crash writer", _write_forever, kind, target)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,7 @@ from __future__ import annotations
 import collections
 import os
 import random
-import select
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,7 @@ import aiohttp
 import anyio
 import pytest
 from _crash_service import PASSWORD, USER
+from _forkserver import GUARD, ForkServer
 
 from tokensdk.server._db import SqlitePersistence
 from tokensdk.server._state import ServiceState, token_digest
@@ -42,70 +40,21 @@ pytestmark = [
 ]
 
 CRASH_SERVICE = Path(__file__).with_name("_crash_service.py")
-# A guard against a hung child only: a restart takes milliseconds.
-_GUARD = 60.0
 # A kill and restart cost tens of milliseconds; TOKENSDK_CRASH_ITERATIONS makes a
 # longer run (the file-store crash tests read the same variable).
 _KILLS = int(os.environ.get("TOKENSDK_CRASH_ITERATIONS", "100"))
 
 
-class _CrashService:
+class _CrashService(ForkServer):
     """Drives ``_crash_service.py``: start a service child, SIGKILL it; repeat."""
-
-    def __init__(self, db: Path, log: Path) -> None:
-        self._log = log
-        with log.open("wb") as stderr:
-            self._proc = subprocess.Popen(
-                [sys.executable, str(CRASH_SERVICE), str(db)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-            )
-        assert self._proc.stdin is not None
-        assert self._proc.stdout is not None
-        self._stdin = self._proc.stdin
-        self._out = self._proc.stdout.fileno()
-        self._buffer = b""
-
-    def close(self) -> None:
-        self._stdin.close()  # the fork server kills a child still running, then exits
-        try:
-            self._proc.wait(_GUARD)
-        finally:
-            if self._proc.returncode is None:
-                self._proc.kill()
-                self._proc.wait()
-            assert self._proc.stdout is not None
-            self._proc.stdout.close()
-
-    def _send(self, command: str) -> None:
-        self._stdin.write(f"{command}\n".encode())
-        self._stdin.flush()
-
-    def _line(self) -> list[str]:
-        while b"\n" not in self._buffer:
-            readable, _, _ = select.select([self._out], [], [], _GUARD)
-            chunk = os.read(self._out, 1 << 16) if readable else b""
-            if not chunk:
-                pytest.fail(f"crash service hung or exited: {self._log.read_text()}")
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode().split()
 
     def run(self) -> str:
         """Start a service child on the database; return its URL once it listens."""
-        self._send("run")
-        words = self._line()
+        self.send("run")
+        words = self.line()
         if words[0] != "ready":
-            pytest.fail(f"crash service said {words}: {self._log.read_text()}")
+            self.fail(f"said {words}")
         return words[1]
-
-    def kill(self) -> None:
-        """SIGKILL the child and reap it."""
-        self._send("kill")
-        words = self._line()
-        if words != ["killed", "-9"]:
-            pytest.fail(f"service child ended by itself ({words}): {self._log.read_text()}")
 
 
 async def _post(
@@ -205,9 +154,9 @@ async def test_service_killed_mid_rotation_never_accepts_a_refresh_token_twice(
     rng = random.Random(seed)
     db = tmp_path / "service.db"
     landed: collections.Counter[str] = collections.Counter()
-    service = _CrashService(db, tmp_path / "log")
+    service = _CrashService(CRASH_SERVICE, [str(db)], tmp_path / "log")
     connector = aiohttp.TCPConnector(force_close=True)  # a fresh connection per request
-    timeout = aiohttp.ClientTimeout(total=_GUARD)
+    timeout = aiohttp.ClientTimeout(total=GUARD)
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             url = await anyio.to_thread.run_sync(service.run)

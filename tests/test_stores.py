@@ -10,11 +10,8 @@ import fcntl
 import json
 import os
 import random
-import select
-import signal
 import stat
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -26,6 +23,7 @@ import anyio
 import keyring.backend
 import pytest
 from _crash_writer import payload_for
+from _forkserver import GUARD, ForkServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from keyrings.alt.file import PlaintextKeyring
@@ -622,8 +620,6 @@ def test_keyring_store_needs_a_name_and_the_keyring_package(
 
 # -- crash durability (issue 7) -------------------------------------------------------
 
-# A guard against a hung writer only: a round takes milliseconds.
-_CRASH_GUARD = 60.0
 # A kill costs a few milliseconds (the writer is forked from a warm process), so the
 # normal run affords hundreds; TOKENSDK_CRASH_ITERATIONS makes a longer one.
 _CRASH_KILLS = int(os.environ.get("TOKENSDK_CRASH_ITERATIONS", "200"))
@@ -662,75 +658,25 @@ class _Round:
         return self.begun if self.begun > self.floor else None
 
 
-class _CrashWriter:
+class _CrashWriter(ForkServer):
     """Drives ``_crash_writer.py``: start a writer, let it save, SIGKILL it; repeat."""
-
-    def __init__(
-        self, argv: list[str], env: dict[str, str], log: Path, script: Path = CRASH_WRITER
-    ) -> None:
-        self._log = log
-        with log.open("wb") as stderr:
-            self._proc = subprocess.Popen(
-                [sys.executable, str(script), *argv],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                env=env,
-            )
-        assert self._proc.stdin is not None
-        assert self._proc.stdout is not None
-        self._stdin = self._proc.stdin
-        self._out = self._proc.stdout.fileno()
-        self._buffer = b""
-
-    def __enter__(self) -> _CrashWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stdin.close()  # the server kills a writer still running, then exits
-        try:
-            self._proc.wait(_CRASH_GUARD)
-        finally:
-            if self._proc.returncode is None:
-                self._proc.kill()
-                self._proc.wait()
-            assert self._proc.stdout is not None
-            self._proc.stdout.close()
-
-    def _send(self, command: str) -> None:
-        self._stdin.write(f"{command}\n".encode())
-        self._stdin.flush()
-
-    def _line(self) -> list[str]:
-        while b"\n" not in self._buffer:
-            readable, _, _ = select.select([self._out], [], [], _CRASH_GUARD)
-            chunk = os.read(self._out, 1 << 16) if readable else b""
-            if not chunk:
-                pytest.fail(f"crash writer hung or exited: {self._log.read_text()}")
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode().split()
 
     def run(self, event: str, count: int, delay: float) -> _Round:
         """Start a writer; kill it ``delay`` s after its ``count``-th ``event`` report."""
         found = _Round()
-        self._send("run")
-        words = self._line()
+        self.send("run")
+        words = self.line()
         assert words[0] == "ready", words
         found.ready = int(words[1])
         found.load_error = words[2] if len(words) > 2 else None
         seen = 0
         while seen < count:
-            words = self._line()
+            words = self.line()
             self._take(found, words)
             seen += words[0] == event
         # The sleep is the kill point itself, not a wait for something to happen.
         time.sleep(delay)
-        self._send("kill")
-        while (words := self._line())[0] != "killed":
-            self._take(found, words)
-        if words[1] != str(-signal.SIGKILL):
-            pytest.fail(f"crash writer ended by itself ({words[1]}): {self._log.read_text()}")
+        self.kill(lambda words: self._take(found, words))
         return found
 
     @staticmethod
@@ -801,7 +747,7 @@ def test_file_store_survives_sigkill(
         landed[_file_kill_point(found, seq, [t for t in temps if t not in left])] += 1
         stored, left = seq, temps
 
-    with _CrashWriter(["file", str(path)], dict(os.environ), tmp_path / "log") as writer:
+    with _CrashWriter(CRASH_WRITER, ["file", str(path)], tmp_path / "log") as writer:
         _crash_delays(writer, kills, rng, check)
     print(f"crash test: {kills} kills of a FileStore writer landed {dict(landed)}")
     if kills >= 100:
@@ -907,7 +853,7 @@ def test_keyring_store_after_sigkill_keeps_acknowledged_state_or_loses_it_typed(
         stored = (0, "StoreError" if error == "StoreError" else None)
         left = keyring_file.read_bytes() if keyring_file.exists() else b""
 
-    with _CrashWriter(["keyring", "crash"], env, tmp_path / "log") as writer:
+    with _CrashWriter(CRASH_WRITER, ["keyring", "crash"], tmp_path / "log", env) as writer:
         _crash_delays(writer, kills, rng, check)
     print(f"crash test: {kills} kills of a KeyringStore writer landed {dict(landed)}")
     if kills >= 100:
@@ -934,35 +880,31 @@ def _service_in_thread() -> Iterator[str]:
     thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
     thread.start()
     try:
-        assert ready.wait(_CRASH_GUARD), "the service did not start"
+        assert ready.wait(GUARD), "the service did not start"
         yield found[0]
     finally:
         if found:
             found[1].call_soon_threadsafe(found[2].set)
-        thread.join(_CRASH_GUARD)
+        thread.join(GUARD)
 
 
-class _CrashRefresher(_CrashWriter):
+class _CrashRefresher(ForkServer):
     """Drives ``_crash_refresher.py``: a bot refreshing a session, SIGKILLed at random."""
 
     def refresh_round(self, event: str, count: int, delay: float) -> _RefreshRound:
         """Start a bot; kill it ``delay`` s after its ``count``-th ``event`` report."""
         found = _RefreshRound()
-        self._send("run")
-        words = self._line()
+        self.send("run")
+        words = self.line()
         assert words[0] == "ready", words
         found.status, found.pending = words[1], words[2] == "1"
         seen = 0
         while seen < count and not found.lost:
-            words = self._line()
+            words = self.line()
             found.take(words)
             seen += words[0] == event
         time.sleep(delay)  # the kill point itself
-        self._send("kill")
-        while (words := self._line())[0] != "killed":
-            found.take(words)
-        if words[1] != str(-signal.SIGKILL):
-            pytest.fail(f"crash refresher ended by itself ({words[1]}): {self._log.read_text()}")
+        self.kill(found.take)
         return found
 
 
@@ -1018,9 +960,7 @@ def test_a_session_killed_mid_refresh_keeps_its_session(
 
     with (
         _service_in_thread() as url,
-        _CrashRefresher(
-            [url, str(path)], dict(os.environ), tmp_path / "log", CRASH_REFRESHER
-        ) as bot,
+        _CrashRefresher(CRASH_REFRESHER, [url, str(path)], tmp_path / "log") as bot,
     ):
         first = bot.refresh_round("ack", 20, 0.0)
         check(0, first)
