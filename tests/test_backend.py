@@ -13,8 +13,10 @@ from tokensdk import (
     InvalidCredentials,
     InvalidInput,
     NativeBackend,
+    OAuth2,
     ProtocolError,
     RateLimited,
+    ResourceBackend,
     ServiceUnavailable,
 )
 from tokensdk._backend import (
@@ -66,6 +68,53 @@ def test_requests_for_each_intent() -> None:
     assert BACKEND.one_time_key_from({"key": "k"}) == "k"
     with pytest.raises(ProtocolError):
         BACKEND.one_time_key_from({"key": ""})
+
+
+def test_resource_calls_are_the_contracts_paths_bodies_and_flags() -> None:
+    assert isinstance(BACKEND, ResourceBackend)
+    assert BACKEND.keys() == Call("GET", "/keys")
+    # Proof of key needs no bearer (the asset's key is the proof); the signed
+    # challenge is single-use, so its token request is never retried.
+    assert BACKEND.asset_challenge("sensor-1") == Call(
+        "POST", "/assets/challenge", {"assetId": "sensor-1"}
+    )
+    challenge = {"assetId": "sensor-1", "nonce": "bm9uY2U", "timestamp": 1700000000}
+    assert BACKEND.asset_token(challenge, b"\x01\xab") == Call(
+        "POST", "/assets/token", {"challenge": challenge, "signature": "01ab"}, retry=False
+    )
+    assert BACKEND.asset_validate("T") == Call("POST", "/assets/validate", {"token": "T"})
+    assert BACKEND.asset_revoke("T") == Call("POST", "/assets/revoke", {"token": "T"})
+    # MAC tokens belong to the session: the bearer goes with them. A creation with a
+    # password is never retried (a retry would spend a second password attempt).
+    assert BACKEND.mac_token_create(("possession",), None) == Call(
+        "POST", "/tokens/create", {"factors": ["possession"]}, bearer=True
+    )
+    assert BACKEND.mac_token_create(("possession", "knowledge"), "pw") == Call(
+        "POST",
+        "/tokens/create",
+        {"factors": ["possession", "knowledge"], "password": "pw"},
+        retry=False,
+        bearer=True,
+    )
+    assert BACKEND.mac_token_remove("5c3e") == Call(
+        "POST", "/tokens/remove", {"tokenId": "5c3e"}, bearer=True
+    )
+
+
+def test_resource_calls_keep_their_secrets_out_of_reprs() -> None:
+    calls = [
+        BACKEND.asset_token({"assetId": "a", "nonce": "SECRET-NONCE"}, b"\x5e\xc2\xe7"),
+        BACKEND.asset_validate("SECRET-TOKEN"),
+        BACKEND.asset_revoke("SECRET-TOKEN"),
+        BACKEND.mac_token_create(("possession", "knowledge"), "SECRET-PASSWORD"),
+    ]
+    for call in calls:
+        assert "SECRET" not in repr(call), call
+        assert "5ec2e7" not in repr(call), call
+
+
+def test_an_oauth2_provider_has_no_resource_endpoints() -> None:
+    assert not isinstance(OAuth2("http://127.0.0.1:1", client_id="app"), ResourceBackend)
 
 
 def test_grant_reads_login_tokens() -> None:

@@ -16,7 +16,7 @@ from tokensdk._assets import (
     canonical_challenge,
     validate_access_token,
 )
-from tokensdk._backend import AuthBackend, NativeBackend
+from tokensdk._backend import AuthBackend, NativeBackend, ResourceBackend
 from tokensdk._clock import Clock, ManualClock, SystemClock
 from tokensdk._coordinator import Coordinator, LocalCoordinator, StoreCoordinator
 from tokensdk._errors import (
@@ -112,6 +112,7 @@ __all__ = [
     "RateLimited",
     "RedisStore",
     "RefreshPolicy",
+    "ResourceBackend",
     "RetryConfig",
     "ServiceError",
     "ServiceUnavailable",

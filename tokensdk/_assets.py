@@ -26,7 +26,8 @@ import attrs
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from tokensdk._backend import AuthBackend, NativeBackend
+from tokensdk._backend import AuthBackend, NativeBackend, ResourceBackend
+from tokensdk._calls import send_call
 from tokensdk._clock import Clock, SystemClock
 from tokensdk._errors import (
     BadSignature,
@@ -138,10 +139,12 @@ class TokenValidator:
 
     Args:
         url: The token service: its root URL (the reference contract, i.e.
-            ``NativeBackend(url)``) or an :class:`AuthBackend` naming the API root;
-            needed to fetch keys or validate remotely.
+            ``NativeBackend(url)``) or a backend naming the API root; needed to fetch
+            keys or validate remotely, which takes a backend with the contract's
+            resource endpoints (a :class:`~tokensdk.ResourceBackend`, such as
+            :class:`NativeBackend`).
         keys: Trusted keys (a :class:`KeySet`, or PASERK ``k4.public`` strings). If
-            none are given they are fetched from ``{API root}/keys``
+            none are given they are fetched from the backend's key set
             (``{url}/v1/keys``).
         remote: Also ask the service (``POST /v1/assets/validate``), which catches
             revoked tokens; local validation still runs first.
@@ -151,12 +154,17 @@ class TokenValidator:
         max_token_size: The longest token accepted, in characters.
         clock: The clock (inject one in tests).
         http: An aiohttp session to use.
-        transport: An existing transport to share (the session's).
+        transport: An existing transport to share (the session's, below ``url``'s
+            API root).
+
+    Raises:
+        InvalidInput: ``url`` is not an http(s) URL or a backend; no keys are given
+            and there is no backend to fetch them from; ``remote`` without one.
     """
 
     def __init__(
         self,
-        url: str | AuthBackend | None = None,
+        url: str | AuthBackend | ResourceBackend | None = None,
         *,
         keys: KeySet | Sequence[str] | None = None,
         remote: bool = False,
@@ -169,9 +177,14 @@ class TokenValidator:
         transport: Transport | None = None,
     ) -> None:
         self._clock = clock or SystemClock()
-        self._own_transport = transport is None and url is not None
-        if transport is None and url is not None:
-            backend = NativeBackend(url) if isinstance(url, str) else url
+        backend = NativeBackend(url) if isinstance(url, str) else url
+        if backend is not None and not isinstance(backend, AuthBackend | ResourceBackend):
+            raise InvalidInput("url must be a URL or an AuthBackend")
+        # Only a backend with the contract's resource endpoints has keys to fetch and
+        # validates remotely (an OAuth 2.0 provider has neither).
+        resources = backend if isinstance(backend, ResourceBackend) else None
+        self._own_transport = transport is None and resources is not None
+        if transport is None and resources is not None:
             if not isinstance(backend, AuthBackend):
                 raise InvalidInput("url must be a URL or an AuthBackend")
             transport = Transport(
@@ -180,13 +193,19 @@ class TokenValidator:
                 http=http,
                 error_details=backend.error_details,
             )
-        self._transport = transport
+        self._transport = transport if resources is not None else None
+        self._resources = resources
         if keys is not None and not isinstance(keys, KeySet):
             keys = KeySet(PublicKey.from_paserk(k) for k in keys)
-        if keys is None and transport is None:
-            raise InvalidInput("give keys, or a url to fetch them from")
-        if remote and transport is None:
-            raise InvalidInput("remote validation needs the service url")
+        if keys is None and resources is None:
+            raise InvalidInput(
+                "give keys, or the url of a service with a key set (the reference contract)"
+            )
+        if remote and resources is None:
+            raise InvalidInput(
+                "remote validation needs the url of a service that validates asset tokens"
+                " (the reference contract)"
+            )
         self.keys: KeySet = keys if keys is not None else KeySet()
         self.remote = remote
         self.leeway = leeway
@@ -261,16 +280,17 @@ class TokenValidator:
             ProtocolError: The answer is not a valid key set.
         """
         if self._transport is None:
-            raise InvalidInput("this validator has no service url")
+            raise InvalidInput("this validator has no service with a key set")
         async with self._lock:
             return await self._fetch_keys()
 
     async def _fetch_keys(self) -> KeySet:
         assert self._transport is not None
+        assert self._resources is not None
         previous, self._attempted_at = self._attempted_at, self._clock.monotonic()
         self.key_fetches += 1
         try:
-            reply = await self._transport.call("GET", "/keys")
+            reply = await send_call(self._transport, self._resources.keys())
             try:
                 keys = KeySet.from_json(reply.body)
             except InvalidInput as exc:
@@ -310,8 +330,9 @@ class TokenValidator:
 
     async def _validate_remote(self, token: str) -> None:
         assert self._transport is not None
+        assert self._resources is not None
         try:
-            reply = await self._transport.call("POST", "/assets/validate", {"token": token})
+            reply = await send_call(self._transport, self._resources.asset_validate(token))
         except InvalidCredentials as exc:
             if self._cache is not None:
                 self._cache.discard(token)
@@ -419,11 +440,26 @@ class AccessTokens(Sequence[AssetToken]):
 
     @property
     def validator(self) -> TokenValidator:
-        """The session's validator (keys fetched from the session's service)."""
+        """The session's validator (keys fetched from the session's service).
+
+        Raises:
+            InvalidInput: The session's backend has no asset endpoints (OAuth 2.0).
+        """
         if self._validator is None:
             ctx = self._ctx
-            self._validator = TokenValidator(transport=ctx.transport, clock=ctx.clock)
+            self._validator = TokenValidator(
+                self._resources(), transport=ctx.transport, clock=ctx.clock
+            )
         return self._validator
+
+    def _resources(self) -> ResourceBackend:
+        resources = self._ctx.resources
+        if resources is None:
+            raise InvalidInput(
+                "asset access tokens are a feature of the reference service: this"
+                " session's backend has no asset endpoints (OAuth 2.0 providers have none)"
+            )
+        return resources
 
     async def validate(self, token: str, *, remote: bool = False) -> AccessTokenInfo:
         """Validate ``token``; if it is invalid and in the array, remove it.
@@ -434,6 +470,7 @@ class AccessTokens(Sequence[AssetToken]):
 
         Raises:
             TokenInvalid: A subclass saying why.
+            InvalidInput: The session's backend has no asset endpoints (OAuth 2.0).
         """
         validator = self.validator
         try:
@@ -459,6 +496,7 @@ class AccessTokens(Sequence[AssetToken]):
                 service could not be reached. The tokens found invalid before
                 that are still removed (in one change); the ones not checked
                 yet stay until the next revalidation.
+            InvalidInput: The session's backend has no asset endpoints (OAuth 2.0).
         """
         validator = self.validator
         bad: set[str] = set()
@@ -516,6 +554,8 @@ class AccessTokens(Sequence[AssetToken]):
             renew: Keep requesting a fresh token before this one expires.
 
         Raises:
+            InvalidInput: A bad argument, or the session's backend has no asset
+                endpoints (OAuth 2.0): nothing was sent.
             NotFound: The service does not know the asset.
             InvalidCredentials: The signature was refused (wrong key).
             TokenInvalid: The service's token does not validate.
@@ -524,6 +564,7 @@ class AccessTokens(Sequence[AssetToken]):
             raise InvalidInput("asset_id must be a non-empty string")
         if not isinstance(signer, Signer):
             raise InvalidInput("signer must implement Signer (async sign(message) -> bytes)")
+        self._resources()
         had = self.find(asset_id)
         had_token = had.token if had is not None else None
         # Members sharing a store ask once: under their lock, with the state reloaded,
@@ -552,18 +593,13 @@ class AccessTokens(Sequence[AssetToken]):
         return item.expires_at is None or item.expires_at > self._ctx.clock.time()
 
     async def _request_locked(self, asset_id: str, signer: Signer, renew: bool) -> AssetToken:
-        transport = self._ctx.transport
-        reply = await transport.call("POST", "/assets/challenge", {"assetId": asset_id})
+        transport, resources = self._ctx.transport, self._resources()
+        reply = await send_call(transport, resources.asset_challenge(asset_id))
         challenge = reply.body
         if challenge.get("assetId") != asset_id:
             raise ProtocolError("the challenge is for another asset")
         signature = await signer.sign(canonical_challenge(challenge))
-        reply = await transport.call(
-            "POST",
-            "/assets/token",
-            {"challenge": challenge, "signature": signature.hex()},
-            retry=False,
-        )
+        reply = await send_call(transport, resources.asset_token(challenge, signature))
         token = reply.body.get("accessToken")
         if not isinstance(token, str):
             raise ProtocolError("the token answer has no accessToken")
@@ -590,13 +626,18 @@ class AccessTokens(Sequence[AssetToken]):
 
         Returns:
             Whether a token was revoked.
+
+        Raises:
+            InvalidInput: The session's backend has no asset endpoints (OAuth 2.0):
+                nothing was sent, the token stays.
         """
         item = self.find(asset_id)
         if item is None:
             return False
+        call = self._resources().asset_revoke(item.token)
         # InvalidCredentials: already invalid on the service; removing it locally is left.
         with contextlib.suppress(InvalidCredentials):
-            await self._ctx.transport.call("POST", "/assets/revoke", {"token": item.token})
+            await send_call(self._ctx.transport, call)
         self.remove(asset_id)
         return True
 
@@ -718,7 +759,8 @@ class AccessTokens(Sequence[AssetToken]):
         self._drop(lambda t: t.expires_at is not None and t.expires_at <= now, "expired")
         for item in self._items:
             self._schedule(item)
-        if self._items:
+        # Without asset endpoints there is no key set to check restored tokens with.
+        if self._items and self._ctx.resources is not None:
             self._ctx.spawn(self._revalidate_quietly)
 
     async def _revalidate_quietly(self) -> None:

@@ -15,13 +15,16 @@ body, whether a transient failure may be retried. A successful answer becomes
 - :class:`CallerError`: the request itself is wrong: retrying cannot help.
 
 :class:`NativeBackend` speaks the reference contract (``/v1``); an OAuth 2.0 backend
-is one more module behind the same protocol.
+is one more module behind the same protocol. The contract's resource endpoints
+(asset tokens by proof of key, their key set, MAC tokens) are a second, smaller
+protocol, :class:`ResourceBackend`, which only :class:`NativeBackend` implements:
+a session whose backend lacks it refuses those operations before sending anything.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -50,6 +53,7 @@ __all__ = [
     "Lost",
     "NativeBackend",
     "Outcome",
+    "ResourceBackend",
     "Transient",
     "native_error_details",
 ]
@@ -256,6 +260,57 @@ class GrantBackend(AuthBackend, Protocol):
         ...
 
 
+@runtime_checkable
+class ResourceBackend(Protocol):
+    """The resource endpoints of the reference contract, as calls.
+
+    Asset access tokens (proof of key, validation, revocation, the key set that
+    verifies them) and named MAC tokens live on these endpoints. :class:`NativeBackend`
+    implements them; :class:`~tokensdk.OAuth2` does not (an OAuth 2.0 provider has no
+    such endpoints), and a session whose backend lacks them raises
+    :class:`~tokensdk.InvalidInput` from the operations that would call them.
+
+    Each method returns the request to send (method, path below the API root, JSON
+    body, whether to retry, whether to send the session's bearer token).
+    Implementations are pure values (no I/O). A body may hold secrets (a token, a
+    password): the request's repr leaves it out.
+    """
+
+    def keys(self) -> Call:
+        """The call that reads the key set asset access tokens are signed with."""
+        ...
+
+    def asset_challenge(self, asset_id: str) -> Call:
+        """The call that asks for a proof-of-key challenge for ``asset_id``."""
+        ...
+
+    def asset_token(self, challenge: Mapping[str, Any], signature: bytes) -> Call:
+        """The call that trades a signed challenge for an asset access token.
+
+        Never retried: a challenge is single-use.
+        """
+        ...
+
+    def asset_validate(self, token: str) -> Call:
+        """The call that asks the service whether an asset access token is valid."""
+        ...
+
+    def asset_revoke(self, token: str) -> Call:
+        """The call that revokes an asset access token."""
+        ...
+
+    def mac_token_create(self, factors: Sequence[str], password: str | None) -> Call:
+        """The call (with the bearer) that creates a MAC token with these factors.
+
+        Never retried with a password: a retry could spend a second password attempt.
+        """
+        ...
+
+    def mac_token_remove(self, token_id: str) -> Call:
+        """The call (with the bearer) that removes a MAC token on the service."""
+        ...
+
+
 # The calls a session makes without a bearer: middleware must leave them alone.
 _OWN_PATHS = frozenset(
     {
@@ -278,7 +333,8 @@ def _strip_slash(url: str) -> str:
 class NativeBackend:
     """The reference token service's contract v1 (with its documented extensions).
 
-    ``NativeBackend(base_url)``.
+    ``NativeBackend(base_url)``. Both an :class:`AuthBackend` and a
+    :class:`ResourceBackend`: the only code that knows the contract's paths.
 
     Attributes:
         base_url: The service root, e.g. ``http://127.0.0.1:8080``.
@@ -352,6 +408,42 @@ class NativeBackend:
     def status(self) -> Call:
         """``GET /v1/status``."""
         return Call("GET", "/status")
+
+    def keys(self) -> Call:
+        """``GET /v1/keys``."""
+        return Call("GET", "/keys")
+
+    def asset_challenge(self, asset_id: str) -> Call:
+        """``POST /v1/assets/challenge`` (no bearer: the asset's key is the proof)."""
+        return Call("POST", "/assets/challenge", {"assetId": asset_id})
+
+    def asset_token(self, challenge: Mapping[str, Any], signature: bytes) -> Call:
+        """``POST /v1/assets/token`` with the hex signature, never retried (single-use)."""
+        return Call(
+            "POST",
+            "/assets/token",
+            {"challenge": challenge, "signature": signature.hex()},
+            retry=False,
+        )
+
+    def asset_validate(self, token: str) -> Call:
+        """``POST /v1/assets/validate``."""
+        return Call("POST", "/assets/validate", {"token": token})
+
+    def asset_revoke(self, token: str) -> Call:
+        """``POST /v1/assets/revoke``."""
+        return Call("POST", "/assets/revoke", {"token": token})
+
+    def mac_token_create(self, factors: Sequence[str], password: str | None) -> Call:
+        """``POST /v1/tokens/create`` with the bearer; retried only without a password."""
+        body: dict[str, Any] = {"factors": list(factors)}
+        if password is not None:
+            body["password"] = password
+        return Call("POST", "/tokens/create", body, retry=password is None, bearer=True)
+
+    def mac_token_remove(self, token_id: str) -> Call:
+        """``POST /v1/tokens/remove`` with the bearer."""
+        return Call("POST", "/tokens/remove", {"tokenId": token_id}, bearer=True)
 
     def grant(self, body: Mapping[str, Any], *, wall: float, monotonic: float) -> Credentials:
         """A LoginTokens answer (camelCase members, lifespans in seconds)."""

@@ -4,22 +4,23 @@
 DPoP proof per attempt, one retry with the server's nonce), refines a failure with
 the backend's word on it, and resolves an OAuth 2.0 backend's endpoints once.
 Discovery replaces the backend with one that knows its endpoints: read
-:attr:`BackendCalls.backend` for the current one.
+:attr:`BackendCalls.backend` for the current one. :func:`send_call` sends a resource
+call (asset tokens, MAC tokens) for a component, as the backend built it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, cast
 
 from tokensdk._backend import AccessExpired, AuthBackend, Call, GrantBackend, Lost
 from tokensdk._dpop import DPoPState
-from tokensdk._errors import NotFound, ServiceError, TokenSDKError
+from tokensdk._errors import InvalidInput, NotFound, ServiceError, TokenSDKError
 from tokensdk._transport import Reply, Transport
 
-__all__ = ["BackendCalls"]
+__all__ = ["BackendCalls", "send_call"]
 
 
 class BackendCalls:
@@ -106,3 +107,33 @@ class BackendCalls:
         """The backend's word on a failed call, when it means the activation is at stake."""
         outcome = self.backend.classify(error)
         return outcome if isinstance(outcome, Lost | AccessExpired) else None
+
+
+async def send_call(
+    transport: Transport,
+    call: Call,
+    *,
+    bearer: str | Callable[[], Awaitable[str]] | None = None,
+) -> Reply:
+    """Send a resource call (:class:`~tokensdk.ResourceBackend`) as it is.
+
+    Args:
+        transport: The transport below the backend's API root.
+        call: The call.
+        bearer: The access token, or an async callable asked again for every
+            attempt; sent only when the call asks for it (``call.bearer``).
+
+    Raises:
+        InvalidInput: The call needs a bearer and none was given.
+    """
+    if call.bearer and bearer is None:
+        raise InvalidInput("this call needs the session's access token")
+    return await transport.call(
+        call.method,
+        call.path,
+        call.body,
+        bearer=bearer if call.bearer else None,
+        retry=call.retry,
+        headers=call.headers,
+        form=call.form,
+    )

@@ -2,8 +2,9 @@
 
 :class:`AccessTokens`, :class:`MacTokenStore` and the aiohttp middleware work on a
 :class:`SessionContext`: the state hub, the clock, the transport, the timer heap, a
-way to start background work in the session's task group, a valid bearer token and
-a forced refresh. The lifecycle facts they read (which activation is current, why
+way to start background work in the session's task group, a valid bearer token, a
+forced refresh, and the backend's resource endpoints as calls (components know no
+path of the contract). The lifecycle facts they read (which activation is current, why
 the last one was lost, whether a logout is under way, the service's clock offset)
 sit in one :class:`Lifecycle` the session writes and the components read. No
 component reads a private attribute of the Session.
@@ -17,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from tokensdk._backend import ResourceBackend
 from tokensdk._clock import Clock
 from tokensdk._dpop import DPoPState
 from tokensdk._models import Credentials
@@ -27,6 +29,11 @@ from tokensdk._transport import Transport
 __all__ = ["Lifecycle", "SessionContext"]
 
 _NOTHING_TO_SHARE: AbstractAsyncContextManager[None] = nullcontext()
+
+
+def _resources_of(backend: object) -> ResourceBackend | None:
+    # Checked once, here: a runtime Protocol check costs tens of microseconds.
+    return backend if isinstance(backend, ResourceBackend) else None
 
 
 @attrs.define
@@ -74,6 +81,9 @@ class SessionContext:
             loaded, under the refresh lock of the members sharing the store (in one
             process: no lock, nothing loaded); what it commits is saved before the
             lock is released. One member creates what all share (a MAC token).
+        resources: The backend's resource endpoints (asset and MAC tokens), or None
+            when it has none (an OAuth 2.0 provider). Given the session's backend:
+            one that is not a :class:`~tokensdk.ResourceBackend` becomes None.
     """
 
     hub: StateHub
@@ -91,6 +101,7 @@ class SessionContext:
     exclusive: Callable[[], AbstractAsyncContextManager[None]] = attrs.field(
         default=lambda: _NOTHING_TO_SHARE
     )
+    resources: ResourceBackend | None = attrs.field(default=None, converter=_resources_of)
 
     def __repr__(self) -> str:
         return f"SessionContext({self.transport.base_url!r})"

@@ -267,6 +267,7 @@ class Session:
             own_call=lambda url: self._calls.backend.own_call(url),
             dpop=self._dpop,
             exclusive=self._fleet.exclusive,
+            resources=auth,  # None unless the backend is a ResourceBackend (NativeBackend)
         )
         self.access_tokens = AccessTokens(self._context)
         self.token_store = MacTokenStore(self._context)

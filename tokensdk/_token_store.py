@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
+from tokensdk._backend import ResourceBackend
+from tokensdk._calls import send_call
 from tokensdk._errors import (
     FactorMismatch,
     InvalidInput,
@@ -160,6 +162,9 @@ class MacTokenStore:
             The token.
 
         Raises:
+            InvalidInput: A bad argument, or the token must be created and the
+                session's backend has no MAC token endpoints (OAuth 2.0): nothing
+                was sent.
             FactorMismatch: A token of that name exists, or is being created, with
                 other factors.
             InvalidCredentials: The password (knowledge) or the session was refused.
@@ -180,6 +185,7 @@ class MacTokenStore:
                     f" not {list(factors)}"
                 )
             return local
+        self._resources()  # creating one needs the service's endpoints
         creation = self._creations.get(name)
         if creation is None:
             creation = _Creation(factors, self._life.generation)
@@ -241,18 +247,21 @@ class MacTokenStore:
             creation.finish(token)
 
     async def _call_create(self, name: str, auth: Authentication) -> MacToken:
-        body: dict[str, Any] = {"factors": list(auth.factors)}
-        if auth.password is not None:
-            body["password"] = auth.password
-        # A retried knowledge creation would spend another password attempt.
-        reply = await self._ctx.transport.call(
-            "POST",
-            "/tokens/create",
-            body,
-            bearer=self._ctx.bearer,  # asked again for every attempt
-            retry=auth.password is None,
-        )
+        # The backend never retries a knowledge creation: that would spend another
+        # password attempt.
+        call = self._resources().mac_token_create(auth.factors, auth.password)
+        # The bearer is asked again for every attempt.
+        reply = await send_call(self._ctx.transport, call, bearer=self._ctx.bearer)
         return _decode_token(name, auth.factors, reply.body)
+
+    def _resources(self) -> ResourceBackend:
+        resources = self._ctx.resources
+        if resources is None:
+            raise InvalidInput(
+                "MAC tokens are a feature of the reference service: this session's"
+                " backend has no MAC token endpoints (OAuth 2.0 providers have none)"
+            )
+        return resources
 
     def _state_changed(self, snapshot: SessionSnapshot) -> None:
         # Called inside every commit. A new generation means the activation the
@@ -290,19 +299,19 @@ class MacTokenStore:
 
         Raises:
             UnknownMacToken: No local token has that name.
+            InvalidInput: The session's backend has no MAC token endpoints (OAuth
+                2.0): nothing was sent, the token is kept (see
+                :meth:`remove_local_token`).
             ServiceError: The service refused or could not be reached (kept locally).
             SessionLost: The session is gone (its tokens are gone with it).
         """
         token = self._hub.snapshot.mac_tokens.get(name)
         if token is None:
             raise UnknownMacToken(f"no local MAC token named {name!r}")
+        call = self._resources().mac_token_remove(token.token_id)
         try:
-            await self._ctx.transport.call(
-                "POST",
-                "/tokens/remove",
-                {"tokenId": token.token_id},
-                bearer=self._ctx.bearer,  # asked again for every attempt
-            )
+            # The bearer is asked again for every attempt.
+            await send_call(self._ctx.transport, call, bearer=self._ctx.bearer)
         except NotFound as exc:
             if exc.error != "unknown_token":
                 raise
