@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import tokensdk
+import tokensdk.stores
 
 
 def test_all_is_sorted_and_complete() -> None:
@@ -33,6 +36,84 @@ def test_import_does_not_load_the_service_or_the_cli() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# Named by the packages, imported on first access (tokensdk._lazy): module -> names.
+# tokensdk.stores first: tokensdk's stores are read through it.
+_LAZY = {
+    "tokensdk.stores": ["KeyringStore", "RedisStore"],
+    "tokensdk": [
+        "DeviceCode",
+        "IntrospectionCache",
+        "KeyringStore",
+        "OAuth2",
+        "RedisStore",
+        "TokenInfo",
+        "introspect",
+    ],
+}
+
+
+def _run(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (nothing imported yet); its output."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_import_loads_only_what_a_native_session_needs() -> None:
+    """Row 10: the optional parts (and their dependencies) wait until they are named."""
+    optional = (
+        "tokensdk._oauth2",
+        "tokensdk._introspect",
+        "tokensdk.stores._redis",
+        "tokensdk.stores._keyring",
+        "redis",
+        "keyring",
+        "aiohttp.web",
+    )
+    code = (
+        f"import sys, tokensdk; tokensdk.Session('http://127.0.0.1:9');"
+        f" print(sorted(m for m in {optional!r} if m in sys.modules))"
+    )
+    assert _run(code) == "[]"
+
+
+def test_lazy_names_resolve_once_to_the_defining_modules_objects() -> None:
+    code = (
+        "import importlib, sys\n"
+        f"for package, names in {_LAZY!r}.items():\n"
+        "    module = importlib.import_module(package)\n"
+        "    for name in names:\n"
+        "        assert name in dir(module) and name in module.__all__, name\n"
+        "        assert name not in vars(module), name  # not imported yet\n"
+        "        first = getattr(module, name)\n"
+        "        assert getattr(module, name) is first, name\n"
+        "        assert vars(module)[name] is first, name  # kept: later reads skip __getattr__\n"
+        "        home = sys.modules[first.__module__]\n"
+        "        assert getattr(home, name) is first, name\n"
+        "from tokensdk import OAuth2\n"
+        "from tokensdk.stores import RedisStore\n"
+        "import tokensdk\n"
+        "assert OAuth2 is tokensdk.OAuth2 and RedisStore is tokensdk.RedisStore\n"
+        "print('ok')"
+    )
+    assert _run(code) == "ok"
+
+
+def test_a_lazy_package_still_refuses_an_unknown_name() -> None:
+    for module in (tokensdk, tokensdk.stores):
+        with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+            module.Nope  # noqa: B018
+
+
+def test_a_missing_redis_extra_is_a_clear_typed_error_at_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if not installed: import fails
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    with pytest.raises(tokensdk.InvalidInput, match=r"needs the redis extra"):
+        tokensdk.RedisStore("redis://127.0.0.1:9", name="state")
 
 
 def test_error_tree_has_one_root() -> None:

@@ -7,6 +7,9 @@ named store of MAC tokens that sign requests locally, and persists its state.
 
 from __future__ import annotations
 
+import typing
+
+from tokensdk import _lazy
 from tokensdk._assets import (
     AccessTokenInfo,
     AccessTokens,
@@ -50,7 +53,6 @@ from tokensdk._errors import (
     UnknownKey,
     UnknownMacToken,
 )
-from tokensdk._introspect import IntrospectionCache, TokenInfo, introspect
 from tokensdk._models import (
     AssetToken,
     Credentials,
@@ -61,13 +63,34 @@ from tokensdk._models import (
     SessionSnapshot,
     SessionStatus,
 )
-from tokensdk._oauth2 import DeviceCode, OAuth2
 from tokensdk._observable import EventStream
 from tokensdk._policy import RefreshPolicy
 from tokensdk._session import Session, one_time_key_answer
 from tokensdk._token_store import Authentication
 from tokensdk._transport import AttemptHook, RetryConfig
-from tokensdk.stores import FileStore, KeyringStore, MemoryStore, RedisStore, StateStore
+from tokensdk.stores import FileStore, MemoryStore, StateStore
+
+# What a native session does not need (the OAuth 2.0 backend, introspection, the
+# stores with an optional dependency) is imported when first named, so that
+# `import tokensdk` stays cheap (benchmark row 10). Type checkers, IDEs and the API
+# reference read these imports; at run time _lazy.attach resolves the names.
+if typing.TYPE_CHECKING:
+    from tokensdk._introspect import IntrospectionCache, TokenInfo, introspect
+    from tokensdk._oauth2 import DeviceCode, OAuth2
+    from tokensdk.stores import KeyringStore, RedisStore
+else:
+    __getattr__, __dir__ = _lazy.attach(
+        __name__,
+        {
+            "DeviceCode": "tokensdk._oauth2",
+            "IntrospectionCache": "tokensdk._introspect",
+            "KeyringStore": "tokensdk.stores",
+            "OAuth2": "tokensdk._oauth2",
+            "RedisStore": "tokensdk.stores",
+            "TokenInfo": "tokensdk._introspect",
+            "introspect": "tokensdk._introspect",
+        },
+    )
 
 __version__ = "0.1.0.dev0"
 

@@ -10,12 +10,15 @@ import base64
 import hashlib
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from tokensdk._backend import Call
 from tokensdk._clock import Clock
 from tokensdk._errors import InvalidCredentials, InvalidInput, ServiceError
-from tokensdk._oauth2 import DeviceCode, OAuth2
 from tokensdk._transport import Reply
+
+if TYPE_CHECKING:  # annotations only: `import tokensdk` does not load the OAuth 2.0 backend
+    from tokensdk._oauth2 import DeviceCode, OAuth2
 
 __all__ = ["check_text", "pkce_pair", "poll_device"]
 

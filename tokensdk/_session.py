@@ -71,7 +71,6 @@ from tokensdk._models import (
     document_to_snapshot,
     snapshot_to_document,
 )
-from tokensdk._oauth2 import DeviceCode, OAuth2
 from tokensdk._observable import ChangeCallback, EventStream, StateHub
 from tokensdk._paseto import AccessTokenInfo
 from tokensdk._persist import CoalescingSaver
@@ -84,6 +83,7 @@ from tokensdk._transport import AttemptHook, Backoff, RetryConfig, Transport
 from tokensdk.stores import MemoryStore, StateStore
 
 if TYPE_CHECKING:
+    from tokensdk._oauth2 import DeviceCode, OAuth2
     from tokensdk.aiohttp import TokenMiddleware
 
 __all__ = ["Session", "one_time_key_answer"]
@@ -735,6 +735,10 @@ class Session:
         await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic, username or "")
 
     def _oauth2(self) -> OAuth2:
+        # Imported here, not by `import tokensdk` (row 10); a backend that is an
+        # OAuth2 has imported it already.
+        from tokensdk._oauth2 import OAuth2
+
         backend = self._calls.backend
         if not isinstance(backend, OAuth2):
             raise InvalidInput("this login needs an OAuth 2.0 backend (tokensdk.OAuth2)")

@@ -10,11 +10,25 @@ file without changing anything.
 
 from __future__ import annotations
 
+import typing
+
+from tokensdk import _lazy
 from tokensdk.stores._base import StateStore
 from tokensdk.stores._file import FileStore, read_state_file
-from tokensdk.stores._keyring import KeyringStore
 from tokensdk.stores._memory import MemoryStore
-from tokensdk.stores._redis import RedisStore
+
+# The stores with an optional dependency are imported when first named (see _lazy).
+if typing.TYPE_CHECKING:
+    from tokensdk.stores._keyring import KeyringStore
+    from tokensdk.stores._redis import RedisStore
+else:
+    __getattr__, __dir__ = _lazy.attach(
+        __name__,
+        {
+            "KeyringStore": "tokensdk.stores._keyring",
+            "RedisStore": "tokensdk.stores._redis",
+        },
+    )
 
 __all__ = [
     "FileStore",

@@ -96,7 +96,7 @@ def client_from_url(url: str) -> Any:
     """
     try:
         import redis.asyncio as aioredis
-    except ImportError:  # pragma: no cover - the extra is missing
+    except ImportError:  # the extra is missing
         raise InvalidInput(
             "RedisStore needs the redis extra: pip install 'tokensdk[redis]'"
         ) from None
