@@ -1,22 +1,39 @@
 """Restoring a session: from the state loaded at open to the session's first commit.
 
-Pure: the session decodes the stored document (quarantining an unusable one), asks
-:func:`restore_state` what to commit, then commits it, installs the pair and sets the
-lifecycle facts the answer names. An activation that expired while no process held
-it is dropped here, with everything that belonged to it.
+:func:`load_state` runs once, when the session opens: it loads the stored document
+through the coordinator and decodes it (an unusable one is moved aside; a broken
+store is reported and the session starts empty), asks the pure :func:`restore_state`
+what to commit, then commits it, installs the pair and sets the lifecycle facts the
+answer names. An activation that expired while no process held it is dropped here,
+with everything that belonged to it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
-from tokensdk._errors import InvalidInput
-from tokensdk._models import AssetToken, Credentials, SessionSnapshot, SessionStatus
+from tokensdk._context import SessionContext
+from tokensdk._coordinator import Coordinator
+from tokensdk._errors import InvalidInput, StoreCorrupt, StoreError
+from tokensdk._fleet import Fleet
+from tokensdk._models import (
+    AssetToken,
+    Credentials,
+    EventType,
+    SessionSnapshot,
+    SessionStatus,
+    document_to_snapshot,
+)
+from tokensdk._refresh import RefreshEngine
+from tokensdk.stores import StateStore
 
-__all__ = ["Restored", "asset_list", "restore_state"]
+__all__ = ["Restored", "asset_list", "load_state", "restore_state"]
+
+log = logging.getLogger("tokensdk")
 
 
 @attrs.frozen
@@ -119,3 +136,82 @@ def asset_list(items: Iterable[AssetToken | Mapping[str, Any]]) -> tuple[AssetTo
             AssetToken(asset_id, token, expires if isinstance(expires, int | float) else None)
         )
     return tuple(tokens)
+
+
+async def load_state(
+    context: SessionContext,
+    *,
+    coord: Coordinator,
+    fleet: Fleet,
+    engine: RefreshEngine,
+    restore_tokens: tuple[AssetToken, ...] | None,
+    install: Callable[[Credentials], None],
+) -> None:
+    """Load the stored state into a session that opens, and serve a pair it holds.
+
+    A store that cannot be read is reported (a STORE_FAILED event) and the session
+    starts empty: a broken store must not stop the application.
+
+    Args:
+        context: The session's hub (the first commit), clock and lifecycle facts.
+        coord: The coordinator of the session's store (the load, with its version;
+            an unusable state is moved aside through its store).
+        fleet: The session's side of the shared state (the version loaded).
+        engine: The session's refresh engine (retries a refresh left unfinished).
+        restore_tokens: Asset tokens given to the Session (they replace the stored).
+        install: Makes a pair the served pair and schedules its refresh.
+    """
+    hub, clock, life = context.hub, context.clock, context.lifecycle
+    snapshot = None
+    try:
+        document, fleet.version = await coord.load()
+        if document is not None:
+            try:
+                snapshot = document_to_snapshot(
+                    document, wall=clock.time(), monotonic=clock.monotonic()
+                )
+            except StoreCorrupt as exc:
+                # A readable envelope around an unusable state: keep it for a look.
+                raise await _quarantine(coord.store, exc) from None
+    except StoreError as exc:
+        # A broken store must not stop the application: start empty and say so.
+        log.warning("tokensdk: the stored state could not be loaded: %s", exc)
+        hub.emit(hub.event(EventType.STORE_FAILED, type(exc).__name__, exc))
+    restored = restore_state(
+        snapshot,
+        restore_tokens,
+        next_revision=hub.snapshot.revision + 1,
+        wall=clock.time(),
+        monotonic=clock.monotonic(),
+    )
+    if restored is None:
+        return
+    if restored.expired:
+        life.lost_reason = "token_expired"
+        hub.commit(hub.event(EventType.SESSION_LOST, "token_expired"), **restored.changes)
+        return
+    creds = restored.credentials
+    events = [hub.event(EventType.RESUMED, creds.username)] if creds else []
+    hub.commit(*events, **restored.changes)
+    if restored.matches_store:
+        fleet.saved_rev = hub.snapshot.revision  # it is what the store holds
+    if restored.serve and creds is not None:
+        install(creds)
+        if restored.retry_pending:
+            # The service may have rotated the pair already: retry the refresh
+            # now, with its key, while the service still recognises the retry.
+            engine.schedule(clock.monotonic())
+    elif restored.lost:
+        life.lost_reason = "stored_session_lost"
+
+
+async def _quarantine(store: StateStore, error: StoreCorrupt) -> StoreError:
+    quarantine = getattr(store, "quarantine", None)
+    if quarantine is None:
+        return error
+    try:
+        moved_to = await quarantine()
+    except StoreError as exc:
+        return StoreCorrupt(f"{error}; it could not be moved aside ({exc})")
+    where = f"moved aside to {moved_to}" if moved_to else "it was removed"
+    return StoreCorrupt(f"{error}; {where}", moved_to=moved_to)

@@ -14,31 +14,26 @@ awaits it, flushes the store and closes the HTTP session.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import inspect
 import logging
 import math
 import random
-import secrets
 from collections.abc import (
     Awaitable,
     Callable,
-    Coroutine,
     Iterable,
     Mapping,
     Sequence,
 )
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
-import attrs
-from anyio.abc import TaskGroup
 
+from tokensdk._activation import Activation
 from tokensdk._assets import AccessTokens
-from tokensdk._backend import AuthBackend, GrantBackend, Lost, NativeBackend
+from tokensdk._backend import AuthBackend, NativeBackend
 from tokensdk._calls import BackendCalls
 from tokensdk._clock import Clock, SystemClock
 from tokensdk._clocksync import read_clock
@@ -50,25 +45,18 @@ from tokensdk._errors import (
     NotLoggedIn,
     SessionClosed,
     SessionLost,
-    StoreCorrupt,
-    StoreError,
-    StoreUnavailable,
-    TokenSDKError,
 )
 from tokensdk._fleet import (
-    Conflict,
     Fleet,
     SharedWriter,
 )
-from tokensdk._logins import check_text, pkce_pair, poll_device
+from tokensdk._logins import Logins, OneTimeKeyAnswer, one_time_key_answer
 from tokensdk._models import (
     AssetToken,
     Credentials,
     EventType,
-    PendingRefresh,
     SessionSnapshot,
     SessionStatus,
-    document_to_snapshot,
     snapshot_to_document,
 )
 from tokensdk._observable import ChangeCallback, EventStream, StateHub
@@ -76,40 +64,22 @@ from tokensdk._paseto import AccessTokenInfo
 from tokensdk._persist import CoalescingSaver
 from tokensdk._policy import RefreshPlan, RefreshPolicy, plan_refresh
 from tokensdk._refresh import RefreshEngine
-from tokensdk._restore import asset_list, restore_state
+from tokensdk._restore import asset_list, load_state
 from tokensdk._scheduler import Scheduler
+from tokensdk._tasks import SessionTasks
 from tokensdk._token_store import MacTokenStore
 from tokensdk._transport import AttemptHook, Backoff, RetryConfig, Transport
 from tokensdk.stores import MemoryStore, StateStore
 
 if TYPE_CHECKING:
-    from tokensdk._oauth2 import DeviceCode, OAuth2
+    from tokensdk._oauth2 import DeviceCode
     from tokensdk.aiohttp import TokenMiddleware
 
 __all__ = ["Session", "one_time_key_answer"]
 
 log = logging.getLogger("tokensdk")
 
-OneTimeKeyAnswer = Callable[[str], Awaitable[str] | str]
 Relogin = Callable[["Session"], Awaitable[tuple[str, str] | None]]
-
-
-def one_time_key_answer(key: str, username: str, realm: str, password: str) -> str:
-    """Compute the answer to a one-time login key, for the application's own backend.
-
-    ``sha256hex(key + "|" + sha256hex(username + ":" + realm + ":" + password))``.
-
-    Args:
-        key: The key the service issued.
-        username: The account.
-        realm: The service's realm (``GET /v1/status``).
-        password: The account's password (held by the backend, never the client).
-
-    Returns:
-        The lowercase hex hash to send as ``hash``.
-    """
-    inner = hashlib.sha256(f"{username}:{realm}:{password}".encode()).hexdigest()
-    return hashlib.sha256(f"{key}|{inner}".encode()).hexdigest()
 
 
 class Session:
@@ -219,7 +189,7 @@ class Session:
             has_relogin=relogin is not None,
             install=self._install,
             uninstall=self._uninstall,
-            refresh_once=self._refresh_once,
+            refresh_once=lambda: self._activation.refresh_once(),
             store_failed=self._store_failed,
         )
         self._saver = CoalescingSaver(
@@ -228,9 +198,7 @@ class Session:
             encode=None if self._shared else snapshot_to_document,
         )
         self._hub.add_listener(self._persist)
-        self._tg: TaskGroup | None = None
-        self._runner: asyncio.Future[None] | None = None
-        self._closed = False
+        self._tasks = SessionTasks()
         self._engine = RefreshEngine(
             self._do_refresh,
             hub=self._hub,
@@ -239,13 +207,9 @@ class Session:
             # The same backoff as a call's retries, jittered by the session's random source.
             backoff=Backoff(retry, self._rng),
             shared=self._shared,
-            require_open=self._require_open,
-            start_soon=self._soon,
+            require_open=self._tasks.require_open,
+            start_soon=self._tasks.soon,
         )
-        # A store that cannot outlive the process gets the pending refresh only at
-        # close (see _refresh_once); until then it is kept here.
-        self._durable = getattr(self._store, "durable", True) is not False
-        self._unsaved_pending: PendingRefresh | None = None
         # The hot path reads these three attributes and the two clocks, nothing else.
         self._token: str | None = None
         self._fresh_mono = -math.inf
@@ -258,7 +222,7 @@ class Session:
             transport=self._transport,
             scheduler=self._scheduler,
             lifecycle=self._life,
-            spawn=self._spawn,
+            spawn=self._tasks.spawn,
             bearer=self.access_token,
             refresh=self.token_refresh,
             sync_clock=self.sync_clock,
@@ -271,25 +235,49 @@ class Session:
         )
         self.access_tokens = AccessTokens(self._context)
         self.token_store = MacTokenStore(self._context)
+        self._activation = Activation(
+            self._context,
+            calls=self._calls,
+            fleet=self._fleet,
+            shared=self._shared,
+            durable=getattr(self._store, "durable", True) is not False,
+            flush=self._saver.flush,
+            store_failed=self._store_failed,
+            install=self._install,
+            uninstall=self._uninstall,
+            relogin=None if relogin is None else partial(relogin, self),
+            login=self.login,
+        )
+        self._logins = Logins(
+            self._context,
+            calls=self._calls,
+            fleet=self._fleet,
+            engine=self._engine,
+            install=self._install,
+            uninstall=self._uninstall,
+            lose=self._activation.lose,
+            require_open=self._tasks.require_open,
+            soon=self._tasks.soon,
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def __aenter__(self) -> Session:
-        if self._runner is not None or self._closed:
-            raise SessionClosed("a Session can be entered once")
-        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # The task group lives in a task of its own, started here and awaited by
-        # __aexit__: entered by hand in the caller's task, its cancel scope would
-        # have to be left in LIFO order with every other scope of that task, and
-        # sessions closed in any other order raised RuntimeError. asyncio, not
-        # anyio: aiohttp ties tokensdk to asyncio, and no anyio primitive starts a
-        # task outside a task group.
-        self._runner = asyncio.ensure_future(self._own_task_group(started))
+        started = self._tasks.start(
+            self._scheduler.run, self._hub.run, self._saver.run, self._engine.run
+        )
         try:
             await started
-            await self._load()
+            await load_state(
+                self._context,
+                coord=self._coord,
+                fleet=self._fleet,
+                engine=self._engine,
+                restore_tokens=self._restore_tokens,
+                install=self._install,
+            )
             if self._shared:
-                self._spawn(self._fleet.watch)
+                self._tasks.spawn(self._fleet.watch)
             for opened in self._on_open:
                 await opened()
         except BaseException:
@@ -297,41 +285,17 @@ class Session:
             raise
         return self
 
-    async def _own_task_group(self, started: asyncio.Future[None]) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                tg.start_soon(self._scheduler.run)
-                tg.start_soon(self._hub.run)
-                tg.start_soon(self._saver.run)
-                tg.start_soon(self._engine.run)
-                started.set_result(None)
-        finally:
-            if not started.done():
-                started.set_exception(SessionClosed("the session could not start"))
-
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        tg, self._tg = self._tg, None
-        runner = self._runner
-        self._closed = True
-        self._keep_unfinished_refresh()
+        self._tasks.close()
+        self._activation.keep_unfinished_refresh()
         self._hub.freeze()
         try:
-            if tg is not None:
-                tg.cancel_scope.cancel()
-            if runner is not None:
-                # Shielded: a close that is itself cancelled still waits for the
-                # background work to end, as leaving a task group does.
-                with anyio.CancelScope(shield=True):
-                    await asyncio.wait([runner])
-                error = None if runner.cancelled() else runner.exception()
-                if error is not None:
-                    raise error
+            await self._tasks.cancel_and_wait()
         finally:
             with anyio.CancelScope(shield=True):
                 self._engine.abandon(SessionClosed("the session was closed"))
@@ -339,34 +303,6 @@ class Session:
                 await self._hub.drain()
                 self._hub.close()
                 await self._transport.aclose()
-
-    def _keep_unfinished_refresh(self) -> None:
-        # A refresh that did not finish may have rotated the pair on the service: a
-        # later session on the same (in-process) store must retry it with its key.
-        pending, self._unsaved_pending = self._unsaved_pending, None
-        snapshot = self._hub.snapshot
-        if (
-            pending is not None
-            and snapshot.credentials is not None
-            and snapshot.credentials.refresh_token == pending.refresh_token
-            and snapshot.pending_refresh is None
-        ):
-            self._hub.commit(pending_refresh=pending)
-
-    def _require_open(self) -> None:
-        if self._tg is None:
-            raise SessionClosed("use the session inside 'async with'")
-
-    def _soon(self, func: Callable[[], Coroutine[Any, Any, Any]]) -> None:
-        """Start ``func()`` in the session's task group, unless it is closed."""
-        if self._tg is not None:
-            self._tg.start_soon(func)
-
-    def _spawn(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
-        """Start ``func(*args)`` in the session's task group (SessionClosed if not open)."""
-        self._require_open()
-        assert self._tg is not None
-        self._tg.start_soon(func, *args)
 
     @property
     def clock_offset(self) -> float:
@@ -468,68 +404,12 @@ class Session:
         """Wait until the current state is written to the store."""
         await self._saver.flush()
 
-    async def _quarantine(self, error: StoreCorrupt) -> StoreError:
-        quarantine = getattr(self._store, "quarantine", None)
-        if quarantine is None:
-            return error
-        try:
-            moved_to = await quarantine()
-        except StoreError as exc:
-            return StoreCorrupt(f"{error}; it could not be moved aside ({exc})")
-        where = f"moved aside to {moved_to}" if moved_to else "it was removed"
-        return StoreCorrupt(f"{error}; {where}", moved_to=moved_to)
-
     def _persist(self, snapshot: SessionSnapshot) -> None:
         self._saver.submit(snapshot)  # encoded when written: bursts cost one encoding
 
     def _store_failed(self, error: BaseException) -> None:
         log.warning("tokensdk: saving the session state failed: %s", error)
         self._hub.emit(self._hub.event(EventType.STORE_FAILED, type(error).__name__, error))
-
-    async def _load(self) -> None:
-        snapshot = None
-        try:
-            document, self._fleet.version = await self._coord.load()
-            if document is not None:
-                try:
-                    snapshot = document_to_snapshot(
-                        document, wall=self._clock.time(), monotonic=self._clock.monotonic()
-                    )
-                except StoreCorrupt as exc:
-                    # A readable envelope around an unusable state: keep it for a look.
-                    raise await self._quarantine(exc) from None
-        except StoreError as exc:
-            # A broken store must not stop the application: start empty and say so.
-            log.warning("tokensdk: the stored state could not be loaded: %s", exc)
-            self._hub.emit(self._hub.event(EventType.STORE_FAILED, type(exc).__name__, exc))
-        restored = restore_state(
-            snapshot,
-            self._restore_tokens,
-            next_revision=self._hub.snapshot.revision + 1,
-            wall=self._clock.time(),
-            monotonic=self._clock.monotonic(),
-        )
-        if restored is None:
-            return
-        if restored.expired:
-            self._life.lost_reason = "token_expired"
-            self._hub.commit(
-                self._hub.event(EventType.SESSION_LOST, "token_expired"), **restored.changes
-            )
-            return
-        creds = restored.credentials
-        events = [self._hub.event(EventType.RESUMED, creds.username)] if creds else []
-        self._hub.commit(*events, **restored.changes)
-        if restored.matches_store:
-            self._fleet.saved_rev = self._hub.snapshot.revision  # it is what the store holds
-        if restored.serve and creds is not None:
-            self._install(creds)
-            if restored.retry_pending:
-                # The service may have rotated the pair already: retry the refresh
-                # now, with its key, while the service still recognises the retry.
-                self._engine.schedule(self._clock.monotonic())
-        elif restored.lost:
-            self._life.lost_reason = "stored_session_lost"
 
     # -- the hot path ----------------------------------------------------------------
 
@@ -587,12 +467,7 @@ class Session:
             RateLimited: Too many attempts; see ``retry_after``.
             ServiceUnavailable: The service could not be reached.
         """
-        check_text("username", username)
-        check_text("password", password)
-        self._require_open()
-        await self._calls.discover()
-        reply = await self._calls.send(self._calls.backend.password_login(username, password))
-        await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic, username)
+        await self._logins.login(username, password)
 
     async def login_client_credentials(self) -> None:
         """Log in as the client itself: the OAuth 2.0 client credentials grant.
@@ -606,19 +481,7 @@ class Session:
             InvalidClient: The provider refused the client id or secret.
             ServiceUnavailable: The provider could not be reached.
         """
-        self._require_open()
-        backend = self._grant_backend()
-        await self._calls.discover()
-        backend = self._grant_backend()
-        reply = await self._calls.send(backend.client_credentials())
-        client = getattr(backend, "client_id", "") or ""
-        await self._logged_in(
-            reply.body,
-            reply.sent_wall,
-            reply.sent_monotonic,
-            client,
-            extra={"grant_type": "client_credentials"},
-        )
+        await self._logins.login_client_credentials()
 
     async def login_with_refresh_token(
         self, refresh_token: str, *, username: str | None = None
@@ -637,18 +500,7 @@ class Session:
                 revoked, used).
             InvalidClient: The provider refused the client.
         """
-        check_text("refresh_token", refresh_token)
-        self._require_open()
-        self._grant_backend()
-        await self._calls.discover()
-        reply = await self._calls.send(self._grant_backend().refresh_token_login(refresh_token))
-        await self._logged_in(
-            reply.body,
-            reply.sent_wall,
-            reply.sent_monotonic,
-            username or "",
-            refresh_token=refresh_token,
-        )
+        await self._logins.login_with_refresh_token(refresh_token, username=username)
 
     async def login_device(
         self,
@@ -672,17 +524,7 @@ class Session:
                 expired (``expired_token``).
             InvalidInput: The backend has no device authorization endpoint.
         """
-        self._require_open()
-        await self._calls.discover()
-        backend = self._oauth2()
-        reply = await self._calls.send(backend.device_authorization())
-        code = backend.device_code_from(reply.body)
-        expires = reply.sent_monotonic + code.expires_in
-        shown = on_code(code)
-        if inspect.isawaitable(shown):
-            await shown
-        reply = await poll_device(self._calls.send, self._clock, backend, code, expires)
-        await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic, username or "")
+        await self._logins.login_device(on_code, username=username)
 
     async def login_authorization_code(
         self,
@@ -714,41 +556,13 @@ class Session:
             TimeoutError: Nobody came back within ``wait_for_user``.
             ProtocolError: The redirect's state or issuer did not match.
         """
-        self._require_open()
-        await self._calls.discover()
-        backend = self._oauth2()
-        verifier, challenge = pkce_pair()
-        state = secrets.token_urlsafe(24)
-        # aiohttp.web is imported here, not by `import tokensdk` (row 10).
-        from tokensdk._loopback import LoopbackRedirect
-
-        async with LoopbackRedirect(state, port) as listener:
-            url = backend.authorization_url(listener.redirect_uri, state, challenge, prompt=prompt)
-            opened = open_browser(url)
-            if inspect.isawaitable(opened):
-                await opened
-            with anyio.fail_after(wait_for_user):
-                query = await listener.wait()
-        code = backend.authorization_response(query, state)
-        call = backend.authorization_code(code, listener.redirect_uri, verifier)
-        reply = await self._calls.send(call)
-        await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic, username or "")
-
-    def _oauth2(self) -> OAuth2:
-        # Imported here, not by `import tokensdk` (row 10); a backend that is an
-        # OAuth2 has imported it already.
-        from tokensdk._oauth2 import OAuth2
-
-        backend = self._calls.backend
-        if not isinstance(backend, OAuth2):
-            raise InvalidInput("this login needs an OAuth 2.0 backend (tokensdk.OAuth2)")
-        return backend
-
-    def _grant_backend(self) -> GrantBackend:
-        backend = self._calls.backend
-        if not isinstance(backend, GrantBackend):
-            raise InvalidInput("this login needs an OAuth 2.0 backend (tokensdk.OAuth2)")
-        return backend
+        await self._logins.login_authorization_code(
+            open_browser,
+            port=port,
+            wait_for_user=wait_for_user,
+            prompt=prompt,
+            username=username,
+        )
 
     async def login_with_one_time_key(self, username: str, answer: OneTimeKeyAnswer) -> None:
         """Log in with a one-time key answered by the application's own backend.
@@ -762,16 +576,7 @@ class Session:
             InvalidCredentials: The answer was wrong, or the key expired.
             RateLimited: Too many keys requested.
         """
-        check_text("username", username)
-        self._require_open()
-        reply = await self._calls.send(self._calls.backend.one_time_key(username))
-        key = self._calls.backend.one_time_key_from(reply.body)
-        result = answer(key)
-        digest = await result if inspect.isawaitable(result) else result
-        if not isinstance(digest, str):
-            raise InvalidInput("the one-time key answer must be a string")
-        reply = await self._calls.send(self._calls.backend.with_one_time_key(username, digest))
-        await self._logged_in(reply.body, reply.sent_wall, reply.sent_monotonic)
+        await self._logins.login_with_one_time_key(username, answer)
 
     async def login_with_token(self, credentials: Credentials | None = None) -> None:
         """Resume from a saved token pair, checking it with the service.
@@ -786,48 +591,7 @@ class Session:
             NotLoggedIn: There is no saved pair.
             SessionLost: The saved pair is no longer valid; log in again.
         """
-        creds = credentials or self._hub.snapshot.credentials
-        if creds is None:
-            raise NotLoggedIn("there is no saved token pair to resume")
-        self._require_open()
-        self._life.generation += 1
-        generation = self._life.generation
-        if creds is not self._hub.snapshot.credentials:
-            self._uninstall()
-            self._hub.commit(status=SessionStatus.ACTIVE, credentials=creds, pending_refresh=None)
-        if isinstance(self._calls.backend, GrantBackend):
-            # OAuth 2.0 has no "check this pair" call: a refresh proves (and renews) it.
-            await self._engine.refresh()
-            return
-        try:
-            reply = await self._calls.send(self._calls.backend.with_token(creds))
-        except TokenSDKError as exc:
-            gone = self._calls.gone(exc)
-            if gone is None:
-                raise
-            if isinstance(gone, Lost):
-                await self._lose(gone.reason, generation)
-                raise SessionLost(gone.reason) from None
-            await self._engine.refresh()  # the access token expired: the refresh token may not have
-            self._sync_clock_soon()
-            return
-        ttl = self._calls.backend.resumed_lifetime(reply.body)
-        resumed = attrs.evolve(
-            creds,
-            access_expires_at=reply.sent_wall + ttl,
-            access_deadline=reply.sent_monotonic + ttl,
-        )
-        # A refresh that finished meanwhile (the call may have waited out a 429)
-        # installed a newer pair: resuming the old one would bring back a spent
-        # refresh token.
-        if generation == self._life.generation and self._hub.snapshot.credentials is creds:
-            self._hub.commit(
-                self._hub.event(EventType.RESUMED, creds.username),
-                status=SessionStatus.ACTIVE,
-                credentials=resumed,
-            )
-            self._install(resumed)
-            self._sync_clock_soon()
+        await self._logins.login_with_token(credentials)
 
     async def logout(self) -> bool:
         """Log out: revoke the token family on the service and forget it locally.
@@ -840,76 +604,7 @@ class Session:
             gone), False when the service could not be reached: the tokens stay
             valid there until they expire.
         """
-        snapshot = self._hub.snapshot
-        revoked = True
-        if snapshot.credentials is not None and snapshot.status is SessionStatus.ACTIVE:
-            self._life.logging_out = True  # a refresh on the way must not call relogin
-            try:
-                if isinstance(self._calls.backend, GrantBackend):
-                    revoked = await self._revoke_grant(snapshot.credentials)
-                else:
-                    revoked = await self._revoke_family()
-            finally:
-                self._life.logging_out = False
-        creds = self._hub.snapshot.credentials or snapshot.credentials
-        self._life.generation += 1
-        self._uninstall()
-        self._life.lost_reason = "logged_out"
-        self._fleet.claim = True  # fleet-wide: a logout wins over a sibling's concurrent write
-        self._hub.commit(
-            self._hub.event(EventType.LOGGED_OUT, creds.username if creds else None),
-            status=SessionStatus.LOGGED_OUT,
-            credentials=None,
-            mac_tokens={},
-            pending_refresh=None,
-        )
-        return revoked
-
-    async def _revoke_grant(self, creds: Credentials) -> bool:
-        # RFC 7009 with the refresh token: the provider revokes the whole grant.
-        try:
-            await self._calls.discover()
-            backend = self._grant_backend()
-            call = backend.revocation(self._hub.snapshot.credentials or creds)
-            if call is None:
-                log.warning("tokensdk: the provider has no revocation endpoint; cleared locally")
-                return False
-            await self._calls.send(call)
-        except TokenSDKError as exc:
-            log.warning(
-                "tokensdk: logout could not revoke the grant (%s); cleared locally only",
-                type(exc).__name__,
-            )
-            return False
-        return True
-
-    async def _revoke_family(self) -> bool:
-        try:
-            # A valid bearer, refreshed first if the access token is about to die:
-            # an expired one would be refused and leave the family alive.
-            revoke = self._calls.backend.revoke()
-            bearer = await self.access_token()
-            try:
-                await self._calls.send(revoke, bearer=bearer)
-            except TokenSDKError as exc:
-                if self._calls.gone(exc) is None:
-                    raise
-                # Refused: expired by the service's clock (not ours), or the family is
-                # gone. A refresh tells which (SessionLost: gone); then once more.
-                bearer = (await self.token_refresh()).access_token
-                await self._calls.send(revoke, bearer=bearer)
-        except SessionLost:
-            return True  # the family is dead already: nothing left to revoke
-        except TokenSDKError as exc:
-            if self._calls.gone(exc) is not None:
-                return True
-
-            log.warning(
-                "tokensdk: logout could not reach the service (%s); cleared locally only",
-                type(exc).__name__,
-            )
-            return False
-        return True
+        return await self._logins.logout()
 
     async def sync_clock(self) -> float:
         """Estimate the offset between the service's clock and ours (``GET /v1/status``).
@@ -927,52 +622,6 @@ class Session:
         self.clock_offset = reading.offset
         self._hub.emit(self._hub.event(EventType.CLOCK_SYNCED, f"{self.clock_offset:+.3f}s"))
         return self.clock_offset
-
-    async def _logged_in(
-        self,
-        body: Any,
-        sent_wall: float,
-        sent_mono: float,
-        username: str = "",
-        *,
-        extra: Mapping[str, str] | None = None,
-        refresh_token: str | None = None,
-    ) -> None:
-        creds = self._calls.backend.grant(body, wall=sent_wall, monotonic=sent_mono)
-        changes: dict[str, Any] = {}
-        if not creds.username and username:
-            changes["username"] = username  # an OAuth 2.0 answer does not name the user
-        if extra:
-            changes["extra"] = {**creds.extra, **extra}
-        if creds.refresh_token is None and refresh_token is not None:
-            changes["refresh_token"] = refresh_token  # RFC 6749 §6: the old one stays valid
-        if changes:
-            creds = attrs.evolve(creds, **changes)
-        self._life.generation += 1
-        self._fleet.claim = True
-        # A new login is a new token family: the MAC tokens of the previous one
-        # belong to it (the service kills them with it), never to this one.
-        self._hub.commit(
-            self._hub.event(EventType.LOGGED_IN, creds.username),
-            status=SessionStatus.ACTIVE,
-            credentials=creds,
-            mac_tokens={},
-            pending_refresh=None,
-        )
-        self._install(creds)
-        self._sync_clock_soon()
-
-    def _sync_clock_soon(self) -> None:
-        # MAC headers carry our wall time: learn the service's offset after a login.
-        # (A backend may have no clock to read: OAuth 2.0 providers.)
-        if self._tg is not None and getattr(self._calls.backend, "syncs_clock", True):
-            self._tg.start_soon(self._background_sync_clock)
-
-    async def _background_sync_clock(self) -> None:
-        try:
-            await self.sync_clock()
-        except TokenSDKError as exc:
-            log.info("tokensdk: clock sync failed: %s", type(exc).__name__)
 
     # -- refresh ---------------------------------------------------------------------
 
@@ -995,141 +644,7 @@ class Session:
     async def _do_refresh(self) -> Credentials:
         if self._shared:
             return await self._fleet.refresh(self._engine.wanted)
-        return await self._refresh_once()
-
-    async def _refresh_once(self) -> Credentials:
-        snapshot = self._hub.snapshot
-        creds = snapshot.credentials
-        generation = self._life.generation
-        if snapshot.status is SessionStatus.NEEDS_LOGIN or creds is None:
-            return await self._try_relogin(self._life.lost_reason)
-        await self._calls.discover()
-        now_mono, now_wall = self._clock.monotonic(), self._clock.time()
-        if creds.refresh_left(now_wall, now_mono) <= 0:
-            await self._lose("token_expired", generation)
-            return await self._try_relogin("token_expired")
-        # Retry no longer than the current token lives, but give one attempt room.
-        deadline = max(
-            now_mono + creds.access_left(now_wall, now_mono), now_mono + self._transport.timeout
-        )
-        # Extension (see PROTOCOL): one key per refresh token, kept until the new pair
-        # is installed, so any retry after a lost answer, by this call, a later one or
-        # the next process after a crash, gets the same answer instead of tripping
-        # reuse detection. A durable store has it before the request leaves.
-        if creds.refresh_token is None and self._calls.backend.refresh(creds, "") is None:
-            # An access token alone (a password grant without offline_access): nothing
-            # to renew it with. Serve it while it lives; the session ends with it.
-            if creds.access_left(now_wall, now_mono) > 0:
-                return creds
-            await self._lose("token_expired", generation)
-            return await self._try_relogin("token_expired")
-        pending = snapshot.pending_refresh or self._unsaved_pending
-        if pending is None or pending.refresh_token != creds.refresh_token:
-            pending = PendingRefresh(creds.refresh_token or "", secrets.token_hex(16), now_wall)
-            if self._shared:
-                # Written now, under the lease, or not sent: a member that dies after
-                # sending leaves the key to whoever takes the lease next.
-                self._hub.commit(pending_refresh=pending)
-                try:
-                    await self._fleet.write()
-                except StoreUnavailable:
-                    raise
-                except StoreError as exc:
-                    self._store_failed(exc)  # an unusable file: as a single session
-                if self._hub.snapshot.pending_refresh is not pending:
-                    raise Conflict  # a sibling wrote meanwhile: reload and decide again
-                if generation != self._life.generation:
-                    return self._stale_refresh()
-            elif self._durable:
-                self._hub.commit(pending_refresh=pending)
-                await self._saver.flush()
-                if generation != self._life.generation:
-                    return self._stale_refresh()
-            else:
-                # Nothing the store holds survives the process: writing the key first
-                # would only cost a commit and an encoding per refresh. It reaches the
-                # store at close if the refresh is still unfinished (see __aexit__), for
-                # a later session of this process on the same store.
-                self._unsaved_pending = pending
-        call = self._calls.backend.refresh(creds, pending.idempotency_key)
-        if call is None:  # a backend that cannot renew these credentials
-            await self._lose("token_expired", generation)
-            return await self._try_relogin("token_expired")
-        try:
-            reply = await self._calls.send(call, deadline=deadline)
-        except TokenSDKError as exc:
-            gone = self._calls.gone(exc)
-            if gone is None:
-                raise
-            await self._lose(gone.reason, generation)
-            return await self._try_relogin(gone.reason)
-        new = self._calls.backend.grant(
-            reply.body, wall=reply.sent_wall, monotonic=reply.sent_monotonic
-        )
-        new = new.renewed_from(creds)
-        if generation != self._life.generation:
-            return self._stale_refresh()
-        # Installing the pair and forgetting the pending refresh are one commit, so
-        # the store never holds the new pair with a retry of the old one, or the
-        # reverse.
-        self._hub.commit(
-            self._hub.event(EventType.REFRESHED, new.username),
-            credentials=new,
-            status=SessionStatus.ACTIVE,
-            pending_refresh=None,
-        )
-        self._unsaved_pending = None
-        self._install(new)
-        if self._shared:
-            self._fleet.claim = True  # the service's newest pair: it wins any write conflict
-            try:
-                await self._fleet.write()
-            except StoreError as exc:
-                # The pair is ours and valid; the store learns it when it is back
-                # (see _resync), and a sibling retrying the pending key gets it too.
-                self._store_failed(exc)
-        return new
-
-    def _stale_refresh(self) -> Credentials:
-        # A logout or a new login overtook this refresh: its result is stale.
-        current = self._hub.snapshot.credentials
-        if current is None:
-            raise SessionLost(self._life.lost_reason)
-        return current
-
-    async def _try_relogin(self, reason: str) -> Credentials:
-        if self._relogin is None or self._life.logging_out:
-            raise SessionLost(reason)
-        try:
-            answer = await self._relogin(self)
-            if answer is not None:
-                if not isinstance(answer, tuple) or len(answer) != 2:
-                    raise InvalidInput("relogin must return (username, password) or None")
-                await self.login(*answer)
-        except Exception as exc:  # the hook is the application's code: any error
-            log.warning("tokensdk: relogin failed: %s", type(exc).__name__)
-            raise SessionLost(reason) from None
-        creds = self._hub.snapshot.credentials
-        if creds is None or self._hub.snapshot.status is not SessionStatus.ACTIVE:
-            raise SessionLost(reason)
-        return creds
-
-    async def _lose(self, reason: str, generation: int | None = None) -> None:
-        """The activation is gone: wipe what belonged to it and tell everyone."""
-        if generation is not None and generation != self._life.generation:
-            return
-        self._life.generation += 1
-        self._uninstall()
-        self._life.lost_reason = reason
-        self._fleet.claim = True
-        log.warning("tokensdk: session lost (%s)", reason)
-        self._hub.commit(
-            self._hub.event(EventType.SESSION_LOST, reason),
-            status=SessionStatus.NEEDS_LOGIN,
-            credentials=None,
-            mac_tokens={},
-            pending_refresh=None,
-        )
+        return await self._activation.refresh_once()
 
     def __repr__(self) -> str:
         snapshot = self._hub.snapshot
