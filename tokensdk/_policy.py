@@ -28,7 +28,7 @@ import attrs
 
 from tokensdk._errors import InvalidInput
 
-__all__ = ["RefreshPlan", "RefreshPolicy", "plan_refresh"]
+__all__ = ["RefreshPlan", "RefreshPolicy", "clamp_plan", "plan_refresh"]
 
 
 class RandomSource(Protocol):
@@ -118,3 +118,21 @@ def plan_refresh(
     gap = advisory - mandatory
     refresh_at = expires - advisory + gap * policy.jitter * rng.random()
     return RefreshPlan(refresh_at=refresh_at, mandatory_at=expires - mandatory, expires=expires)
+
+
+def clamp_plan(plan: RefreshPlan, now_mono: float, wall_left: float) -> float:
+    """When to refresh a token planned in monotonic time, by the earlier of both clocks.
+
+    Args:
+        plan: The plan, in monotonic time.
+        now_mono: Monotonic time now.
+        wall_left: Seconds the token has left by the wall clock.
+
+    Returns:
+        The monotonic time of the background refresh.
+    """
+    # If the wall clock says the token has less time than the monotonic one (a
+    # suspended machine, a clock step), refresh by the earlier of the two.
+    at = plan.refresh_at
+    wall_refresh_at = now_mono + wall_left - (plan.expires - plan.refresh_at)
+    return min(at, wall_refresh_at)

@@ -10,6 +10,14 @@ Lifecycle::
 All background work (the timer heap, change dispatch, coalesced saving, refreshes)
 lives in one anyio task group owned by ``async with``; leaving the block cancels and
 awaits it, flushes the store and closes the HTTP session.
+
+The Session is the facade: it wires the parts, serves the hot path and delegates
+the rest. One concept per module: the task group in ``_tasks``; loading the stored
+state in ``_restore``; the logins and the logout in ``_logins``; one refresh of the
+current pair, its loss and the relogin hook in ``_activation``; single flight, the
+refresh timer and background retries in ``_refresh``; the fleet's shared state in
+``_fleet``; the calls to the backend in ``_calls``. They receive the
+:class:`SessionContext` and explicit callables, never the Session.
 """
 
 from __future__ import annotations
@@ -17,13 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import (
-    Awaitable,
-    Callable,
-    Iterable,
-    Mapping,
-    Sequence,
-)
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -40,16 +42,8 @@ from tokensdk._clocksync import read_clock
 from tokensdk._context import Lifecycle, SessionContext
 from tokensdk._coordinator import Coordinator, coordinator_for
 from tokensdk._dpop import DPoPState
-from tokensdk._errors import (
-    InvalidInput,
-    NotLoggedIn,
-    SessionClosed,
-    SessionLost,
-)
-from tokensdk._fleet import (
-    Fleet,
-    SharedWriter,
-)
+from tokensdk._errors import InvalidInput, NotLoggedIn, SessionClosed, SessionLost
+from tokensdk._fleet import Fleet, SharedWriter
 from tokensdk._logins import Logins, OneTimeKeyAnswer, one_time_key_answer
 from tokensdk._models import (
     AssetToken,
@@ -62,7 +56,7 @@ from tokensdk._models import (
 from tokensdk._observable import ChangeCallback, EventStream, StateHub
 from tokensdk._paseto import AccessTokenInfo
 from tokensdk._persist import CoalescingSaver
-from tokensdk._policy import RefreshPlan, RefreshPolicy, plan_refresh
+from tokensdk._policy import RefreshPolicy, clamp_plan, plan_refresh
 from tokensdk._refresh import RefreshEngine
 from tokensdk._restore import asset_list, load_state
 from tokensdk._scheduler import Scheduler
@@ -634,7 +628,7 @@ class Session:
         self._fresh_mono = plan.mandatory_at
         self._fresh_wall = creds.access_expires_at - window
         self._engine.failures = 0
-        self._engine.schedule(_clamp_plan(plan, now_mono, creds.access_expires_at - now_wall))
+        self._engine.schedule(clamp_plan(plan, now_mono, creds.access_expires_at - now_wall))
 
     def _uninstall(self) -> None:
         self._token = None
@@ -652,11 +646,3 @@ class Session:
             f"Session({self._calls.backend.base_url!r}, status={snapshot.status.value},"
             f" username={snapshot.username!r})"
         )
-
-
-def _clamp_plan(plan: RefreshPlan, now_mono: float, wall_left: float) -> float:
-    # If the wall clock says the token has less time than the monotonic one (a
-    # suspended machine, a clock step), refresh by the earlier of the two.
-    at = plan.refresh_at
-    wall_refresh_at = now_mono + wall_left - (plan.expires - plan.refresh_at)
-    return min(at, wall_refresh_at)
