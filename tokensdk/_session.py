@@ -1066,9 +1066,10 @@ class Session:
             return self._stale_refresh()
         # Installing the pair and forgetting the pending refresh are one commit, so
         # the store never holds the new pair with a retry of the old one, or the
-        # reverse.
+        # reverse. (An event nobody receives is not built.)
+        hub = self._hub
         self._hub.commit(
-            self._hub.event(EventType.REFRESHED, new.username),
+            *((hub.event(EventType.REFRESHED, new.username),) if hub.observed else ()),
             credentials=new,
             status=SessionStatus.ACTIVE,
             pending_refresh=None,

@@ -229,7 +229,8 @@ class Transport:
             deadline = self._clock.monotonic() + self.timeout
         # Waiting before a first attempt is safe even for a call that is never
         # retried: nothing was sent yet.
-        await self._respect_retry_after(path, deadline)
+        if path in self._not_before:
+            await self._respect_retry_after(path, deadline)
         if not retry:
             return await self._attempt(method, path, body, bearer, headers, form)
         # Attempt 1 is sent before tenacity is involved, and only its failure is
@@ -278,7 +279,26 @@ class Transport:
     async def _sleep(self, seconds: float) -> None:
         await self._clock.sleep_until(self._clock.monotonic() + seconds)
 
-    async def _attempt(
+    def _attempt(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        bearer: str | Callable[[], Awaitable[str]] | None,
+        headers: Mapping[str, str] | Callable[[], Awaitable[Mapping[str, str]]] | None,
+        form: Mapping[str, str] | None = None,
+    ) -> Awaitable[Reply]:
+        if (
+            self._hook is None
+            and (bearer is None or isinstance(bearer, str))
+            and (headers is None or isinstance(headers, dict))
+        ):
+            # Nothing to ask or wrap: the attempt is the request itself, one coroutine
+            # less on a path every resumption of the request walks through.
+            return self._once(method, path, body, bearer, headers, form)
+        return self._wrapped_attempt(method, path, body, bearer, headers, form)
+
+    async def _wrapped_attempt(
         self,
         method: str,
         path: str,
@@ -358,8 +378,14 @@ class Transport:
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         length = resp.content_length
-        if length is not None and length > self._max_response:
-            raise ProtocolError(f"the answer is too large ({length} bytes)")
+        if length is not None:
+            if length > self._max_response:
+                raise ProtocolError(f"the answer is too large ({length} bytes)")
+            if "Content-Encoding" not in resp.headers:
+                # The parser stops at Content-Length, and an unencoded body is not
+                # inflated: the size is checked already, one read does (cheaper than
+                # the chunk iterator on every refresh).
+                return await resp.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(65536):
