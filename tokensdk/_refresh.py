@@ -86,7 +86,9 @@ class RefreshEngine:
         flight = self._flight
         if flight is None:
             self._require_open()
-            flight = self._flight = Flight[Credentials]()
+            # Flight(), not Flight[Credentials](): calling the subscripted alias goes
+            # through typing and costs a few microseconds per refresh.
+            flight = self._flight = Flight()
             if self._shared:
                 snapshot = self._hub.snapshot
                 active = snapshot.status is SessionStatus.ACTIVE
