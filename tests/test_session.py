@@ -694,7 +694,8 @@ async def test_a_store_that_cannot_outlive_the_process_is_written_once_per_refre
 
     Writing the idempotency key first is what makes a refresh crash-safe, and it costs
     a commit and an encoding per refresh: a store in memory dies with the process, so
-    it only gets the result (one write). A durable one gets the key, then the result.
+    it only gets the result (one write), and only when flushed. A durable one gets the
+    key, then the result.
     """
     async with service(clock) as svc:
         for store, writes in ((CountingMemoryStore(), 1), (DurableMemoryStore(), 2)):
@@ -703,6 +704,10 @@ async def test_a_store_that_cannot_outlive_the_process_is_written_once_per_refre
                 await s.flush()
                 before = store.saves
                 await s.token_refresh()
+                for _ in range(3):
+                    await anyio.lowlevel.checkpoint()
+                # In memory: nothing is written until a flush (or the close) asks.
+                assert (store.saves - before > 0) is store.durable
                 await s.flush()
                 assert (type(store).__name__, store.saves - before) == (
                     type(store).__name__,
