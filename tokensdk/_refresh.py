@@ -74,9 +74,12 @@ class RefreshEngine:
         self.wanted: Credentials | None = None
         self.failures = 0
         self._flight: Flight[Credentials] | None = None
-        # Set when a flight waits for the refresher task (see run). asyncio's, for
-        # speed: an anyio.Event cannot be cleared (see StateHub).
-        self._posted = asyncio.Event()
+        # A flight waits for the refresher task (see run), which sleeps on _wake
+        # meanwhile: a bare asyncio future, resolved once per refresh, costs less
+        # than an event's waiter bookkeeping (anyio has no cheaper primitive; its
+        # cancel scopes cancel a wait on a future like any other).
+        self._posted = False
+        self._wake: asyncio.Future[None] | None = None
         self._timer: Timer | None = None
 
     # -- single flight ---------------------------------------------------------------
@@ -93,7 +96,10 @@ class RefreshEngine:
                 snapshot = self._hub.snapshot
                 active = snapshot.status is SessionStatus.ACTIVE
                 self.wanted = snapshot.credentials if active else None
-            self._posted.set()
+            self._posted = True
+            wake = self._wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)
         return await flight.wait()
 
     async def run(self) -> None:
@@ -103,9 +109,15 @@ class RefreshEngine:
         costs a fifth of starting a task per refresh, and a caller's cancellation
         still only stops that caller's wait.
         """
+        loop = asyncio.get_running_loop()
         while True:
-            await self._posted.wait()
-            self._posted.clear()
+            if not self._posted:
+                self._wake = wake = loop.create_future()
+                try:
+                    await wake
+                finally:
+                    self._wake = None
+            self._posted = False
             flight = self._flight
             if flight is not None and not flight.done.is_set():
                 await self._fly(flight)

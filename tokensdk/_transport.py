@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import aiohttp
 import attrs
 import tenacity
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from tokensdk._backend import ErrorDetails
 from tokensdk._clock import Clock
@@ -45,6 +46,10 @@ log = logging.getLogger("tokensdk")
 
 # ProtocolError counts: a garbled answer (truncated, an HTML page) is a fault in transit.
 _TRANSIENT = (ServiceUnavailable, RateLimited, ProtocolError)
+
+# The headers of a call without a bearer or extra headers, built once: aiohttp copies
+# a multidict it is given as it is, and converts anything else first.
+_ACCEPT_JSON = CIMultiDictProxy(CIMultiDict({"Accept": "application/json"}))
 
 
 @attrs.frozen
@@ -324,11 +329,15 @@ class Transport:
         form: Mapping[str, str] | None = None,
     ) -> Reply:
         sent_wall, sent_mono = self._clock.time(), self._clock.monotonic()
-        send_headers = {"Accept": "application/json"}
-        if headers:
-            send_headers.update(headers)
-        if bearer is not None:
-            send_headers["Authorization"] = f"Bearer {bearer}"
+        send_headers: Mapping[str, str]
+        if headers or bearer is not None:
+            send_headers = {"Accept": "application/json"}
+            if headers:
+                send_headers.update(headers)
+            if bearer is not None:
+                send_headers["Authorization"] = f"Bearer {bearer}"
+        else:
+            send_headers = _ACCEPT_JSON
         url = path if path.startswith(("http://", "https://")) else self._prefix + path
         try:
             # middlewares=(): the SDK's own calls never pass through client middleware,
@@ -455,6 +464,10 @@ def _decode_json(raw: bytes, content_type: str, method: str, path: str) -> Any:
     if not raw:
         return None
     try:
+        if raw[:1] == b"{" and raw[1:2] != b"\x00":
+            # An object in UTF-8 (the usual answer): decoded directly, without
+            # json's sniffing for UTF-16 and UTF-32, which cannot start this way.
+            return json.loads(raw.decode())
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         kind = printable(content_type, 64) if content_type else "no content type"
