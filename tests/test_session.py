@@ -778,3 +778,66 @@ async def test_sessions_close_in_any_order(clock: ManualClock) -> None:
         await second.__aexit__(None, None, None)
         with pytest.raises(SessionClosed):
             await second.token_refresh()
+
+
+async def test_a_refresh_whose_caller_is_cancelled_mid_request_is_finished_by_the_session(
+    clock: ManualClock,
+) -> None:
+    """The first caller flies a refresh in its own task (no hand-off per refresh).
+
+    Cancelled after the service rotated the pair, before the answer was used, it hands
+    the refresh to the session's refresher task, which sends it again with the same
+    idempotency key: the caller waiting with it gets the pair the service minted (the
+    retry is answered, not taken for reuse), and the service minted one pair.
+    """
+    answered = anyio.Event()
+    release = anyio.Event()
+    attempts = 0
+
+    @asynccontextmanager
+    async def hook(method: str, path: str) -> AsyncIterator[None]:
+        nonlocal attempts
+        yield
+        if path == "/refresh":
+            attempts += 1
+            if attempts == 1:  # the first answer is read, then held until cancelled
+                answered.set()
+                await release.wait()
+
+    async with service(clock) as svc, session_for(svc, clock, attempt_hook=hook) as s:
+        await s.login("alice", PASSWORDS["alice"])
+        old = s.credentials
+        assert old is not None
+        before = (svc.stats.refreshes, len(svc.state.refresh_tokens))
+        async with anyio.create_task_group() as tg:
+            first = anyio.CancelScope()
+
+            async def flier() -> None:
+                with first:
+                    await s.token_refresh()
+
+            tg.start_soon(flier)
+            await answered.wait()
+            joined: list[tokensdk.Credentials] = []
+
+            async def joiner() -> None:
+                joined.append(await s.token_refresh())
+
+            tg.start_soon(joiner)
+            await anyio.lowlevel.checkpoint()
+            first.cancel()
+            release.set()  # a held answer the cancellation did not reach goes on
+        assert first.cancelled_caught
+        new = s.credentials
+        assert new is not None
+        assert joined == [new]
+        assert new.refresh_token != old.refresh_token
+        assert s.status is SessionStatus.ACTIVE
+        assert attempts == 2
+        # Two requests, one rotation: the second was answered as a retry.
+        assert (svc.stats.refreshes, len(svc.state.refresh_tokens)) == (
+            before[0] + 2,
+            before[1] + 1,
+        )
+        assert svc.stats.refresh_reuses == 0
+        assert await me(svc, new.access_token) == 200

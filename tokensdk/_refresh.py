@@ -28,9 +28,16 @@ from tokensdk._observable import StateHub
 from tokensdk._scheduler import Scheduler, Timer
 from tokensdk._transport import Backoff
 
-__all__ = ["RefreshEngine"]
+__all__ = ["HandOff", "RefreshEngine"]
 
 log = logging.getLogger("tokensdk")
+
+
+class HandOff(BaseException):
+    """Raised inside a refresh flown in a caller's task: let the refresher task finish it.
+
+    A BaseException, so that no ``except Exception`` on the way swallows it.
+    """
 
 
 class RefreshEngine:
@@ -43,6 +50,10 @@ class RefreshEngine:
         scheduler: The session's timer heap.
         backoff: The backoff between background retries.
         shared: The session is a fleet member (a flight remembers the pair it replaces).
+        inline: A refresh may run in the task of the caller that starts it: the
+            backend's refresh can be sent again safely (an idempotency key), so a
+            caller cancelled mid-request hands the flight to the refresher task,
+            which sends it again. Saves two task switches per refresh.
         require_open: Raises SessionClosed unless the session is open.
         start_soon: Starts a background task if the session is open (else nothing).
 
@@ -62,6 +73,7 @@ class RefreshEngine:
         shared: bool,
         require_open: Callable[[], None],
         start_soon: Callable[[Callable[[], Coroutine[Any, Any, Any]]], None],
+        inline: bool = False,
     ) -> None:
         self._do_refresh = do_refresh
         self._hub = hub
@@ -80,6 +92,8 @@ class RefreshEngine:
         # cancel scopes cancel a wait on a future like any other).
         self._posted = False
         self._wake: asyncio.Future[None] | None = None
+        self._inline = inline and not shared
+        self._here: Flight[Credentials] | None = None  # the flight a caller's task flies
         self._timer: Timer | None = None
 
     # -- single flight ---------------------------------------------------------------
@@ -96,11 +110,50 @@ class RefreshEngine:
                 snapshot = self._hub.snapshot
                 active = snapshot.status is SessionStatus.ACTIVE
                 self.wanted = snapshot.credentials if active else None
-            self._posted = True
-            wake = self._wake
-            if wake is not None and not wake.done():
-                wake.set_result(None)
+            if self._inline:
+                return await self._fly_here(flight)
+            self._post()
         return await flight.wait()
+
+    def hand_off(self) -> None:
+        """Raise :class:`HandOff` if the refresh runs in a caller's task.
+
+        Called before work that a caller's cancellation must not cut short and that
+        may not be repeated (the application's relogin hook).
+        """
+        if self._here is not None:
+            raise HandOff
+
+    def _post(self) -> None:
+        self._posted = True
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def _fly_here(self, flight: Flight[Credentials]) -> Credentials:
+        # The first caller flies the refresh in its own task; others join the flight.
+        # Cancelled mid-refresh, it hands the flight to the refresher task, which
+        # runs it again: the pending refresh keeps its idempotency key, so the
+        # service answers a request it already served as a retry (same pair).
+        self._here = flight
+        try:
+            value = await self._do_refresh()
+        except BaseException as exc:
+            self._here = None
+            if isinstance(exc, HandOff):
+                self._post()
+                return await flight.wait()
+            if isinstance(exc, Exception):
+                self._finish(flight, error=exc)
+                if flight.error is exc:
+                    raise
+                return flight.result()  # the flight ended otherwise (the session closed)
+            if not flight.done.is_set():
+                self._post()  # cancelled: the others still wait for this refresh
+            raise
+        self._here = None
+        self._finish(flight, value=value)
+        return flight.result()
 
     async def run(self) -> None:
         """Fly every posted refresh, one at a time, until the session closes.

@@ -245,6 +245,9 @@ class Session:
             shared=self._shared,
             require_open=self._require_open,
             start_soon=self._soon,
+            # The native contract's idempotency key makes a re-send safe: a refresh
+            # runs in its caller's task (see RefreshEngine); OAuth 2.0 has no such key.
+            inline=getattr(auth, "idempotent_refresh", False) is True,
         )
         # A store that cannot outlive the process gets the pending refresh only at
         # close (see _refresh_once); until then it is kept here.
@@ -1050,6 +1053,12 @@ class Session:
                 # store at close if the refresh is still unfinished (see __aexit__), for
                 # a later session of this process on the same store.
                 self._unsaved_pending = pending
+        elif self._durable and not self._shared and not self._saver.idle:
+            # A run cancelled while writing the key (a caller's, see RefreshEngine):
+            # the key still goes to the store before the request leaves.
+            await self._saver.flush()
+            if generation != self._life.generation:
+                return self._stale_refresh()
         call = self._calls.backend.refresh(creds, pending.idempotency_key)
         if call is None:  # a backend that cannot renew these credentials
             await self._lose("token_expired", generation)
@@ -1100,6 +1109,7 @@ class Session:
     async def _try_relogin(self, reason: str) -> Credentials:
         if self._relogin is None or self._life.logging_out:
             raise SessionLost(reason)
+        self._engine.hand_off()  # the application's hook runs in the session's task
         try:
             answer = await self._relogin(self)
             if answer is not None:
