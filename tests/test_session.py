@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -841,3 +842,30 @@ async def test_a_refresh_whose_caller_is_cancelled_mid_request_is_finished_by_th
         )
         assert svc.stats.refresh_reuses == 0
         assert await me(svc, new.access_token) == 200
+
+
+async def test_the_relogin_hook_runs_in_the_sessions_task_not_the_callers(
+    clock: ManualClock,
+) -> None:
+    """A refresh runs in its caller's task, but the application's relogin hook does not.
+
+    A cancelled caller must not cut the hook short (it is not sent again like a
+    refresh): when the refresh finds the session lost, the refresher task takes over.
+    """
+    ran_in: list[object] = []
+
+    async def relogin(session: Session) -> tuple[str, str]:
+        ran_in.append(asyncio.current_task())
+        return "alice", PASSWORDS["alice"]
+
+    async with service(clock) as svc, session_for(svc, clock, relogin=relogin) as s:
+        await s.login("alice", PASSWORDS["alice"])
+        token = await s.access_token()
+        async with aiohttp.ClientSession() as http:
+            await http.post(svc.url + "/v1/logout", headers={"Authorization": f"Bearer {token}"})
+        new = await s.token_refresh()  # 401: lost, then the hook logs in again
+        assert len(ran_in) == 1
+        assert ran_in[0] is not asyncio.current_task()
+        assert s.status is SessionStatus.ACTIVE
+        assert new == s.credentials
+        assert svc.stats.logins == 2
