@@ -353,7 +353,8 @@ class Transport:
             ) as resp:
                 raw = await self._read(resp)
                 status = resp.status
-                content_type = resp.content_type
+                # The header as sent: it is read only to name a body that is not JSON.
+                content_type = resp.headers.get("Content-Type", "")
                 retry_after = resp.headers.get("Retry-After")
                 if self.dpop is not None:
                     self.dpop.remember(url, resp.headers.get("DPoP-Nonce"))
@@ -470,7 +471,10 @@ def _decode_json(raw: bytes, content_type: str, method: str, path: str) -> Any:
             return json.loads(raw.decode())
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        kind = printable(content_type, 64) if content_type else "no content type"
+        # The media type as aiohttp names it (parameters dropped, lower case; a missing
+        # header is application/octet-stream), parsed only on this error path.
+        media = content_type.partition(";")[0].strip().lower() or "application/octet-stream"
+        kind = printable(media, 64)
         raise ProtocolError(f"{method} {path}: the answer is not JSON ({kind})") from None
 
 
