@@ -1,4 +1,4 @@
-"""The refresh engine: one refresh at a time, run by one task, on a timer, retried.
+"""The refresh engine: one refresh at a time, on a timer, retried.
 
 :class:`RefreshEngine` is the machinery around a refresh, not the refresh itself
 (the session gives it ``do_refresh``, which talks to the service or the fleet):
@@ -6,6 +6,9 @@
 - **single flight**: callers that need a refresh while one is under way join it;
 - **the refresher task**: one long-lived task in the session's task group flies
   every posted refresh, so a caller's cancellation only stops that caller's wait;
+  where a refresh may be sent twice (an idempotency key: ``inline``), the first
+  caller flies it in its own task instead and posts it only if it is cancelled
+  (two task switches less per refresh);
 - **the refresh timer**: the background refresh scheduled before the token expires;
 - **background retries**: a failed background refresh is tried again after the
   same backoff as a call's retries, while the session is active.
