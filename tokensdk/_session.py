@@ -1081,7 +1081,7 @@ class Session:
         # the store never holds the new pair with a retry of the old one, or the
         # reverse. (An event nobody receives is not built.)
         hub = self._hub
-        self._hub.commit(
+        hub.commit(
             *((hub.event(EventType.REFRESHED, new.username),) if hub.observed else ()),
             credentials=new,
             status=SessionStatus.ACTIVE,
