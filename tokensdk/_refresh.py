@@ -141,22 +141,26 @@ class RefreshEngine:
         self._here = flight
         try:
             value = await self._do_refresh()
-        except BaseException as exc:
+        except HandOff:
             self._here = None
-            if isinstance(exc, HandOff):
-                self._post()
-                return await flight.wait()
-            if isinstance(exc, Exception):
-                self._finish(flight, error=exc)
-                if flight.error is exc:
-                    raise
-                return flight.result()  # the flight ended otherwise (the session closed)
+            self._post()
+        except Exception as exc:
+            self._here = None
+            self._finish(flight, error=exc)
+            if flight.error is exc:
+                raise
+        except BaseException:
+            self._here = None
             if not flight.done.is_set():
                 self._post()  # cancelled: the others still wait for this refresh
             raise
-        self._here = None
-        self._finish(flight, value=value)
-        return flight.result()
+        else:
+            self._here = None
+            self._finish(flight, value=value)
+            return flight.result()
+        # Handed to the refresher task, or ended otherwise (the session closed): the
+        # flight's outcome, raised outside the handler (no HandOff in its context).
+        return await flight.wait()
 
     async def run(self) -> None:
         """Fly every posted refresh, one at a time, until the session closes.
