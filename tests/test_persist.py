@@ -285,6 +285,27 @@ async def test_a_store_that_saves_without_waiting_is_written_once_per_burst() ->
         tg.cancel_scope.cancel()
 
 
+async def test_a_deferred_saver_writes_only_when_flushed() -> None:
+    """A store that cannot outlive the process is written at flush, not per change."""
+    store = MemoryStore()
+    saver = CoalescingSaver(store, on_error=_raise, deferred=True)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(saver.run)
+        for seq in range(100):
+            saver.submit({"seq": seq})
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        assert (store.document, saver.writes, saver.idle) == (None, 0, False)
+        await saver.flush()
+        assert (store.document, saver.writes, saver.idle) == ({"seq": 99}, 1, True)
+        saver.submit(None)  # a clear waits for the flush too
+        await anyio.lowlevel.checkpoint()
+        assert store.document == {"seq": 99}
+        await saver.flush()
+        assert (store.document, saver.writes) == (None, 2)
+        tg.cancel_scope.cancel()
+
+
 async def test_a_save_never_overtakes_a_clear_in_flight() -> None:
     store = GatedClearMemoryStore()
     saver = CoalescingSaver(store, on_error=_raise)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -694,7 +695,8 @@ async def test_a_store_that_cannot_outlive_the_process_is_written_once_per_refre
 
     Writing the idempotency key first is what makes a refresh crash-safe, and it costs
     a commit and an encoding per refresh: a store in memory dies with the process, so
-    it only gets the result (one write). A durable one gets the key, then the result.
+    it only gets the result (one write), and only when flushed. A durable one gets the
+    key, then the result.
     """
     async with service(clock) as svc:
         for store, writes in ((CountingMemoryStore(), 1), (DurableMemoryStore(), 2)):
@@ -703,6 +705,10 @@ async def test_a_store_that_cannot_outlive_the_process_is_written_once_per_refre
                 await s.flush()
                 before = store.saves
                 await s.token_refresh()
+                for _ in range(3):
+                    await anyio.lowlevel.checkpoint()
+                # In memory: nothing is written until a flush (or the close) asks.
+                assert (store.saves - before > 0) is store.durable
                 await s.flush()
                 assert (type(store).__name__, store.saves - before) == (
                     type(store).__name__,
@@ -773,3 +779,93 @@ async def test_sessions_close_in_any_order(clock: ManualClock) -> None:
         await second.__aexit__(None, None, None)
         with pytest.raises(SessionClosed):
             await second.token_refresh()
+
+
+async def test_a_refresh_whose_caller_is_cancelled_mid_request_is_finished_by_the_session(
+    clock: ManualClock,
+) -> None:
+    """The first caller flies a refresh in its own task (no hand-off per refresh).
+
+    Cancelled after the service rotated the pair, before the answer was used, it hands
+    the refresh to the session's refresher task, which sends it again with the same
+    idempotency key: the caller waiting with it gets the pair the service minted (the
+    retry is answered, not taken for reuse), and the service minted one pair.
+    """
+    answered = anyio.Event()
+    release = anyio.Event()
+    attempts = 0
+
+    @asynccontextmanager
+    async def hook(method: str, path: str) -> AsyncIterator[None]:
+        nonlocal attempts
+        yield
+        if path == "/refresh":
+            attempts += 1
+            if attempts == 1:  # the first answer is read, then held until cancelled
+                answered.set()
+                await release.wait()
+
+    async with service(clock) as svc, session_for(svc, clock, attempt_hook=hook) as s:
+        await s.login("alice", PASSWORDS["alice"])
+        old = s.credentials
+        assert old is not None
+        before = (svc.stats.refreshes, len(svc.state.refresh_tokens))
+        async with anyio.create_task_group() as tg:
+            first = anyio.CancelScope()
+
+            async def flier() -> None:
+                with first:
+                    await s.token_refresh()
+
+            tg.start_soon(flier)
+            await answered.wait()
+            joined: list[tokensdk.Credentials] = []
+
+            async def joiner() -> None:
+                joined.append(await s.token_refresh())
+
+            tg.start_soon(joiner)
+            await anyio.lowlevel.checkpoint()
+            first.cancel()
+            release.set()  # a held answer the cancellation did not reach goes on
+        assert first.cancelled_caught
+        new = s.credentials
+        assert new is not None
+        assert joined == [new]
+        assert new.refresh_token != old.refresh_token
+        assert s.status is SessionStatus.ACTIVE
+        assert attempts == 2
+        # Two requests, one rotation: the second was answered as a retry.
+        assert (svc.stats.refreshes, len(svc.state.refresh_tokens)) == (
+            before[0] + 2,
+            before[1] + 1,
+        )
+        assert svc.stats.refresh_reuses == 0
+        assert await me(svc, new.access_token) == 200
+
+
+async def test_the_relogin_hook_runs_in_the_sessions_task_not_the_callers(
+    clock: ManualClock,
+) -> None:
+    """A refresh runs in its caller's task, but the application's relogin hook does not.
+
+    A cancelled caller must not cut the hook short (it is not sent again like a
+    refresh): when the refresh finds the session lost, the refresher task takes over.
+    """
+    ran_in: list[object] = []
+
+    async def relogin(session: Session) -> tuple[str, str]:
+        ran_in.append(asyncio.current_task())
+        return "alice", PASSWORDS["alice"]
+
+    async with service(clock) as svc, session_for(svc, clock, relogin=relogin) as s:
+        await s.login("alice", PASSWORDS["alice"])
+        token = await s.access_token()
+        async with aiohttp.ClientSession() as http:
+            await http.post(svc.url + "/v1/logout", headers={"Authorization": f"Bearer {token}"})
+        new = await s.token_refresh()  # 401: lost, then the hook logs in again
+        assert len(ran_in) == 1
+        assert ran_in[0] is not asyncio.current_task()
+        assert s.status is SessionStatus.ACTIVE
+        assert new == s.credentials
+        assert svc.stats.logins == 2

@@ -44,10 +44,13 @@ class Activation:
         shared: The session is a fleet member.
         durable: The store outlives the process (the refresh key is saved first).
         flush: Waits until the session's state is saved.
+        saving: Whether the store has not been given the newest state yet.
         store_failed: Reports a store error the session carries on after.
         install: Makes a pair the served pair and schedules its refresh.
         uninstall: Stops serving a pair.
         relogin: The application's relogin hook, bound to the session; or None.
+        hand_off: Called before the relogin hook runs: moves a refresh flown in a
+            caller's task to the session's (see :meth:`RefreshEngine.hand_off`).
         login: Logs in with a username and password (for the hook's answer).
     """
 
@@ -60,11 +63,13 @@ class Activation:
         shared: bool,
         durable: bool,
         flush: Callable[[], Awaitable[None]],
+        saving: Callable[[], bool],
         store_failed: Callable[[BaseException], None],
         install: Callable[[Credentials], None],
         uninstall: Callable[[], None],
         relogin: Callable[[], Awaitable[tuple[str, str] | None]] | None,
         login: Callable[[str, str], Awaitable[None]],
+        hand_off: Callable[[], None],
     ) -> None:
         self._hub = context.hub
         self._clock = context.clock
@@ -75,11 +80,13 @@ class Activation:
         self._shared = shared
         self._durable = durable
         self._flush = flush
+        self._saving = saving
         self._store_failed = store_failed
         self._install = install
         self._uninstall = uninstall
         self._relogin = relogin
         self._login = login
+        self._hand_off = hand_off
         # A store that cannot outlive the process gets the pending refresh only at
         # close (see refresh_once); until then it is kept here.
         self._unsaved_pending: PendingRefresh | None = None
@@ -156,9 +163,15 @@ class Activation:
                 # Nothing the store holds survives the process: writing the key first
                 # would only cost a commit and an encoding per refresh. It reaches the
                 # store at close if the refresh is still unfinished (see
-                # keep_unfinished_refresh), for
-                # a later session of this process on the same store.
+                # keep_unfinished_refresh), for a later session of this process on
+                # the same store.
                 self._unsaved_pending = pending
+        elif self._durable and not self._shared and self._saving():
+            # A run cancelled while writing the key (a caller's, see RefreshEngine):
+            # the key still goes to the store before the request leaves.
+            await self._flush()
+            if generation != self._life.generation:
+                return self._stale_refresh()
         call = self._calls.backend.refresh(creds, pending.idempotency_key)
         if call is None:  # a backend that cannot renew these credentials
             await self.lose("token_expired", generation)
@@ -179,9 +192,10 @@ class Activation:
             return self._stale_refresh()
         # Installing the pair and forgetting the pending refresh are one commit, so
         # the store never holds the new pair with a retry of the old one, or the
-        # reverse.
-        self._hub.commit(
-            self._hub.event(EventType.REFRESHED, new.username),
+        # reverse. (An event nobody receives is not built.)
+        hub = self._hub
+        hub.commit(
+            *((hub.event(EventType.REFRESHED, new.username),) if hub.observed else ()),
             credentials=new,
             status=SessionStatus.ACTIVE,
             pending_refresh=None,
@@ -209,6 +223,7 @@ class Activation:
         """Ask the relogin hook for a new activation; SessionLost(reason) without one."""
         if self._relogin is None or self._life.logging_out:
             raise SessionLost(reason)
+        self._hand_off()  # the application's hook runs in the session's task
         try:
             answer = await self._relogin()
             if answer is not None:

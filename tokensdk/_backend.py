@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 from yarl import URL
@@ -388,6 +388,13 @@ class NativeBackend:
     def resumed_lifetime(self, body: Mapping[str, Any]) -> int:
         """``accessExpire``, checked as in login answers."""
         return lifespan_field(body, "accessExpire")
+
+    #: A refresh sent again with the same idempotency key (within the service's
+    #: retry window) is answered as a retry, never taken for reuse: the session may
+    #: send a refresh from the caller's task and, should that caller be cancelled
+    #: mid-request, send it again from its own. False for a service without the
+    #: extension (contract v1 alone): every refresh then runs in the session's task.
+    idempotent_refresh: ClassVar[bool] = True
 
     def refresh(self, credentials: Credentials, idempotency_key: str) -> Call:
         """``POST /v1/refresh`` with the ``idempotencyKey`` extension."""

@@ -47,8 +47,20 @@ class BackendCalls:
     async def send(
         self, call: Call, *, bearer: str | None = None, deadline: float | None = None
     ) -> Reply:
-        headers: Any = call.headers
         dpop = self._dpop
+        if dpop is None and not self._grants:
+            # The native contract: no proof to make, no OAuth 2.0 error to refine.
+            return await self._transport.call(
+                call.method,
+                call.path,
+                call.body,
+                bearer=bearer,
+                deadline=deadline,
+                retry=call.retry,
+                headers=call.headers,
+                form=call.form,
+            )
+        headers: Any = call.headers
         if dpop is not None and call.path == getattr(self.backend, "token_endpoint", None):
 
             async def headers() -> Mapping[str, str]:

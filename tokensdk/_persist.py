@@ -45,6 +45,10 @@ class CoalescingSaver:
             (the next submit is written as usual).
         encode: Turns a submitted value into the document to save, at write time, so
             a burst of submits costs one encoding per write, not one per submit.
+        deferred: Write only when :meth:`flush` is called, never on a submit alone:
+            for a store whose content cannot outlive the process (``durable =
+            False``), so nothing it holds is ever read after a crash, and its owner
+            flushes before anyone else reads it (the session does at close).
     """
 
     def __init__(
@@ -53,10 +57,12 @@ class CoalescingSaver:
         *,
         on_error: Callable[[BaseException], None],
         encode: Callable[[Any], Mapping[str, Any]] | None = None,
+        deferred: bool = False,
     ) -> None:
         self._store = store
         self._on_error = on_error
         self._encode = encode
+        self._deferred = deferred
         # The newest submission not yet handed to the store: a document, None (clear)
         # or _NOTHING, with its submission number.
         self._pending: Any = _NOTHING
@@ -98,6 +104,8 @@ class CoalescingSaver:
         self._submitted += 1
         self._pending = document
         self._pending_seq = self._submitted
+        if self._deferred:
+            return  # written by the next flush, with whatever is newest then
         if self._save_nowait is None or document is None:
             self._wakeup.set()
         elif not self._soon:

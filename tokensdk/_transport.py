@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import aiohttp
 import attrs
 import tenacity
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from tokensdk._backend import ErrorDetails
 from tokensdk._clock import Clock
@@ -45,6 +46,10 @@ log = logging.getLogger("tokensdk")
 
 # ProtocolError counts: a garbled answer (truncated, an HTML page) is a fault in transit.
 _TRANSIENT = (ServiceUnavailable, RateLimited, ProtocolError)
+
+# The headers of a call without a bearer or extra headers, built once: aiohttp copies
+# a multidict it is given as it is, and converts anything else first.
+_ACCEPT_JSON = CIMultiDictProxy(CIMultiDict({"Accept": "application/json"}))
 
 
 @attrs.frozen
@@ -229,7 +234,8 @@ class Transport:
             deadline = self._clock.monotonic() + self.timeout
         # Waiting before a first attempt is safe even for a call that is never
         # retried: nothing was sent yet.
-        await self._respect_retry_after(path, deadline)
+        if path in self._not_before:
+            await self._respect_retry_after(path, deadline)
         if not retry:
             return await self._attempt(method, path, body, bearer, headers, form)
         # Attempt 1 is sent before tenacity is involved, and only its failure is
@@ -278,7 +284,26 @@ class Transport:
     async def _sleep(self, seconds: float) -> None:
         await self._clock.sleep_until(self._clock.monotonic() + seconds)
 
-    async def _attempt(
+    def _attempt(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        bearer: str | Callable[[], Awaitable[str]] | None,
+        headers: Mapping[str, str] | Callable[[], Awaitable[Mapping[str, str]]] | None,
+        form: Mapping[str, str] | None = None,
+    ) -> Awaitable[Reply]:
+        if (
+            self._hook is None
+            and (bearer is None or isinstance(bearer, str))
+            and (headers is None or isinstance(headers, dict))
+        ):
+            # Nothing to ask or wrap: the attempt is the request itself, one coroutine
+            # less on a path every resumption of the request walks through.
+            return self._once(method, path, body, bearer, headers, form)
+        return self._wrapped_attempt(method, path, body, bearer, headers, form)
+
+    async def _wrapped_attempt(
         self,
         method: str,
         path: str,
@@ -304,11 +329,15 @@ class Transport:
         form: Mapping[str, str] | None = None,
     ) -> Reply:
         sent_wall, sent_mono = self._clock.time(), self._clock.monotonic()
-        send_headers = {"Accept": "application/json"}
-        if headers:
-            send_headers.update(headers)
-        if bearer is not None:
-            send_headers["Authorization"] = f"Bearer {bearer}"
+        send_headers: Mapping[str, str]
+        if headers or bearer is not None:
+            send_headers = {"Accept": "application/json"}
+            if headers:
+                send_headers.update(headers)
+            if bearer is not None:
+                send_headers["Authorization"] = f"Bearer {bearer}"
+        else:
+            send_headers = _ACCEPT_JSON
         url = path if path.startswith(("http://", "https://")) else self._prefix + path
         try:
             # middlewares=(): the SDK's own calls never pass through client middleware,
@@ -324,7 +353,8 @@ class Transport:
             ) as resp:
                 raw = await self._read(resp)
                 status = resp.status
-                content_type = resp.content_type
+                # The header as sent: it is read only to name a body that is not JSON.
+                content_type = resp.headers.get("Content-Type", "")
                 retry_after = resp.headers.get("Retry-After")
                 if self.dpop is not None:
                     self.dpop.remember(url, resp.headers.get("DPoP-Nonce"))
@@ -358,8 +388,14 @@ class Transport:
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         length = resp.content_length
-        if length is not None and length > self._max_response:
-            raise ProtocolError(f"the answer is too large ({length} bytes)")
+        if length is not None:
+            if length > self._max_response:
+                raise ProtocolError(f"the answer is too large ({length} bytes)")
+            if "Content-Encoding" not in resp.headers:
+                # The parser stops at Content-Length, and an unencoded body is not
+                # inflated: the size is checked already, one read does (cheaper than
+                # the chunk iterator on every refresh).
+                return await resp.read()
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(65536):
@@ -429,9 +465,16 @@ def _decode_json(raw: bytes, content_type: str, method: str, path: str) -> Any:
     if not raw:
         return None
     try:
+        if raw[:1] == b"{" and raw[1:2] != b"\x00":
+            # An object in UTF-8 (the usual answer): decoded directly, without
+            # json's sniffing for UTF-16 and UTF-32, which cannot start this way.
+            return json.loads(raw.decode())
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        kind = printable(content_type, 64) if content_type else "no content type"
+        # The media type as aiohttp names it (parameters dropped, lower case; a missing
+        # header is application/octet-stream), parsed only on this error path.
+        media = content_type.partition(";")[0].strip().lower() or "application/octet-stream"
+        kind = printable(media, 64)
         raise ProtocolError(f"{method} {path}: the answer is not JSON ({kind})") from None
 
 
