@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import redis.asyncio as aioredis
 
-from benchmarks._harness import Row, compare_async, fmt_ratio, fmt_time
+from benchmarks._harness import Row, compare_async, fmt_ratio, fmt_time, repeat
 from tokensdk import (
     EventType,
     FileStore,
@@ -79,17 +79,8 @@ async def _hot_path(url: str, quick: bool) -> Row:
         ):
             await memory.login(USER, PASSWORD)
             await shared.login(USER, PASSWORD)
-
-            async def run_memory(n: int) -> None:
-                for _ in range(n):
-                    await memory.access_token()
-
-            async def run_redis(n: int) -> None:
-                for _ in range(n):
-                    await shared.access_token()
-
             cmp = await compare_async(
-                {"memory": run_memory, "redis": run_redis},
+                {"memory": repeat(memory.access_token), "redis": repeat(shared.access_token)},
                 number=5_000 if quick else 50_000,
                 rounds=7 if quick else 25,
             )
@@ -102,7 +93,7 @@ async def _hot_path(url: str, quick: bool) -> Row:
         fmt_ratio(ratio),
         "<= 1.1x",
         ratio[0] <= 1.1,
-        f"memory {fmt_time(cmp.median('memory'))}, redis {fmt_time(cmp.median('redis'))}",
+        cmp.medians("memory", "redis"),
     )
 
 

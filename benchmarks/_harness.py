@@ -7,16 +7,22 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+import anyio
 import attrs
 
 __all__ = [
     "Comparison",
     "Row",
+    "Storms",
     "compare_async",
     "compare_sync",
+    "fmt_counts",
     "fmt_ratio",
     "fmt_time",
     "render_table",
+    "repeat",
+    "storm",
+    "timed",
 ]
 
 
@@ -68,6 +74,14 @@ class Comparison:
         """Median ratio ``name / base`` with the 25th and 75th percentile of the rounds."""
         return spread(self.ratios(name, base))
 
+    def speedup(self, name: str, base: str) -> tuple[float, float, float]:
+        """Median speed-up of ``name`` over ``base`` (``base / name`` per round), with IQR."""
+        return spread([1 / r for r in self.ratios(name, base)])
+
+    def medians(self, *names: str) -> str:
+        """``sdk 1.20 µs, raw 1.10 µs``: the median time of each named candidate."""
+        return ", ".join(f"{name} {fmt_time(self.median(name))}" for name in names)
+
 
 def spread(values: Sequence[float]) -> tuple[float, float, float]:
     """Median, 25th and 75th percentile (the extremes when there are few values)."""
@@ -93,6 +107,70 @@ def fmt_time(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1e3:.2f} ms"
     return f"{seconds:.2f} s"
+
+
+def fmt_counts(values: Sequence[int]) -> str:
+    """The distinct values, sorted: ``1, 2``."""
+    return ", ".join(str(v) for v in sorted(set(values)))
+
+
+def repeat(op: Callable[..., Awaitable[object]], *args: object) -> Callable[[int], Awaitable[None]]:
+    """A candidate for :func:`compare_async` that awaits ``op(*args)`` ``n`` times."""
+
+    async def run(n: int) -> None:
+        for _ in range(n):
+            await op(*args)
+
+    async def run_bare(n: int) -> None:
+        for _ in range(n):
+            await op()
+
+    # ``op(*args)`` with no args costs ~15 ns more than ``op()``: on a ~400 ns hot path
+    # that would be the loop's cost, not the candidate's.
+    return run if args else run_bare
+
+
+async def timed(op: Callable[[], Awaitable[object]]) -> float:
+    """The wall time of one ``await op()``."""
+    start = time.perf_counter()
+    await op()
+    return time.perf_counter() - start
+
+
+async def storm(
+    n: int, call: Callable[[], Awaitable[object]], release: Callable[[], None]
+) -> float:
+    """Park ``n`` callers on a gate, ``release()`` (e.g. the token enters the refresh
+    window), open the gate; the wall time until every caller has returned."""
+    gate = anyio.Event()
+
+    async def caller() -> None:
+        await gate.wait()
+        await call()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(caller)
+        await anyio.sleep(0.01)  # every caller is parked on the gate
+        start = time.perf_counter()
+        release()
+        gate.set()
+    return time.perf_counter() - start
+
+
+@attrs.frozen
+class Storms:
+    """What a series of storms measured, one entry per storm.
+
+    Attributes:
+        refreshes: Refresh requests the server saw during the storm.
+        storm: Wall time of the storm.
+        alone: Wall time of one refresh alone, just before the storm.
+    """
+
+    refreshes: list[int] = attrs.Factory(list)
+    storm: list[float] = attrs.Factory(list)
+    alone: list[float] = attrs.Factory(list)
 
 
 def _rounds_order(names: list[str], r: int) -> list[str]:

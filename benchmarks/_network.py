@@ -9,23 +9,27 @@ import inspect
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import anyio
 import anyio.lowlevel
-import attrs
 from aiohttp import web
 
 from benchmarks._harness import (
     Comparison,
     Row,
+    Storms,
     compare_async,
     compare_sync,
+    fmt_counts,
     fmt_ratio,
     fmt_time,
+    repeat,
     spread,
+    storm,
+    timed,
 )
 from benchmarks._pure import floor_header, mac_concurrency_rows, mac_header_rows
 from tokensdk import ManualClock, RefreshPolicy, Session
@@ -148,14 +152,6 @@ async def hot_path_rows(quick: bool) -> list[Row]:
         holder = Holder()
         monotonic = time.monotonic
 
-        async def sdk(n: int) -> None:
-            for _ in range(n):
-                await session.access_token()
-
-        async def authlib(n: int) -> None:
-            for _ in range(n):
-                await client.ensure_active_token(token)
-
         async def floor(n: int) -> None:
             for _ in range(n):
                 holder.token  # noqa: B018
@@ -163,13 +159,17 @@ async def hot_path_rows(quick: bool) -> list[Row]:
 
         try:
             cmp = await compare_async(
-                {"sdk": sdk, "authlib": authlib, "floor": floor},
+                {
+                    "sdk": repeat(session.access_token),
+                    "authlib": repeat(client.ensure_active_token, token),
+                    "floor": floor,
+                },
                 number=5_000 if quick else 50_000,
                 rounds=7 if quick else 25,
             )
         finally:
             await client.aclose()
-    speedup = spread([1 / r for r in cmp.ratios("sdk", "authlib")])
+    speedup = cmp.speedup("sdk", "authlib")
     vs_floor = cmp.ratio("sdk", "floor")
     return [
         Row(
@@ -178,7 +178,7 @@ async def hot_path_rows(quick: bool) -> list[Row]:
             fmt_ratio(speedup),
             ">= 5x",
             speedup[0] >= 5,
-            f"sdk {fmt_time(cmp.median('sdk'))}, authlib {fmt_time(cmp.median('authlib'))}",
+            cmp.medians("sdk", "authlib"),
         ),
         Row(
             "1b",
@@ -186,7 +186,7 @@ async def hot_path_rows(quick: bool) -> list[Row]:
             fmt_ratio(vs_floor),
             "",
             None,
-            f"floor {fmt_time(cmp.median('floor'))}",
+            cmp.medians("floor"),
         ),
     ]
 
@@ -194,56 +194,34 @@ async def hot_path_rows(quick: bool) -> list[Row]:
 # -- 2: the refresh storm ------------------------------------------------------------------
 
 
-async def _callers(session: Session, n: int, before_release: Callable[[], None]) -> float:
-    """Start ``n`` callers parked on a gate, then release them; return the wall time."""
-    gate = anyio.Event()
-
-    async def caller() -> None:
-        await gate.wait()
-        await session.access_token()
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(n):
-            tg.start_soon(caller)
-        await anyio.sleep(0.01)  # every caller is parked on the gate
-        start = time.perf_counter()
-        before_release()
-        gate.set()
-    return time.perf_counter() - start
-
-
 async def storm_rows(quick: bool) -> list[Row]:
     """Row 2: 10,000 callers in the mandatory window cause one refresh."""
     callers, rounds = 10_000, (3 if quick else 11)
     ttl = 300
     clock = ManualClock()
-    alone: list[float] = []
-    storm: list[float] = []
+    sdk = Storms()
     valid: list[float] = []
-    refreshes: list[int] = []
     async with _service(clock=clock, access_ttl=ttl) as svc, Session(svc.url, clock=clock) as s:
         await s.login(USER, PASSWORD)
         for _ in range(rounds):
-            start = time.perf_counter()
-            await s.token_refresh()
-            alone.append(time.perf_counter() - start)
+            sdk.alone.append(await timed(s.token_refresh))
             # The token is fresh now; moving ttl-10 s puts every caller in the window.
             before = svc.stats.refreshes
-            storm.append(await _callers(s, callers, lambda: clock.advance(ttl - 10)))
-            refreshes.append(svc.stats.refreshes - before)
-            valid.append(await _callers(s, callers, lambda: None))
+            sdk.storm.append(await storm(callers, s.access_token, lambda: clock.advance(ttl - 10)))
+            sdk.refreshes.append(svc.stats.refreshes - before)
+            valid.append(await storm(callers, s.access_token, lambda: None))
     authlib = await _authlib_storm(callers, 2 if quick else 5)
-    ratio = spread([a / b for a, b in zip(storm, alone, strict=True)])
+    ratio = spread([a / b for a, b in zip(sdk.storm, sdk.alone, strict=True)])
     # Every caller must be woken twice (off the gate, then off the shared refresh);
     # the same callers woken once with a valid token show what a wake-up costs here.
-    beyond = spread([(a - b) / c for a, b, c in zip(storm, alone, valid, strict=True)])
+    beyond = spread([(a - b) / c for a, b, c in zip(sdk.storm, sdk.alone, valid, strict=True)])
     return [
         Row(
             "2a",
             "Refresh storm: refresh requests for 10,000 concurrent callers",
-            ", ".join(str(r) for r in sorted(set(refreshes))) + f" (over {rounds} storms)",
+            fmt_counts(sdk.refreshes) + f" (over {rounds} storms)",
             "1",
-            set(refreshes) == {1},
+            set(sdk.refreshes) == {1},
             "",
         ),
         Row(
@@ -252,7 +230,8 @@ async def storm_rows(quick: bool) -> list[Row]:
             fmt_ratio(ratio),
             "<= 1.5x",
             ratio[0] <= 1.5,
-            f"storm {fmt_time(spread(storm)[0])}, one refresh {fmt_time(spread(alone)[0])}, "
+            f"storm {fmt_time(spread(sdk.storm)[0])}, "
+            f"one refresh {fmt_time(spread(sdk.alone)[0])}, "
             f"10,000 callers waking with a valid token {fmt_time(spread(valid)[0])}; "
             f"storm = one refresh + {beyond[0]:.2f}x the valid-token run (floor: one refresh"
             " + 2 wake-ups per caller; 10,000 tasks cannot wake in 1.5 refreshes)",
@@ -260,9 +239,9 @@ async def storm_rows(quick: bool) -> list[Row]:
         Row(
             "2c",
             "Refresh storm, same 10,000 callers with Authlib ensure_active_token",
-            f"{', '.join(str(r) for r in sorted(set(authlib.refreshes)))} refresh(es); "
+            f"{fmt_counts(authlib.refreshes)} refresh(es); "
             f"storm {fmt_time(spread(authlib.storm)[0])} "
-            f"({spread(authlib.storm)[0] / spread(storm)[0]:.2f}x the SDK's storm)",
+            f"({spread(authlib.storm)[0] / spread(sdk.storm)[0]:.2f}x the SDK's storm)",
             "",
             None,
             f"Authlib alone: one refresh {fmt_time(spread(authlib.alone)[0])}; "
@@ -272,20 +251,11 @@ async def storm_rows(quick: bool) -> list[Row]:
     ]
 
 
-@attrs.frozen
-class _AuthlibStorm:
-    refreshes: list[int]
-    storm: list[float]
-    alone: list[float]
-
-
-async def _authlib_storm(callers: int, rounds: int) -> _AuthlibStorm:
+async def _authlib_storm(callers: int, rounds: int) -> Storms:
     """Row 2c: the storm with Authlib's client, whose lock serialises every caller."""
     from authlib.integrations.httpx_client import AsyncOAuth2Client
 
-    refreshes: list[int] = []
-    storm: list[float] = []
-    alone: list[float] = []
+    result = Storms()
     async with _app_service() as (base, stats):
         url = base + "/oauth/token"
         async with aiohttp.ClientSession() as http:
@@ -306,31 +276,23 @@ async def _authlib_storm(callers: int, rounds: int) -> _AuthlibStorm:
         }
         try:
             for _ in range(rounds):
-                start = time.perf_counter()
-                await client.refresh_token()
-                alone.append(time.perf_counter() - start)
+                result.alone.append(await timed(client.refresh_token))
                 # Inside Authlib's leeway (60 s): every caller sees a token to refresh.
-                token = dict(client.token)
-                token["expires_at"] = int(time.time()) + 30
-                gate = anyio.Event()
+                stale = dict(client.token)
+                stale["expires_at"] = int(time.time()) + 30
 
-                async def caller() -> None:
-                    await gate.wait()  # noqa: B023 - the gate of this round
-                    await client.ensure_active_token(client.token)
+                def release(stale: dict[str, Any] = stale) -> None:
+                    client.token = stale
 
                 before = stats.refreshes
-                async with anyio.create_task_group() as tg:
-                    for _ in range(callers):
-                        tg.start_soon(caller)
-                    await anyio.sleep(0.01)
-                    start = time.perf_counter()
-                    client.token = token
-                    gate.set()
-                storm.append(time.perf_counter() - start)
-                refreshes.append(stats.refreshes - before)
+                wall = await storm(
+                    callers, lambda: client.ensure_active_token(client.token), release
+                )
+                result.storm.append(wall)
+                result.refreshes.append(stats.refreshes - before)
         finally:
             await client.aclose()
-    return _AuthlibStorm(refreshes, storm, alone)
+    return result
 
 
 # -- 3: the refresh round trip ---------------------------------------------------------------
@@ -347,10 +309,6 @@ async def _round_trip(quick: bool, latency: float) -> Comparison:
         async with http.post(url + "/login", json={"username": USER, "password": PASSWORD}) as r:
             refresh_token = (await r.json())["refreshToken"]
 
-        async def sdk(n: int) -> None:
-            for _ in range(n):
-                await session.token_refresh()
-
         async def raw(n: int) -> None:
             nonlocal refresh_token
             for _ in range(n):
@@ -365,7 +323,9 @@ async def _round_trip(quick: bool, latency: float) -> Comparison:
 
         number = (10 if quick else 20) if not latency else (3 if quick else 10)
         return await compare_async(
-            {"sdk": sdk, "raw": raw}, number=number, rounds=7 if quick else 31
+            {"sdk": repeat(session.token_refresh), "raw": raw},
+            number=number,
+            rounds=7 if quick else 31,
         )
 
 
@@ -382,7 +342,7 @@ async def round_trip_rows(quick: bool) -> list[Row]:
             fmt_ratio(ratio),
             "<= 1.15x",
             ratio[0] <= 1.15,
-            f"sdk {fmt_time(cmp.median('sdk'))}, raw {fmt_time(cmp.median('raw'))}",
+            cmp.medians("sdk", "raw"),
         ),
         Row(
             "3b",
@@ -390,7 +350,7 @@ async def round_trip_rows(quick: bool) -> list[Row]:
             fmt_ratio(lan_ratio),
             "",
             None,
-            f"sdk {fmt_time(lan.median('sdk'))}, raw {fmt_time(lan.median('raw'))}",
+            lan.medians("sdk", "raw"),
         ),
     ]
 
@@ -498,7 +458,7 @@ async def mac_rows(quick: bool) -> list[Row]:
                 fmt_ratio(ratio),
                 "<= 1.3x",
                 ratio[0] <= 1.3,
-                f"sdk {fmt_time(cmp.median('sdk'))}, floor {fmt_time(cmp.median('floor'))}",
+                cmp.medians("sdk", "floor"),
             )
         )
         return rows

@@ -12,17 +12,26 @@ import gc
 import importlib.util
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import aiohttp
-import anyio
 import anyio.to_thread
-import attrs
 
-from benchmarks._harness import Row, compare_async, fmt_ratio, fmt_time, spread
+from benchmarks._harness import (
+    Row,
+    Storms,
+    compare_async,
+    fmt_counts,
+    fmt_ratio,
+    fmt_time,
+    repeat,
+    spread,
+    storm,
+    timed,
+)
 from tokensdk import ManualClock, OAuth2, Session
 
 __all__ = ["oauth_rows"]
@@ -96,94 +105,55 @@ async def _hot_path(quick: bool, provider: Any) -> Row:
     async with _session(provider) as session:
         await session.login(USER, PASSWORD)
         client = await _authlib(provider)
-
-        async def sdk(n: int) -> None:
-            for _ in range(n):
-                await session.access_token()
-
-        async def authlib(n: int) -> None:
-            for _ in range(n):
-                await client.ensure_active_token(client.token)
-
         try:
             cmp = await compare_async(
-                {"sdk": sdk, "authlib": authlib},
+                {
+                    "sdk": repeat(session.access_token),
+                    "authlib": repeat(client.ensure_active_token, client.token),
+                },
                 number=5_000 if quick else 50_000,
                 rounds=7 if quick else 25,
             )
         finally:
             await client.aclose()
-    speedup = spread([1 / r for r in cmp.ratios("sdk", "authlib")])
+    speedup = cmp.speedup("sdk", "authlib")
     return Row(
         "12a",
         "OAuth 2.0 provider, hot path: access_token() speed-up over Authlib ensure_active_token",
         fmt_ratio(speedup),
         ">= 5x",
         speedup[0] >= 5,
-        f"sdk {fmt_time(cmp.median('sdk'))}, authlib {fmt_time(cmp.median('authlib'))}; "
-        "both hold a password-grant token from oidc-provider",
+        f"{cmp.medians('sdk', 'authlib')}; both hold a password-grant token from oidc-provider",
     )
 
 
 # -- 12b: the storm -------------------------------------------------------------------------
 
 
-async def _storm(
-    n: int, call: Callable[[], Awaitable[object]], release: Callable[[], None]
-) -> float:
-    """Park ``n`` callers on a gate, ``release()`` (the token enters the refresh window),
-    open the gate; the wall time until every caller has its token."""
-    gate = anyio.Event()
-
-    async def caller() -> None:
-        await gate.wait()
-        await call()
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(n):
-            tg.start_soon(caller)
-        await anyio.sleep(0.01)  # every caller is parked on the gate
-        start = time.perf_counter()
-        release()
-        gate.set()
-    return time.perf_counter() - start
-
-
-@attrs.frozen
-class _Storms:
-    refreshes: list[int]
-    storm: list[float]
-    alone: list[float]
-
-
-async def _sdk_storms(provider: Any, rounds: int) -> _Storms:
+async def _sdk_storms(provider: Any, rounds: int) -> Storms:
     clock = ManualClock()
-    result = _Storms([], [], [])
+    result = Storms()
     async with _session(provider, clock=clock) as session:
         await session.login(USER, PASSWORD)
         for _ in range(rounds):
             gc.collect()  # the last storm's garbage is not this refresh's cost
-            start = time.perf_counter()
-            await session.token_refresh()
-            result.alone.append(time.perf_counter() - start)
+            result.alone.append(await timed(session.token_refresh))
             # The token is fresh; TTL - 10 s later every caller is in the mandatory window
             # (the session's clock moves; the provider's need not: its token is still valid).
             before = _refreshes(await provider.stats())
-            wall = await _storm(CALLERS, session.access_token, lambda: clock.advance(TTL - 10))
+            wall = await storm(CALLERS, session.access_token, lambda: clock.advance(TTL - 10))
             result.storm.append(wall)
             result.refreshes.append(_refreshes(await provider.stats()) - before)
     return result
 
 
-async def _authlib_storms(provider: Any, rounds: int) -> _Storms:
+async def _authlib_storms(provider: Any, rounds: int) -> Storms:
     client = await _authlib(provider)
-    result = _Storms([], [], [])
+    result = Storms()
     try:
         for _ in range(rounds):
             gc.collect()
-            start = time.perf_counter()
-            await client.refresh_token(provider.token_endpoint)
-            result.alone.append(time.perf_counter() - start)
+            result.alone.append(await timed(lambda: client.refresh_token(provider.token_endpoint)))
             # Inside Authlib's leeway (60 s): every caller sees a token to refresh.
             stale = dict(client.token)
             stale["expires_at"] = int(time.time()) + 30
@@ -192,16 +162,12 @@ async def _authlib_storms(provider: Any, rounds: int) -> _Storms:
                 client.token = stale
 
             before = _refreshes(await provider.stats())
-            wall = await _storm(CALLERS, lambda: client.ensure_active_token(client.token), release)
+            wall = await storm(CALLERS, lambda: client.ensure_active_token(client.token), release)
             result.storm.append(wall)
             result.refreshes.append(_refreshes(await provider.stats()) - before)
     finally:
         await client.aclose()
     return result
-
-
-def _counts(values: list[int]) -> str:
-    return ", ".join(str(v) for v in sorted(set(values)))
 
 
 async def _storm_rows(quick: bool, provider: Any) -> list[Row]:
@@ -213,8 +179,8 @@ async def _storm_rows(quick: bool, provider: Any) -> list[Row]:
         Row(
             "12b",
             f"OAuth 2.0 provider, storm: refresh requests at the provider for {CALLERS:,} callers",
-            f"{_counts(sdk.refreshes)} (over {rounds} storms); "
-            f"Authlib {_counts(authlib.refreshes)}",
+            f"{fmt_counts(sdk.refreshes)} (over {rounds} storms); "
+            f"Authlib {fmt_counts(authlib.refreshes)}",
             "1",
             set(sdk.refreshes) == {1},
             "counted by oidc-provider (refresh_token grants, rotation on)",
@@ -244,10 +210,6 @@ async def _round_trip(quick: bool, provider: Any) -> Row:
             resp.raise_for_status()
             refresh_token = (await resp.json())["refresh_token"]
 
-        async def sdk(n: int) -> None:
-            for _ in range(n):
-                await session.token_refresh()
-
         async def raw(n: int) -> None:
             # The SDK's request: the same form, Basic client authentication, the rotated
             # refresh token kept for the next round.
@@ -258,13 +220,13 @@ async def _round_trip(quick: bool, provider: Any) -> Row:
                     resp.raise_for_status()
                     refresh_token = (await resp.json())["refresh_token"]
 
-        async def authlib(n: int) -> None:
-            for _ in range(n):
-                await client.refresh_token(provider.token_endpoint)
-
         try:
             cmp = await compare_async(
-                {"sdk": sdk, "raw": raw, "authlib": authlib},
+                {
+                    "sdk": repeat(session.token_refresh),
+                    "raw": raw,
+                    "authlib": repeat(client.refresh_token, provider.token_endpoint),
+                },
                 number=5 if quick else 30,
                 rounds=5 if quick else 41,
             )
@@ -277,7 +239,7 @@ async def _round_trip(quick: bool, provider: Any) -> Row:
         fmt_ratio(ratio),
         "<= 1.15x",
         ratio[0] <= 1.15,
-        f"sdk {fmt_time(cmp.median('sdk'))}, raw {fmt_time(cmp.median('raw'))} (the SDK's "
+        f"{cmp.medians('sdk', 'raw')} (the SDK's "
         f"own work: {fmt_time(cmp.median('sdk') - cmp.median('raw'))} per refresh); Authlib "
         f"refresh_token() {fmt_ratio(cmp.ratio('authlib', 'raw'))} the raw POST",
     )
