@@ -7,22 +7,20 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-import anyio
 import attrs
 
 __all__ = [
     "Comparison",
     "Row",
-    "Storms",
+    "at_least",
+    "at_most",
     "compare_async",
+    "compare_hot_path",
     "compare_sync",
-    "fmt_counts",
     "fmt_ratio",
     "fmt_time",
     "render_table",
     "repeat",
-    "storm",
-    "timed",
 ]
 
 
@@ -83,6 +81,20 @@ class Comparison:
         return ", ".join(f"{name} {fmt_time(self.median(name))}" for name in names)
 
 
+def at_most(
+    key: str, name: str, value: tuple[float, float, float], limit: float, note: str = ""
+) -> Row:
+    """A row whose result is a ratio (median and IQR) that must stay at or below ``limit``."""
+    return Row(key, name, fmt_ratio(value), f"<= {limit:g}x", value[0] <= limit, note)
+
+
+def at_least(
+    key: str, name: str, value: tuple[float, float, float], limit: float, note: str = ""
+) -> Row:
+    """A row whose result is a ratio (median and IQR) that must reach at least ``limit``."""
+    return Row(key, name, fmt_ratio(value), f">= {limit:g}x", value[0] >= limit, note)
+
+
 def spread(values: Sequence[float]) -> tuple[float, float, float]:
     """Median, 25th and 75th percentile (the extremes when there are few values)."""
     ordered = sorted(values)
@@ -109,11 +121,6 @@ def fmt_time(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
-def fmt_counts(values: Sequence[int]) -> str:
-    """The distinct values, sorted: ``1, 2``."""
-    return ", ".join(str(v) for v in sorted(set(values)))
-
-
 def repeat(op: Callable[..., Awaitable[object]], *args: object) -> Callable[[int], Awaitable[None]]:
     """A candidate for :func:`compare_async` that awaits ``op(*args)`` ``n`` times."""
 
@@ -128,49 +135,6 @@ def repeat(op: Callable[..., Awaitable[object]], *args: object) -> Callable[[int
     # ``op(*args)`` with no args costs ~15 ns more than ``op()``: on a ~400 ns hot path
     # that would be the loop's cost, not the candidate's.
     return run if args else run_bare
-
-
-async def timed(op: Callable[[], Awaitable[object]]) -> float:
-    """The wall time of one ``await op()``."""
-    start = time.perf_counter()
-    await op()
-    return time.perf_counter() - start
-
-
-async def storm(
-    n: int, call: Callable[[], Awaitable[object]], release: Callable[[], None]
-) -> float:
-    """Park ``n`` callers on a gate, ``release()`` (e.g. the token enters the refresh
-    window), open the gate; the wall time until every caller has returned."""
-    gate = anyio.Event()
-
-    async def caller() -> None:
-        await gate.wait()
-        await call()
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(n):
-            tg.start_soon(caller)
-        await anyio.sleep(0.01)  # every caller is parked on the gate
-        start = time.perf_counter()
-        release()
-        gate.set()
-    return time.perf_counter() - start
-
-
-@attrs.frozen
-class Storms:
-    """What a series of storms measured, one entry per storm.
-
-    Attributes:
-        refreshes: Refresh requests the server saw during the storm.
-        storm: Wall time of the storm.
-        alone: Wall time of one refresh alone, just before the storm.
-    """
-
-    refreshes: list[int] = attrs.Factory(list)
-    storm: list[float] = attrs.Factory(list)
-    alone: list[float] = attrs.Factory(list)
 
 
 def _rounds_order(names: list[str], r: int) -> list[str]:
@@ -238,6 +202,15 @@ async def compare_async(
         if gc_was:
             gc.enable()
     return Comparison(per_op)
+
+
+async def compare_hot_path(
+    candidates: dict[str, Callable[[int], Awaitable[None]]], *, quick: bool
+) -> Comparison:
+    """:func:`compare_async` sized for a sub-microsecond ``access_token()`` (rows 1, 11a, 12a)."""
+    return await compare_async(
+        candidates, number=5_000 if quick else 50_000, rounds=7 if quick else 25
+    )
 
 
 def render_table(rows: Sequence[Row]) -> str:

@@ -22,16 +22,16 @@ import anyio.to_thread
 
 from benchmarks._harness import (
     Row,
-    Storms,
+    at_least,
+    at_most,
     compare_async,
-    fmt_counts,
+    compare_hot_path,
     fmt_ratio,
     fmt_time,
     repeat,
     spread,
-    storm,
-    timed,
 )
+from benchmarks._storm import Storms, fmt_counts, storm, timed
 from tokensdk import ManualClock, OAuth2, Session
 
 __all__ = ["oauth_rows"]
@@ -84,8 +84,9 @@ def _session(provider: Any, **kwargs: Any) -> Session:
     return Session(backend, **kwargs)
 
 
-async def _authlib(provider: Any) -> Any:
-    """An Authlib client holding its own password-grant token from the provider."""
+@contextlib.asynccontextmanager
+async def _authlib(provider: Any) -> AsyncIterator[Any]:
+    """An Authlib client holding its own password-grant token from the provider, closed on exit."""
     from authlib.integrations.httpx_client import AsyncOAuth2Client
 
     client = AsyncOAuth2Client(
@@ -94,35 +95,32 @@ async def _authlib(provider: Any) -> Any:
         scope=SCOPE,
         token_endpoint=provider.token_endpoint,
     )
-    await client.fetch_token(provider.token_endpoint, username=USER, password=PASSWORD)
-    return client
+    try:
+        await client.fetch_token(provider.token_endpoint, username=USER, password=PASSWORD)
+        yield client
+    finally:
+        await client.aclose()
 
 
 # -- 12a: the hot path ----------------------------------------------------------------------
 
 
 async def _hot_path(quick: bool, provider: Any) -> Row:
-    async with _session(provider) as session:
+    async with _session(provider) as session, _authlib(provider) as client:
         await session.login(USER, PASSWORD)
-        client = await _authlib(provider)
-        try:
-            cmp = await compare_async(
-                {
-                    "sdk": repeat(session.access_token),
-                    "authlib": repeat(client.ensure_active_token, client.token),
-                },
-                number=5_000 if quick else 50_000,
-                rounds=7 if quick else 25,
-            )
-        finally:
-            await client.aclose()
+        cmp = await compare_hot_path(
+            {
+                "sdk": repeat(session.access_token),
+                "authlib": repeat(client.ensure_active_token, client.token),
+            },
+            quick=quick,
+        )
     speedup = cmp.speedup("sdk", "authlib")
-    return Row(
+    return at_least(
         "12a",
         "OAuth 2.0 provider, hot path: access_token() speed-up over Authlib ensure_active_token",
-        fmt_ratio(speedup),
-        ">= 5x",
-        speedup[0] >= 5,
+        speedup,
+        5,
         f"{cmp.medians('sdk', 'authlib')}; both hold a password-grant token from oidc-provider",
     )
 
@@ -148,9 +146,8 @@ async def _sdk_storms(provider: Any, rounds: int) -> Storms:
 
 
 async def _authlib_storms(provider: Any, rounds: int) -> Storms:
-    client = await _authlib(provider)
     result = Storms()
-    try:
+    async with _authlib(provider) as client:
         for _ in range(rounds):
             gc.collect()
             result.alone.append(await timed(lambda: client.refresh_token(provider.token_endpoint)))
@@ -165,8 +162,6 @@ async def _authlib_storms(provider: Any, rounds: int) -> Storms:
             wall = await storm(CALLERS, lambda: client.ensure_active_token(client.token), release)
             result.storm.append(wall)
             result.refreshes.append(_refreshes(await provider.stats()) - before)
-    finally:
-        await client.aclose()
     return result
 
 
@@ -202,9 +197,12 @@ async def _storm_rows(quick: bool, provider: Any) -> list[Row]:
 
 async def _round_trip(quick: bool, provider: Any) -> Row:
     basic = aiohttp.BasicAuth(CLIENT_ID, CLIENT_SECRET)
-    async with _session(provider) as session, aiohttp.ClientSession() as http:
+    async with (
+        _session(provider) as session,
+        aiohttp.ClientSession() as http,
+        _authlib(provider) as client,
+    ):
         await session.login(USER, PASSWORD)
-        client = await _authlib(provider)
         form = {"grant_type": "password", "username": USER, "password": PASSWORD, "scope": SCOPE}
         async with http.post(provider.token_endpoint, data=form, auth=basic) as resp:
             resp.raise_for_status()
@@ -220,25 +218,21 @@ async def _round_trip(quick: bool, provider: Any) -> Row:
                     resp.raise_for_status()
                     refresh_token = (await resp.json())["refresh_token"]
 
-        try:
-            cmp = await compare_async(
-                {
-                    "sdk": repeat(session.token_refresh),
-                    "raw": raw,
-                    "authlib": repeat(client.refresh_token, provider.token_endpoint),
-                },
-                number=5 if quick else 30,
-                rounds=5 if quick else 41,
-            )
-        finally:
-            await client.aclose()
+        cmp = await compare_async(
+            {
+                "sdk": repeat(session.token_refresh),
+                "raw": raw,
+                "authlib": repeat(client.refresh_token, provider.token_endpoint),
+            },
+            number=5 if quick else 30,
+            rounds=5 if quick else 41,
+        )
     ratio = cmp.ratio("sdk", "raw")
-    return Row(
+    return at_most(
         "12d",
         "OAuth 2.0 provider, refresh round trip: token_refresh() vs raw aiohttp POST of the grant",
-        fmt_ratio(ratio),
-        "<= 1.15x",
-        ratio[0] <= 1.15,
+        ratio,
+        1.15,
         f"{cmp.medians('sdk', 'raw')} (the SDK's "
         f"own work: {fmt_time(cmp.median('sdk') - cmp.median('raw'))} per refresh); Authlib "
         f"refresh_token() {fmt_ratio(cmp.ratio('authlib', 'raw'))} the raw POST",
