@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import attrs
 
@@ -137,10 +138,24 @@ def repeat(op: Callable[..., Awaitable[object]], *args: object) -> Callable[[int
     return run if args else run_bare
 
 
-def _rounds_order(names: list[str], r: int) -> list[str]:
-    # Rotate who goes first each round, so no candidate always gets a warm cache.
-    k = r % len(names)
-    return names[k:] + names[:k]
+def _interleaved(names: list[str], rounds: int) -> Iterator[str]:
+    """Each candidate once a round, so drift hits all alike."""
+    for r in range(rounds):
+        # Rotate who goes first each round, so no candidate always gets a warm cache.
+        k = r % len(names)
+        yield from names[k:] + names[:k]
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No collection in the middle of a timed loop."""
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if gc_was:
+            gc.enable()
 
 
 def compare_sync(
@@ -162,19 +177,13 @@ def compare_sync(
     for fn in candidates.values():  # warm up
         for _ in range(min(number, 100)):
             fn()
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
-        for r in range(rounds):
-            for name in _rounds_order(names, r):
-                fn = candidates[name]
-                start = time.perf_counter()
-                for _ in loop_range:
-                    fn()
-                per_op[name].append((time.perf_counter() - start) / number)
-    finally:
-        if gc_was:
-            gc.enable()
+    with _gc_paused():
+        for name in _interleaved(names, rounds):
+            fn = candidates[name]
+            start = time.perf_counter()
+            for _ in loop_range:
+                fn()
+            per_op[name].append((time.perf_counter() - start) / number)
     return Comparison(per_op)
 
 
@@ -190,17 +199,11 @@ async def compare_async(
     per_op: dict[str, list[float]] = {n: [] for n in names}
     for run in candidates.values():  # warm up
         await run(min(number, 100))
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
-        for r in range(rounds):
-            for name in _rounds_order(names, r):
-                start = time.perf_counter()
-                await candidates[name](number)
-                per_op[name].append((time.perf_counter() - start) / number)
-    finally:
-        if gc_was:
-            gc.enable()
+    with _gc_paused():
+        for name in _interleaved(names, rounds):
+            start = time.perf_counter()
+            await candidates[name](number)
+            per_op[name].append((time.perf_counter() - start) / number)
     return Comparison(per_op)
 
 
