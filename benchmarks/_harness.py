@@ -112,7 +112,9 @@ def fmt_ratio(value: tuple[float, float, float], unit: str = "x") -> str:
 
 
 def fmt_time(seconds: float) -> str:
-    """A duration with a readable unit."""
+    """A duration with a readable unit (a negative one keeps its sign)."""
+    if seconds < 0:
+        return f"-{fmt_time(-seconds)}"
     if seconds < 1e-6:
         return f"{seconds * 1e9:.0f} ns"
     if seconds < 1e-3:
