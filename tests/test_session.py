@@ -869,3 +869,44 @@ async def test_the_relogin_hook_runs_in_the_sessions_task_not_the_callers(
         assert s.status is SessionStatus.ACTIVE
         assert new == s.credentials
         assert svc.stats.logins == 2
+
+
+async def test_closing_the_session_wakes_the_caller_whose_task_flies_the_refresh(
+    clock: ManualClock,
+) -> None:
+    """Closing ends a refresh flown in a caller's task there, as it does in the session's.
+
+    The refresher task is cancelled at close; the caller flying a refresh in its own
+    task must not wait for its request (or its retries, up to the token's lifetime)
+    to end: it gets SessionClosed at once, like the callers waiting with it.
+    """
+    held = anyio.Event()
+    release = anyio.Event()
+
+    @asynccontextmanager
+    async def hook(method: str, path: str) -> AsyncIterator[None]:
+        yield
+        if path == "/refresh":  # the answer is read, then held
+            held.set()
+            await release.wait()
+
+    outcomes: list[BaseException] = []
+
+    async def caller(s: Session) -> None:
+        try:
+            await s.token_refresh()
+        except SessionClosed as exc:
+            outcomes.append(exc)
+
+    async with service(clock) as svc, anyio.create_task_group() as tg:
+        s = Session(svc.url, clock=clock, rng=random.Random(1), attempt_hook=hook)
+        await s.__aenter__()
+        await s.login("alice", PASSWORDS["alice"])
+        tg.start_soon(caller, s)
+        await held.wait()
+        await s.__aexit__(None, None, None)
+        for _ in range(3):
+            await anyio.lowlevel.checkpoint()
+        woken = len(outcomes)
+        release.set()
+    assert woken == 1
