@@ -7,6 +7,7 @@ import logging
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -36,6 +37,7 @@ from tokensdk import (
     one_time_key_answer,
 )
 from tokensdk.server import RunningService
+from tokensdk.stores import read_state_file
 
 pytestmark = pytest.mark.anyio
 
@@ -910,3 +912,35 @@ async def test_closing_the_session_wakes_the_caller_whose_task_flies_the_refresh
         woken = len(outcomes)
         release.set()
     assert woken == 1
+
+
+class VolatileFileStore(tokensdk.FileStore):
+    """A shared store (the fleet primitives) that says it cannot outlive the process."""
+
+    durable = False
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.written = anyio.Event()
+
+    async def save_if(self, *args: Any, **kwargs: Any) -> Any:
+        result = await super().save_if(*args, **kwargs)
+        self.written.set()
+        return result
+
+
+async def test_a_shared_store_is_written_without_a_flush_whatever_its_durability(
+    clock: ManualClock, tmp_path: Path
+) -> None:
+    """Writes are deferred to a flush only for a store nobody else reads meanwhile.
+
+    The members sharing a store read it at any time: a login must reach it without
+    waiting for this member's flush or close, even if the store says it is volatile.
+    """
+    store = VolatileFileStore(tmp_path / "state.json")
+    async with service(clock) as svc, session_for(svc, clock, store=store) as s:
+        await s.login("alice", PASSWORDS["alice"])
+        with anyio.move_on_after(5):  # a hang guard only: deferred, it never comes
+            await store.written.wait()
+        assert store.written.is_set()
+        assert read_state_file(store.path) is not None
