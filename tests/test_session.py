@@ -944,3 +944,53 @@ async def test_a_shared_store_is_written_without_a_flush_whatever_its_durability
             await store.written.wait()
         assert store.written.is_set()
         assert read_state_file(store.path) is not None
+
+
+async def test_a_refresh_handed_to_the_session_after_a_logout_never_calls_relogin(
+    clock: ManualClock,
+) -> None:
+    """A logout wins over a refresh under way, also one a cancelled caller handed off.
+
+    The caller flying the refresh is cancelled after a logout completed: the session
+    flies that refresh again in its own task, finds nobody logged in, and must end it
+    (SessionLost "logged_out", as a refresh the logout overtook) instead of asking the
+    relogin hook to log the user back in.
+    """
+    answered = anyio.Event()
+    release = anyio.Event()
+    relogins: list[Session] = []
+
+    @asynccontextmanager
+    async def hook(method: str, path: str) -> AsyncIterator[None]:
+        yield
+        if path == "/refresh" and not release.is_set():
+            answered.set()
+            await release.wait()
+
+    async def relogin(session: Session) -> tuple[str, str]:
+        relogins.append(session)
+        return "alice", PASSWORDS["alice"]
+
+    async with (
+        service(clock) as svc,
+        session_for(svc, clock, attempt_hook=hook, relogin=relogin) as s,
+    ):
+        await s.login("alice", PASSWORDS["alice"])
+        async with anyio.create_task_group() as tg:
+            first = anyio.CancelScope()
+
+            async def flier() -> None:
+                with first:
+                    await s.token_refresh()
+
+            tg.start_soon(flier)
+            await answered.wait()
+            assert await s.logout() is True
+            first.cancel()
+            release.set()
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        await s.changes_delivered()
+        assert relogins == []
+        assert s.status is SessionStatus.LOGGED_OUT
+        assert svc.stats.logins == 1
