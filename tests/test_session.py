@@ -7,6 +7,7 @@ import logging
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -36,6 +37,7 @@ from tokensdk import (
     one_time_key_answer,
 )
 from tokensdk.server import RunningService
+from tokensdk.stores import read_state_file
 
 pytestmark = pytest.mark.anyio
 
@@ -869,3 +871,126 @@ async def test_the_relogin_hook_runs_in_the_sessions_task_not_the_callers(
         assert s.status is SessionStatus.ACTIVE
         assert new == s.credentials
         assert svc.stats.logins == 2
+
+
+async def test_closing_the_session_wakes_the_caller_whose_task_flies_the_refresh(
+    clock: ManualClock,
+) -> None:
+    """Closing ends a refresh flown in a caller's task there, as it does in the session's.
+
+    The refresher task is cancelled at close; the caller flying a refresh in its own
+    task must not wait for its request (or its retries, up to the token's lifetime)
+    to end: it gets SessionClosed at once, like the callers waiting with it.
+    """
+    held = anyio.Event()
+    release = anyio.Event()
+
+    @asynccontextmanager
+    async def hook(method: str, path: str) -> AsyncIterator[None]:
+        yield
+        if path == "/refresh":  # the answer is read, then held
+            held.set()
+            await release.wait()
+
+    outcomes: list[BaseException] = []
+
+    async def caller(s: Session) -> None:
+        try:
+            await s.token_refresh()
+        except SessionClosed as exc:
+            outcomes.append(exc)
+
+    async with service(clock) as svc, anyio.create_task_group() as tg:
+        s = Session(svc.url, clock=clock, rng=random.Random(1), attempt_hook=hook)
+        await s.__aenter__()
+        await s.login("alice", PASSWORDS["alice"])
+        tg.start_soon(caller, s)
+        await held.wait()
+        await s.__aexit__(None, None, None)
+        for _ in range(3):
+            await anyio.lowlevel.checkpoint()
+        woken = len(outcomes)
+        release.set()
+    assert woken == 1
+
+
+class VolatileFileStore(tokensdk.FileStore):
+    """A shared store (the fleet primitives) that says it cannot outlive the process."""
+
+    durable = False
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.written = anyio.Event()
+
+    async def save_if(self, *args: Any, **kwargs: Any) -> Any:
+        result = await super().save_if(*args, **kwargs)
+        self.written.set()
+        return result
+
+
+async def test_a_shared_store_is_written_without_a_flush_whatever_its_durability(
+    clock: ManualClock, tmp_path: Path
+) -> None:
+    """Writes are deferred to a flush only for a store nobody else reads meanwhile.
+
+    The members sharing a store read it at any time: a login must reach it without
+    waiting for this member's flush or close, even if the store says it is volatile.
+    """
+    store = VolatileFileStore(tmp_path / "state.json")
+    async with service(clock) as svc, session_for(svc, clock, store=store) as s:
+        await s.login("alice", PASSWORDS["alice"])
+        with anyio.move_on_after(5):  # a hang guard only: deferred, it never comes
+            await store.written.wait()
+        assert store.written.is_set()
+        assert read_state_file(store.path) is not None
+
+
+async def test_a_refresh_handed_to_the_session_after_a_logout_never_calls_relogin(
+    clock: ManualClock,
+) -> None:
+    """A logout wins over a refresh under way, also one a cancelled caller handed off.
+
+    The caller flying the refresh is cancelled after a logout completed: the session
+    flies that refresh again in its own task, finds nobody logged in, and must end it
+    (SessionLost "logged_out", as a refresh the logout overtook) instead of asking the
+    relogin hook to log the user back in.
+    """
+    answered = anyio.Event()
+    release = anyio.Event()
+    relogins: list[Session] = []
+
+    @asynccontextmanager
+    async def hook(method: str, path: str) -> AsyncIterator[None]:
+        yield
+        if path == "/refresh" and not release.is_set():
+            answered.set()
+            await release.wait()
+
+    async def relogin(session: Session) -> tuple[str, str]:
+        relogins.append(session)
+        return "alice", PASSWORDS["alice"]
+
+    async with (
+        service(clock) as svc,
+        session_for(svc, clock, attempt_hook=hook, relogin=relogin) as s,
+    ):
+        await s.login("alice", PASSWORDS["alice"])
+        async with anyio.create_task_group() as tg:
+            first = anyio.CancelScope()
+
+            async def flier() -> None:
+                with first:
+                    await s.token_refresh()
+
+            tg.start_soon(flier)
+            await answered.wait()
+            assert await s.logout() is True
+            first.cancel()
+            release.set()
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        await s.changes_delivered()
+        assert relogins == []
+        assert s.status is SessionStatus.LOGGED_OUT
+        assert svc.stats.logins == 1

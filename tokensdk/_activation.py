@@ -115,6 +115,11 @@ class Activation:
         snapshot = self._hub.snapshot
         creds = snapshot.credentials
         generation = self._life.generation
+        if snapshot.status is SessionStatus.LOGGED_OUT:
+            # A logout overtook this refresh (one a cancelled caller handed to the
+            # refresher task, flown again after the logout): it ends as a refresh the
+            # logout overtook, never by asking the relogin hook to undo the logout.
+            return self._stale_refresh()
         if snapshot.status is SessionStatus.NEEDS_LOGIN or creds is None:
             return await self.try_relogin(self._life.lost_reason)
         await self._calls.discover()

@@ -17,8 +17,10 @@ _T = TypeVar("_T")
 class Flight(Generic[_T]):
     """The outcome of one operation, shared by every caller that joined it.
 
-    The operation runs in the owner's task group, so a waiter's cancellation only
-    stops that waiter; :meth:`finish` sets the outcome once.
+    The operation runs in the owner's task group (or, for a refresh that may be
+    sent again, in the first caller's task until that caller is cancelled: see
+    ``RefreshEngine``), so a waiter's cancellation only stops that waiter;
+    :meth:`finish` sets the outcome once.
 
     ``done`` is a plain asyncio event: a flight is made per refresh, and asyncio's
     event costs a sixth of anyio's to create (aiohttp ties tokensdk to asyncio, and

@@ -97,6 +97,10 @@ class RefreshEngine:
         self._wake: asyncio.Future[None] | None = None
         self._inline = inline and not shared
         self._here: Flight[Credentials] | None = None  # the flight a caller's task flies
+        # Its cancel scope: closing the session cancels the refresh flown in a caller's
+        # task, as it cancels the refresher task, so that caller gets SessionClosed at
+        # once instead of after its request (or its retries) ran out.
+        self._here_scope: anyio.CancelScope | None = None
         self._timer: Timer | None = None
 
     # -- single flight ---------------------------------------------------------------
@@ -139,23 +143,30 @@ class RefreshEngine:
         # runs it again: the pending refresh keeps its idempotency key, so the
         # service answers a request it already served as a retry (same pair).
         self._here = flight
+        scope = self._here_scope = anyio.CancelScope()
         try:
-            value = await self._do_refresh()
+            with scope:
+                value = await self._do_refresh()
+            if scope.cancelled_caught:
+                # The session closed (see abandon), which finished the flight: its
+                # SessionClosed is raised below, as after a hand-off.
+                raise HandOff
         except HandOff:
-            self._here = None
-            self._post()
+            self._here = self._here_scope = None
+            if not flight.done.is_set():
+                self._post()
         except Exception as exc:
-            self._here = None
+            self._here = self._here_scope = None
             self._finish(flight, error=exc)
             if flight.error is exc:
                 raise
         except BaseException:
-            self._here = None
+            self._here = self._here_scope = None
             if not flight.done.is_set():
                 self._post()  # cancelled: the others still wait for this refresh
             raise
         else:
-            self._here = None
+            self._here = self._here_scope = None
             self._finish(flight, value=value)
             return flight.result()
         # Handed to the refresher task, or ended otherwise (the session closed): the
@@ -183,9 +194,15 @@ class RefreshEngine:
                 await self._fly(flight)
 
     def abandon(self, error: BaseException) -> None:
-        """End the refresh under way, if any, with ``error`` (the session closes)."""
+        """End the refresh under way, if any, with ``error`` (the session closes).
+
+        A refresh flown in a caller's task is cancelled there: that caller gets
+        ``error`` now, like the callers waiting with it.
+        """
         if self._flight is not None:
             self._finish(self._flight, error=error)
+        if self._here_scope is not None:
+            self._here_scope.cancel()
 
     def _finish(
         self,

@@ -192,8 +192,9 @@ class Session:
             encode=None if self._shared else snapshot_to_document,
             # A store that cannot outlive the process is read by nobody before a
             # flush (or the close, which flushes): writing it after every change
-            # cost an encoding per refresh (benchmark row 3).
-            deferred=getattr(store, "durable", True) is False,
+            # cost an encoding per refresh (benchmark row 3). A shared store is read
+            # by the other members at any time, whatever it says of its durability.
+            deferred=not self._shared and getattr(store, "durable", True) is False,
         )
         self._hub.add_listener(self._persist)
         self._tasks = SessionTasks()

@@ -24,7 +24,9 @@ class StateStore(Protocol):
 
     A store whose content cannot outlive the process (one in memory) says so with a
     class attribute ``durable = False``; the session then keeps a refresh's
-    idempotency key in memory rather than writing it before every refresh (a store
+    idempotency key in memory rather than writing it before every refresh, and
+    writes the store only when flushed (``session.flush()``) and at close, not
+    after every change, unless the store is shared by several members (a store
     without the attribute counts as durable).
     """
 

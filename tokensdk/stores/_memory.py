@@ -36,7 +36,11 @@ class MemoryStore:
 
     @property
     def document(self) -> dict[str, Any] | None:
-        """A copy of the stored document, or None when nothing is stored."""
+        """A copy of the stored document, or None when nothing is stored.
+
+        A session writes it when flushed and at close only (``durable = False``):
+        call ``await session.flush()`` first to read the session's current state.
+        """
         return None if self._data is None else decode_state(self._data)
 
     async def load(self) -> dict[str, Any] | None:
