@@ -177,3 +177,26 @@ def test_native_error_details_read_the_contract_error_body() -> None:
     assert BACKEND.error_details(400, hostile) == ErrorDetails()
     assert BACKEND.error_details(502, None) == ErrorDetails()
     assert BACKEND.error_details(400, ["error"]) == ErrorDetails()
+
+
+@pytest.mark.parametrize(
+    ("member", "window"),
+    [
+        (30, 30.0),
+        (12.5, 12.5),
+        (True, None),
+        (0, None),
+        (-1, None),
+        (float("nan"), None),
+        (float("inf"), None),
+        (10**9, None),
+        ("30", None),
+        (None, None),
+    ],
+)
+def test_the_retry_window_is_read_strictly_from_a_refresh_answer(
+    member: object, window: float | None
+) -> None:
+    """Only a sane number means the service answers a re-sent refresh as a retry."""
+    body = {} if member is None else {"idempotencyWindow": member}
+    assert NativeBackend("http://127.0.0.1:1").retry_window(body) == window

@@ -116,6 +116,10 @@ def test_all_options(tmp_path: Path) -> None:
     assert "se:cret" not in repr(config)
 
 
+def test_idempotency_window_zero_turns_the_extension_off() -> None:
+    assert config_from_args(_parse("--idempotency-window", "0")).idempotency_window == 0.0
+
+
 def test_every_config_field_has_an_option() -> None:
     # A field added to ServiceConfig must not be forgotten here again.
     options = {action.dest for action in _parser()._actions}  # argparse lists no other way
@@ -146,7 +150,7 @@ def test_every_config_field_has_an_option() -> None:
         ("--max-body", "0"),
         ("--mac-window-past", "-1"),
         ("--mac-window-future", "inf"),
-        ("--idempotency-window", "0"),
+        ("--idempotency-window", "-1"),
         ("--idempotency-window", "30.5"),
         ("--idempotency-window", "nan"),
         ("--user-rate-limit", "0"),

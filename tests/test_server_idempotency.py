@@ -176,7 +176,40 @@ async def test_window_is_configurable(http: aiohttp.ClientSession, clock: Manual
         assert (status, error["error"]) == (401, "refresh_token_reused")
 
 
-@pytest.mark.parametrize("window", [0.0, -1.0, 30.5, float("nan")])
+async def test_an_answer_to_a_keyed_refresh_names_the_window(
+    http: aiohttp.ClientSession, clock: ManualClock
+) -> None:
+    """The client learns that a retry with its key is answered, and for how long."""
+    async with service(clock, idempotency_window=12.0) as svc:
+        first = await login(http, svc)
+        assert "idempotencyWindow" not in first  # a login has no key
+        status, answer = await refresh(http, svc, first["refreshToken"])
+        assert (status, answer["idempotencyWindow"]) == (200, 12.0)
+        status, again = await refresh(http, svc, first["refreshToken"])  # a retry
+        assert (status, again["idempotencyWindow"]) == (200, 12.0)
+        async with http.post(
+            svc.url + "/v1/refresh",
+            json={"username": "alice", "refreshToken": answer["refreshToken"]},
+        ) as response:
+            assert response.status == 200
+            assert "idempotencyWindow" not in await response.json()  # no key, no window
+
+
+async def test_window_zero_turns_the_extension_off(
+    http: aiohttp.ClientSession, clock: ManualClock
+) -> None:
+    """Window 0: the service of contract v1 alone; a key is ignored, a resend is reuse."""
+    async with service(clock, idempotency_window=0) as svc:
+        first = await login(http, svc)
+        status, answer = await refresh(http, svc, first["refreshToken"])
+        assert status == 200
+        assert "idempotencyWindow" not in answer
+        status, error = await refresh(http, svc, first["refreshToken"])
+        assert (status, error["error"]) == (401, "refresh_token_reused")
+        await assert_revoked(http, svc, answer)
+
+
+@pytest.mark.parametrize("window", [-1.0, 30.5, float("nan"), float("inf")])
 def test_window_out_of_range_is_refused(window: float) -> None:
     from tokensdk.server._state import ServiceState
 

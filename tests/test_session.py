@@ -803,12 +803,16 @@ async def test_a_refresh_whose_caller_is_cancelled_mid_request_is_finished_by_th
         yield
         if path == "/refresh":
             attempts += 1
-            if attempts == 1:  # the first answer is read, then held until cancelled
+            if attempts == 1 and warm:  # the first answer is read, then held until cancelled
                 answered.set()
                 await release.wait()
 
+    warm = False
     async with service(clock) as svc, session_for(svc, clock, attempt_hook=hook) as s:
         await s.login("alice", PASSWORDS["alice"])
+        # The first refresh tells the session the service honours the key.
+        await s.token_refresh()
+        attempts, warm = 0, True
         old = s.credentials
         assert old is not None
         before = (svc.stats.refreshes, len(svc.state.refresh_tokens))
@@ -846,6 +850,61 @@ async def test_a_refresh_whose_caller_is_cancelled_mid_request_is_finished_by_th
         assert await me(svc, new.access_token) == 200
 
 
+async def test_against_a_service_without_retries_a_cancelled_caller_never_resends(
+    clock: ManualClock,
+) -> None:
+    """A service of contract v1 alone (no idempotency window named): no re-send.
+
+    There a refresh sent again after the service rotated is reuse and revokes the
+    family, so a refresh always runs in the session's task: a caller cancelled
+    mid-request stops waiting, the one request goes on, its answer is installed.
+    """
+    answered = anyio.Event()
+    release = anyio.Event()
+    attempts = 0
+    warm = False
+
+    @asynccontextmanager
+    async def hook(method: str, path: str) -> AsyncIterator[None]:
+        nonlocal attempts
+        yield
+        if path == "/refresh":
+            attempts += 1
+            if attempts == 1 and warm:
+                answered.set()
+                await release.wait()
+
+    async with (
+        service(clock, idempotency_window=0) as svc,
+        session_for(svc, clock, attempt_hook=hook) as s,
+    ):
+        await s.login("alice", PASSWORDS["alice"])
+        await s.token_refresh()  # as in the test above: nothing learnt from it here
+        attempts, warm = 0, True
+        old = s.credentials
+        assert old is not None
+        async with anyio.create_task_group() as tg:
+            first = anyio.CancelScope()
+
+            async def flier() -> None:
+                with first:
+                    await s.token_refresh()
+
+            tg.start_soon(flier)
+            await answered.wait()
+            first.cancel()
+            await anyio.lowlevel.checkpoint()
+            release.set()
+        assert first.cancelled_caught
+        await s.flush()
+        joined = await s.token_refresh()  # the refresh went on; this is one more
+        assert svc.stats.refresh_reuses == 0
+        assert attempts == 2
+        assert s.status is SessionStatus.ACTIVE
+        assert joined.refresh_token != old.refresh_token
+        assert await me(svc, joined.access_token) == 200
+
+
 async def test_the_relogin_hook_runs_in_the_sessions_task_not_the_callers(
     clock: ManualClock,
 ) -> None:
@@ -862,6 +921,7 @@ async def test_the_relogin_hook_runs_in_the_sessions_task_not_the_callers(
 
     async with service(clock) as svc, session_for(svc, clock, relogin=relogin) as s:
         await s.login("alice", PASSWORDS["alice"])
+        await s.token_refresh()  # the answer names a retry window: inline from here on
         token = await s.access_token()
         async with aiohttp.ClientSession() as http:
             await http.post(svc.url + "/v1/logout", headers={"Authorization": f"Bearer {token}"})
@@ -884,11 +944,12 @@ async def test_closing_the_session_wakes_the_caller_whose_task_flies_the_refresh
     """
     held = anyio.Event()
     release = anyio.Event()
+    warm = False
 
     @asynccontextmanager
     async def hook(method: str, path: str) -> AsyncIterator[None]:
         yield
-        if path == "/refresh":  # the answer is read, then held
+        if path == "/refresh" and warm:  # the answer is read, then held
             held.set()
             await release.wait()
 
@@ -904,6 +965,8 @@ async def test_closing_the_session_wakes_the_caller_whose_task_flies_the_refresh
         s = Session(svc.url, clock=clock, rng=random.Random(1), attempt_hook=hook)
         await s.__aenter__()
         await s.login("alice", PASSWORDS["alice"])
+        await s.token_refresh()  # the answer names a retry window: inline from here on
+        warm = True
         tg.start_soon(caller, s)
         await held.wait()
         await s.__aexit__(None, None, None)
@@ -959,11 +1022,12 @@ async def test_a_refresh_handed_to_the_session_after_a_logout_never_calls_relogi
     answered = anyio.Event()
     release = anyio.Event()
     relogins: list[Session] = []
+    warm = False
 
     @asynccontextmanager
     async def hook(method: str, path: str) -> AsyncIterator[None]:
         yield
-        if path == "/refresh" and not release.is_set():
+        if path == "/refresh" and warm and not release.is_set():
             answered.set()
             await release.wait()
 
@@ -976,6 +1040,8 @@ async def test_a_refresh_handed_to_the_session_after_a_logout_never_calls_relogi
         session_for(svc, clock, attempt_hook=hook, relogin=relogin) as s,
     ):
         await s.login("alice", PASSWORDS["alice"])
+        await s.token_refresh()  # the answer names a retry window: inline from here on
+        warm = True
         async with anyio.create_task_group() as tg:
             first = anyio.CancelScope()
 
@@ -994,3 +1060,4 @@ async def test_a_refresh_handed_to_the_session_after_a_logout_never_calls_relogi
         assert relogins == []
         assert s.status is SessionStatus.LOGGED_OUT
         assert svc.stats.logins == 1
+        assert svc.stats.refreshes >= 2  # the warm-up, and the held one at least

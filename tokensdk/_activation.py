@@ -51,6 +51,8 @@ class Activation:
         relogin: The application's relogin hook, bound to the session; or None.
         hand_off: Called before the relogin hook runs: moves a refresh flown in a
             caller's task to the session's (see :meth:`RefreshEngine.hand_off`).
+        fly_inline: Told after each refresh whether the service honours the
+            idempotency key (see :meth:`RefreshEngine.fly_inline`).
         login: Logs in with a username and password (for the hook's answer).
     """
 
@@ -70,6 +72,7 @@ class Activation:
         relogin: Callable[[], Awaitable[tuple[str, str] | None]] | None,
         login: Callable[[str, str], Awaitable[None]],
         hand_off: Callable[[], None],
+        fly_inline: Callable[[bool], None],
     ) -> None:
         self._hub = context.hub
         self._clock = context.clock
@@ -87,6 +90,7 @@ class Activation:
         self._relogin = relogin
         self._login = login
         self._hand_off = hand_off
+        self._fly_inline = fly_inline
         # A store that cannot outlive the process gets the pending refresh only at
         # close (see refresh_once); until then it is kept here.
         self._unsaved_pending: PendingRefresh | None = None
@@ -189,10 +193,15 @@ class Activation:
                 raise
             await self.lose(gone.reason, generation)
             return await self.try_relogin(gone.reason)
-        new = self._calls.backend.grant(
-            reply.body, wall=reply.sent_wall, monotonic=reply.sent_monotonic
-        )
+        backend = self._calls.backend
+        new = backend.grant(reply.body, wall=reply.sent_wall, monotonic=reply.sent_monotonic)
         new = new.renewed_from(creds)
+        # The next refresh may fly in its caller's task only if this service said a
+        # retry with the key is answered as one (a contract-v1 service would take the
+        # re-send of a cancelled caller's refresh for reuse). Asked on every answer:
+        # a service restarted without the extension is followed at once.
+        retry_window = getattr(backend, "retry_window", None)
+        self._fly_inline(retry_window is not None and retry_window(reply.body) is not None)
         if generation != self._life.generation:
             return self._stale_refresh()
         # Installing the pair and forgetting the pending refresh are one commit, so

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 from yarl import URL
@@ -60,6 +60,8 @@ __all__ = [
 
 #: Where the native contract's endpoints live below the service root.
 NATIVE_API_PATH = "/v1"
+# The longest refresh retry window taken from a service (its documented maximum is 30 s).
+_MAX_RETRY_WINDOW = 3600.0
 
 
 @attrs.frozen
@@ -389,12 +391,24 @@ class NativeBackend:
         """``accessExpire``, checked as in login answers."""
         return lifespan_field(body, "accessExpire")
 
-    #: A refresh sent again with the same idempotency key (within the service's
-    #: retry window) is answered as a retry, never taken for reuse: the session may
-    #: send a refresh from the caller's task and, should that caller be cancelled
-    #: mid-request, send it again from its own. False for a service without the
-    #: extension (contract v1 alone): every refresh then runs in the session's task.
-    idempotent_refresh: ClassVar[bool] = True
+    def retry_window(self, body: Mapping[str, Any]) -> float | None:
+        """Seconds the service answers a retry of this refresh, from a refresh answer.
+
+        The ``idempotencyWindow`` extension member: a service that names it honours
+        the idempotency key, so a refresh sent again with the same key is answered as
+        a retry, never taken for reuse. The session then sends refreshes from the
+        caller's task, sending one again from its own if that caller is cancelled;
+        without it (contract v1 alone) every refresh runs in the session's task and
+        is never sent twice because of a cancellation.
+
+        Returns:
+            The window, or None when the answer does not name a usable one.
+        """
+        window = body.get("idempotencyWindow")
+        # Exact types: a JSON true is no window; NaN and infinities fail the range.
+        if (type(window) is int or type(window) is float) and 0 < window <= _MAX_RETRY_WINDOW:
+            return float(window)
+        return None
 
     def refresh(self, credentials: Credentials, idempotency_key: str) -> Call:
         """``POST /v1/refresh`` with the ``idempotencyKey`` extension."""

@@ -6,9 +6,9 @@
 - **single flight**: callers that need a refresh while one is under way join it;
 - **the refresher task**: one long-lived task in the session's task group flies
   every posted refresh, so a caller's cancellation only stops that caller's wait;
-  where a refresh may be sent twice (an idempotency key: ``inline``), the first
-  caller flies it in its own task instead and posts it only if it is cancelled
-  (two task switches less per refresh);
+  once the service said a refresh may be sent twice (it honours the idempotency
+  key: :meth:`RefreshEngine.fly_inline`), the first caller flies it in its own task
+  instead and posts it only if it is cancelled (two task switches less per refresh);
 - **the refresh timer**: the background refresh scheduled before the token expires;
 - **background retries**: a failed background refresh is tried again after the
   same backoff as a call's retries, while the session is active.
@@ -53,10 +53,8 @@ class RefreshEngine:
         scheduler: The session's timer heap.
         backoff: The backoff between background retries.
         shared: The session is a fleet member (a flight remembers the pair it replaces).
-        inline: A refresh may run in the task of the caller that starts it: the
-            backend's refresh can be sent again safely (an idempotency key), so a
-            caller cancelled mid-request hands the flight to the refresher task,
-            which sends it again. Saves two task switches per refresh.
+        inline: A refresh may run in the task of the caller that starts it (see
+            :meth:`fly_inline`).
         require_open: Raises SessionClosed unless the session is open.
         start_soon: Starts a background task if the session is open (else nothing).
 
@@ -121,6 +119,16 @@ class RefreshEngine:
                 return await self._fly_here(flight)
             self._post()
         return await flight.wait()
+
+    def fly_inline(self, allowed: bool) -> None:
+        """Whether a refresh may run in the task of the caller that starts it.
+
+        Only where sending a refresh again is safe: the service said it answers a
+        retry with the same idempotency key as a retry. A caller cancelled
+        mid-request then hands the flight to the refresher task, which sends it
+        again. Saves two task switches per refresh. Never in fleet mode.
+        """
+        self._inline = allowed and not self._shared
 
     def hand_off(self) -> None:
         """Raise :class:`HandOff` if the refresh runs in a caller's task.

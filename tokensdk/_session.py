@@ -208,9 +208,6 @@ class Session:
             shared=self._shared,
             require_open=self._tasks.require_open,
             start_soon=self._tasks.soon,
-            # The native contract's idempotency key makes a re-send safe: a refresh
-            # runs in its caller's task (see RefreshEngine); OAuth 2.0 has no such key.
-            inline=getattr(auth, "idempotent_refresh", False) is True,
         )
         # The hot path reads these three attributes and the two clocks, nothing else.
         self._token: str | None = None
@@ -251,6 +248,7 @@ class Session:
             relogin=None if relogin is None else partial(relogin, self),
             login=self.login,
             hand_off=self._engine.hand_off,
+            fly_inline=self._engine.fly_inline,
         )
         self._logins = Logins(
             self._context,

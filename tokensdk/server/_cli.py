@@ -9,6 +9,7 @@ service cannot start.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -67,6 +68,9 @@ def _client(text: str) -> tuple[str, str | None]:
 
 
 def _retry_window(text: str) -> float:
+    with contextlib.suppress(ValueError):
+        if float(text) == 0:
+            return 0.0  # the extension off
     value = positive_float(text)
     if value > ServiceState.MAX_IDEMPOTENCY_WINDOW:
         raise argparse.ArgumentTypeError(
@@ -171,7 +175,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.idempotency_window,
         metavar="SECONDS",
         help="how long after its first success a refresh may be retried with the same"
-        " idempotencyKey and get the same answer; at most 30 (%(default)s)",
+        " idempotencyKey and get the same answer; at most 30, 0 for none: keys are"
+        " ignored, as by a service of contract v1 alone (%(default)s)",
     )
 
     limits = parser.add_argument_group("limits")

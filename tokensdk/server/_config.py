@@ -50,8 +50,9 @@ class ServiceConfig:
             ``None``: ``<db>.key``, created on first start (memory mode: a random
             key in memory).
         idempotency_window: How long a refresh may be retried with the same
-            ``idempotencyKey`` after its first success, in seconds (more than 0, at
-            most 30, the default).
+            ``idempotencyKey`` after its first success, in seconds (at most 30, the
+            default). 0 turns the extension off: keys are ignored and answers do
+            not name a window, as from a service of contract v1 alone.
         clock: Where every time read in the service comes from.
         scrypt_n: The scrypt cost parameter for new password hashes (r=8, p=1);
             2**17 as OWASP recommends. Lower it for tests and benchmarks only.

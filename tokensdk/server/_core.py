@@ -73,9 +73,9 @@ class StateCore:
         idempotency_window: float = MAX_IDEMPOTENCY_WINDOW,
         vault: Vault | None = None,
     ) -> None:
-        if not 0 < idempotency_window <= self.MAX_IDEMPOTENCY_WINDOW:
+        if not 0 <= idempotency_window <= self.MAX_IDEMPOTENCY_WINDOW:
             raise ValueError(
-                "idempotency_window must be more than 0 and at most"
+                "idempotency_window must be at least 0 (0: no retries) and at most"
                 f" {self.MAX_IDEMPOTENCY_WINDOW:g} seconds"
             )
         if vault is None and db is not None and not isinstance(db, MemoryPersistence):

@@ -99,7 +99,9 @@ async def refresh(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     body = await json_body(request)
     username, token = string_field(body, "username"), string_field(body, "refreshToken")
-    idempotency_key = body.get("idempotencyKey")
+    window = service.config.idempotency_window
+    # Window 0: the extension is off, the key ignored (contract v1 alone).
+    idempotency_key = body.get("idempotencyKey") if window else None
     if idempotency_key is not None and (
         not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
     ):
@@ -111,7 +113,12 @@ async def refresh(request: web.Request) -> web.Response:
             service.stats.refresh_reuses += 1
         raise
     service.stats.refreshes += 1
-    return json_ok(tokens.to_json())
+    answer = tokens.to_json()
+    if idempotency_key is not None:
+        # Extension: the key was honoured; a retry with it is answered for this many
+        # seconds (from the first success), so a client may send it again safely.
+        answer["idempotencyWindow"] = window
+    return json_ok(answer)
 
 
 async def logout(request: web.Request) -> web.Response:
