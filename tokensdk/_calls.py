@@ -48,18 +48,6 @@ class BackendCalls:
         self, call: Call, *, bearer: str | None = None, deadline: float | None = None
     ) -> Reply:
         dpop = self._dpop
-        if dpop is None and not self._grants:
-            # The native contract: no proof to make, no OAuth 2.0 error to refine.
-            return await self._transport.call(
-                call.method,
-                call.path,
-                call.body,
-                bearer=bearer,
-                deadline=deadline,
-                retry=call.retry,
-                headers=call.headers,
-                form=call.form,
-            )
         headers: Any = call.headers
         if dpop is not None and call.path == getattr(self.backend, "token_endpoint", None):
 
@@ -78,6 +66,9 @@ class BackendCalls:
             headers=headers,
             form=call.form,
         )
+        if dpop is None and not self._grants:
+            # The native contract: no proof to make, no OAuth 2.0 error to refine.
+            return await send()
         try:
             try:
                 return await send()
