@@ -783,6 +783,33 @@ async def test_sessions_close_in_any_order(clock: ManualClock) -> None:
             await second.token_refresh()
 
 
+class HeldRefresh:
+    """An attempt hook that, once armed, holds the answer of the next refresh.
+
+    The answer is read, then held until :attr:`release` is set: a caller cancelled
+    meanwhile has a request that reached the service and an answer it never took.
+    :attr:`attempts` counts the refresh requests sent since it was armed.
+    """
+
+    def __init__(self) -> None:
+        self.answered = anyio.Event()
+        self.release = anyio.Event()
+        self.attempts = 0
+        self._armed = False
+
+    def arm(self) -> None:
+        self.attempts, self._armed = 0, True
+
+    @asynccontextmanager
+    async def __call__(self, method: str, path: str) -> AsyncIterator[None]:
+        yield
+        if path == "/refresh" and self._armed:
+            self.attempts += 1
+            if self.attempts == 1:
+                self.answered.set()
+                await self.release.wait()
+
+
 async def test_a_refresh_whose_caller_is_cancelled_mid_request_is_finished_by_the_session(
     clock: ManualClock,
 ) -> None:
@@ -793,26 +820,12 @@ async def test_a_refresh_whose_caller_is_cancelled_mid_request_is_finished_by_th
     idempotency key: the caller waiting with it gets the pair the service minted (the
     retry is answered, not taken for reuse), and the service minted one pair.
     """
-    answered = anyio.Event()
-    release = anyio.Event()
-    attempts = 0
-
-    @asynccontextmanager
-    async def hook(method: str, path: str) -> AsyncIterator[None]:
-        nonlocal attempts
-        yield
-        if path == "/refresh":
-            attempts += 1
-            if attempts == 1 and warm:  # the first answer is read, then held until cancelled
-                answered.set()
-                await release.wait()
-
-    warm = False
+    hook = HeldRefresh()
     async with service(clock) as svc, session_for(svc, clock, attempt_hook=hook) as s:
         await s.login("alice", PASSWORDS["alice"])
         # The first refresh tells the session the service honours the key.
         await s.token_refresh()
-        attempts, warm = 0, True
+        hook.arm()
         old = s.credentials
         assert old is not None
         before = (svc.stats.refreshes, len(svc.state.refresh_tokens))
@@ -824,7 +837,7 @@ async def test_a_refresh_whose_caller_is_cancelled_mid_request_is_finished_by_th
                     await s.token_refresh()
 
             tg.start_soon(flier)
-            await answered.wait()
+            await hook.answered.wait()
             joined: list[tokensdk.Credentials] = []
 
             async def joiner() -> None:
@@ -833,14 +846,14 @@ async def test_a_refresh_whose_caller_is_cancelled_mid_request_is_finished_by_th
             tg.start_soon(joiner)
             await anyio.lowlevel.checkpoint()
             first.cancel()
-            release.set()  # a held answer the cancellation did not reach goes on
+            hook.release.set()  # a held answer the cancellation did not reach goes on
         assert first.cancelled_caught
         new = s.credentials
         assert new is not None
         assert joined == [new]
         assert new.refresh_token != old.refresh_token
         assert s.status is SessionStatus.ACTIVE
-        assert attempts == 2
+        assert hook.attempts == 2
         # Two requests, one rotation: the second was answered as a retry.
         assert (svc.stats.refreshes, len(svc.state.refresh_tokens)) == (
             before[0] + 2,
@@ -859,28 +872,14 @@ async def test_against_a_service_without_retries_a_cancelled_caller_never_resend
     family, so a refresh always runs in the session's task: a caller cancelled
     mid-request stops waiting, the one request goes on, its answer is installed.
     """
-    answered = anyio.Event()
-    release = anyio.Event()
-    attempts = 0
-    warm = False
-
-    @asynccontextmanager
-    async def hook(method: str, path: str) -> AsyncIterator[None]:
-        nonlocal attempts
-        yield
-        if path == "/refresh":
-            attempts += 1
-            if attempts == 1 and warm:
-                answered.set()
-                await release.wait()
-
+    hook = HeldRefresh()
     async with (
         service(clock, idempotency_window=0) as svc,
         session_for(svc, clock, attempt_hook=hook) as s,
     ):
         await s.login("alice", PASSWORDS["alice"])
         await s.token_refresh()  # as in the test above: nothing learnt from it here
-        attempts, warm = 0, True
+        hook.arm()
         old = s.credentials
         assert old is not None
         async with anyio.create_task_group() as tg:
@@ -891,15 +890,15 @@ async def test_against_a_service_without_retries_a_cancelled_caller_never_resend
                     await s.token_refresh()
 
             tg.start_soon(flier)
-            await answered.wait()
+            await hook.answered.wait()
             first.cancel()
             await anyio.lowlevel.checkpoint()
-            release.set()
+            hook.release.set()
         assert first.cancelled_caught
         await s.flush()
         joined = await s.token_refresh()  # the refresh went on; this is one more
         assert svc.stats.refresh_reuses == 0
-        assert attempts == 2
+        assert hook.attempts == 2
         assert s.status is SessionStatus.ACTIVE
         assert joined.refresh_token != old.refresh_token
         assert await me(svc, joined.access_token) == 200
@@ -942,17 +941,7 @@ async def test_closing_the_session_wakes_the_caller_whose_task_flies_the_refresh
     task must not wait for its request (or its retries, up to the token's lifetime)
     to end: it gets SessionClosed at once, like the callers waiting with it.
     """
-    held = anyio.Event()
-    release = anyio.Event()
-    warm = False
-
-    @asynccontextmanager
-    async def hook(method: str, path: str) -> AsyncIterator[None]:
-        yield
-        if path == "/refresh" and warm:  # the answer is read, then held
-            held.set()
-            await release.wait()
-
+    hook = HeldRefresh()
     outcomes: list[BaseException] = []
 
     async def caller(s: Session) -> None:
@@ -966,14 +955,14 @@ async def test_closing_the_session_wakes_the_caller_whose_task_flies_the_refresh
         await s.__aenter__()
         await s.login("alice", PASSWORDS["alice"])
         await s.token_refresh()  # the answer names a retry window: inline from here on
-        warm = True
+        hook.arm()
         tg.start_soon(caller, s)
-        await held.wait()
+        await hook.answered.wait()
         await s.__aexit__(None, None, None)
         for _ in range(3):
             await anyio.lowlevel.checkpoint()
         woken = len(outcomes)
-        release.set()
+        hook.release.set()
     assert woken == 1
 
 
@@ -1019,17 +1008,8 @@ async def test_a_refresh_handed_to_the_session_after_a_logout_never_calls_relogi
     (SessionLost "logged_out", as a refresh the logout overtook) instead of asking the
     relogin hook to log the user back in.
     """
-    answered = anyio.Event()
-    release = anyio.Event()
+    hook = HeldRefresh()
     relogins: list[Session] = []
-    warm = False
-
-    @asynccontextmanager
-    async def hook(method: str, path: str) -> AsyncIterator[None]:
-        yield
-        if path == "/refresh" and warm and not release.is_set():
-            answered.set()
-            await release.wait()
 
     async def relogin(session: Session) -> tuple[str, str]:
         relogins.append(session)
@@ -1041,7 +1021,7 @@ async def test_a_refresh_handed_to_the_session_after_a_logout_never_calls_relogi
     ):
         await s.login("alice", PASSWORDS["alice"])
         await s.token_refresh()  # the answer names a retry window: inline from here on
-        warm = True
+        hook.arm()
         async with anyio.create_task_group() as tg:
             first = anyio.CancelScope()
 
@@ -1050,10 +1030,10 @@ async def test_a_refresh_handed_to_the_session_after_a_logout_never_calls_relogi
                     await s.token_refresh()
 
             tg.start_soon(flier)
-            await answered.wait()
+            await hook.answered.wait()
             assert await s.logout() is True
             first.cancel()
-            release.set()
+            hook.release.set()
         for _ in range(20):
             await anyio.lowlevel.checkpoint()
         await s.changes_delivered()
