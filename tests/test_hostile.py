@@ -20,11 +20,13 @@ import string
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import _proxy
 import aiohttp
 import anyio
+import attrs
 import pytest
 from _proxy import FaultProxy
 from _service import PASSWORDS, service
@@ -452,6 +454,55 @@ def test_login_tokens_parser_raises_only_protocol_error(body: Any) -> None:
     for value in (creds.access_expires_at, creds.refresh_expires_at, creds.lifetime):
         assert math.isfinite(value)
     assert creds.lifetime >= 0
+
+
+def _parsed(body: Any) -> Credentials | str:
+    try:
+        return Credentials.from_response(body, wall=1_700_000_000.0, monotonic=1000.0)
+    except ProtocolError as exc:
+        return f"ProtocolError: {exc}"
+
+
+_EDGE_VALUES = st.one_of(
+    st.integers(-3, 3),
+    st.sampled_from([10 * 365 * 86400, 10 * 365 * 86400 + 1, 2**63]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.sampled_from(["", "x", "alice"]),
+    st.none(),
+)
+_LOGIN_MEMBERS = ("username", "accessToken", "refreshToken", "accessExpire", "refreshExpire")
+
+
+_MISSING = object()
+
+
+@st.composite
+def _login_answer_variants(draw: st.DrawFn) -> dict[str, Any]:
+    """The usual answer with one or two members changed to edge values, or removed."""
+    body: dict[str, Any] = dict(LOGIN_TOKENS)
+    for name in draw(st.lists(st.sampled_from(_LOGIN_MEMBERS), min_size=0, max_size=2)):
+        value = draw(st.one_of(_EDGE_VALUES, st.just(_MISSING)))
+        if value is _MISSING:
+            body.pop(name, None)
+        else:
+            body[name] = value
+    return body
+
+
+@given(_login_answer_variants())
+def test_login_tokens_fast_path_agrees_with_the_field_by_field_path(body: Any) -> None:
+    """The one-go check of the usual answer accepts exactly what the full check accepts.
+
+    A dict takes the fast path first; the same members behind a read-only mapping take
+    only the field-by-field path, whose errors say what is wrong.
+    """
+    fast, slow = _parsed(body), _parsed(MappingProxyType(body))
+    if isinstance(slow, str):
+        assert isinstance(fast, str), body  # the fast path let through a bad answer
+    else:
+        assert isinstance(fast, Credentials), body
+        assert attrs.asdict(fast, recurse=False) == attrs.asdict(slow, recurse=False), body
 
 
 _STATE = {
